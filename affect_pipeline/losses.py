@@ -1,0 +1,136 @@
+"""Task losses of the paper (equations 1–4), shared by frame-wise fine-tuning, BLB and DCL.
+
+All losses take the model's raw outputs ("logits"): AU and EXPR logits, VA pre-tanh values,
+ERI raw intensities. :func:`activate` maps them to probabilities / values. Rows whose
+``mask`` is False (invalid annotations: AU -1, EXPR -1, VA -5) contribute nothing.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-8
+
+
+def activate(task: str, logits: torch.Tensor) -> torch.Tensor:
+    """Raw outputs -> AU probabilities, EXPR class probabilities, VA in [-1, 1], ERI in [0, 1]."""
+    if task == "AU":
+        return torch.sigmoid(logits)
+    if task == "EXPR":
+        return torch.softmax(logits, dim=-1)
+    if task == "VA":
+        return torch.tanh(logits)
+    if task == "ERI":
+        return torch.sigmoid(logits)
+    raise ValueError(f"unknown task {task!r}")
+
+
+def class_weights(task: str, y: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """Weights inversely proportional to class counts in the training set (mean weight 1).
+
+    AU: one weight per AU from its positive count (the rarer an AU fires, the larger its
+    weight); EXPR: one weight per class from its frame count. Absent classes get the largest
+    weight seen. VA / ERI: None.
+    """
+    y = np.asarray(y)[np.asarray(mask, bool)]
+    if task == "AU":
+        counts = y.sum(0).astype(np.float64)
+    elif task == "EXPR":
+        counts = np.bincount(y.reshape(-1).astype(np.int64), minlength=8).astype(np.float64)
+    else:
+        return None
+    inv = np.where(counts > 0, 1.0 / np.maximum(counts, 1.0), np.nan)
+    if np.all(np.isnan(inv)):
+        return np.ones_like(counts, dtype=np.float32)
+    inv = np.where(np.isnan(inv), np.nanmax(inv), inv)
+    return (inv / inv.mean()).astype(np.float32)
+
+
+def ccc(x: torch.Tensor, y: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Concordance correlation coefficient (equation 4), along ``dim``."""
+    mx, my = x.mean(dim), y.mean(dim)
+    vx, vy = x.var(dim, unbiased=False), y.var(dim, unbiased=False)
+    cov = ((x - mx.unsqueeze(dim)) * (y - my.unsqueeze(dim))).mean(dim)
+    return 2 * cov / (vx + vy + (mx - my) ** 2 + EPS)
+
+
+def pcc(x: torch.Tensor, y: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Pearson correlation coefficient (equation 11), along ``dim``."""
+    xc, yc = x - x.mean(dim, keepdim=True), y - y.mean(dim, keepdim=True)
+    return (xc * yc).sum(dim) / (xc.pow(2).sum(dim).sqrt() * yc.pow(2).sum(dim).sqrt() + EPS)
+
+
+def au_loss(logits, y, mask, weights=None, reduce: bool = True):
+    """Equation 1: weighted binary cross-entropy averaged over the 12 AUs."""
+    w = torch.ones(logits.shape[-1], device=logits.device) if weights is None else weights.to(logits)
+    bce = F.binary_cross_entropy_with_logits(logits, y.to(logits), reduction="none")  # (..., 12)
+    per_row = (bce * w).mean(-1)
+    return _masked_mean(per_row, mask, reduce)
+
+
+def expr_loss(logits, y, mask, weights=None, reduce: bool = True):
+    """Equation 2: weighted cross-entropy over the 8 expression classes."""
+    target = y.reshape(logits.shape[:-1]).long().clamp(0, logits.shape[-1] - 1)
+    w = None if weights is None else weights.to(logits)
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), weight=w,
+                         reduction="none").reshape(target.shape)
+    return _masked_mean(ce, mask, reduce)
+
+
+def va_loss(logits, y, mask, reduce: bool = True):
+    """Equation 3: (1 − CCC(valence)) + (1 − CCC(arousal)) over the valid rows.
+
+    With ``reduce=False`` and inputs shaped (B, T, 2) the CCC is taken within each clip,
+    giving one sequence loss per clip (used to mine hard clips).
+    """
+    pred = torch.tanh(logits)
+    y = y.to(pred)
+    if reduce:
+        m = mask.reshape(-1).bool()
+        p, t = pred.reshape(-1, 2)[m], y.reshape(-1, 2)[m]
+        if len(p) < 2:
+            return pred.sum() * 0.0
+        return (1 - ccc(p[:, 0], t[:, 0])) + (1 - ccc(p[:, 1], t[:, 1]))
+    out = []
+    for b in range(pred.shape[0]):
+        m = mask[b].bool()
+        p, t = pred[b][m], y[b][m]
+        out.append((2 - ccc(p[:, 0], t[:, 0]) - ccc(p[:, 1], t[:, 1])) if len(p) >= 2 else pred.new_zeros(()))
+    return torch.stack(out)
+
+
+def eri_loss(pred, y, mask=None, reduce: bool = True):
+    """ERI: (1 − mean PCC over the 7 intensities across the batch) + MSE (anchors the scale)."""
+    p = torch.sigmoid(pred)
+    y = y.to(p)
+    mse = (p - y).pow(2).mean(-1)
+    if not reduce:
+        return mse
+    if len(p) < 2:
+        return mse.mean()
+    return (1 - pcc(p, y, dim=0).mean()) + mse.mean()
+
+
+def _masked_mean(values, mask, reduce: bool):
+    m = mask.to(values.dtype).reshape(values.shape)
+    if reduce:
+        return (values * m).sum() / m.sum().clamp_min(1.0)
+    # one value per leading item (clip): mean over the remaining dims
+    dims = tuple(range(1, values.dim()))
+    if not dims:
+        return values * m
+    return (values * m).sum(dims) / m.sum(dims).clamp_min(1.0)
+
+
+def task_loss(task: str, logits, y, mask, weights=None, reduce: bool = True):
+    """The task's loss on raw outputs; ``reduce=False`` gives one loss per clip (dim 0)."""
+    if task == "AU":
+        return au_loss(logits, y, mask, weights, reduce)
+    if task == "EXPR":
+        return expr_loss(logits, y, mask, weights, reduce)
+    if task == "VA":
+        return va_loss(logits, y, mask, reduce)
+    if task == "ERI":
+        return eri_loss(logits, y, mask, reduce)
+    raise ValueError(f"unknown task {task!r}")

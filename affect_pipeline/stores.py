@@ -1,0 +1,222 @@
+"""The HDF5 stores that connect stages: face crops, per-frame features, labels.
+
+Formats (DESIGN.md):
+- face store ``faces/{video}.h5`` — one row per decoded frame: ``jpeg`` (vlen uint8, empty when
+  no face), ``found`` bool, ``score`` f4, ``box`` f4 (x1, y1, x2, y2), ``landmarks`` f4 (L, 2),
+  ``timestamps`` f8 seconds; attrs video_id, n_frames, size, backend, fps, fill ("zeros": a
+  frame without a face decodes to a black crop that later stages mask with ``found``).
+- feature store ``features/{extractor}/{video}.h5`` — ``features`` (n_frames, D) f2, ``valid``
+  (n_frames,) bool, optional extra datasets (e.g. ``logits``); attrs extractor, checkpoint
+  digest, fps, n_frames.
+- labels ``index/labels/{task}.h5`` — a group per video with ``y`` f4 (n_frames, C) (EXPR: C=1
+  class index; ERI: (1, 7)) and ``mask`` bool (n_frames,); attrs split, source.
+All writers go through :func:`affect_pipeline.runtime.atomic_path`: a killed job leaves no
+file under the real name.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+from .runtime import PipelineError, atomic_path
+
+
+def _open(path, kind: str) -> h5py.File:
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path}: {kind} not found")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise PipelineError(f"{path}: unreadable {kind} (truncated or corrupt HDF5: {e}); "
+                            f"delete it and rerun the rule that makes it") from e
+
+
+def _require(f: h5py.File, path, names, kind):
+    missing = [n for n in names if n not in f]
+    if missing:
+        raise PipelineError(f"{path}: {kind} lacks dataset(s) {missing}")
+
+
+# ---------------------------------------------------------------- face store
+class FaceStoreWriter:
+    """Streaming writer: ``append`` batches of frames; file appears only on clean exit."""
+
+    def __init__(self, f: h5py.File, n_landmarks: int, size: int):
+        self.f, self.n = f, 0
+        vlen = h5py.vlen_dtype(np.uint8)
+        f.create_dataset("jpeg", (0,), maxshape=(None,), dtype=vlen, chunks=(256,))
+        f.create_dataset("found", (0,), maxshape=(None,), dtype=bool, chunks=(4096,))
+        f.create_dataset("score", (0,), maxshape=(None,), dtype="f4", chunks=(4096,))
+        f.create_dataset("box", (0, 4), maxshape=(None, 4), dtype="f4", chunks=(4096, 4))
+        f.create_dataset("landmarks", (0, n_landmarks, 2), maxshape=(None, n_landmarks, 2),
+                         dtype="f4", chunks=(1024, n_landmarks, 2))
+        f.create_dataset("timestamps", (0,), maxshape=(None,), dtype="f8", chunks=(4096,))
+        self.size = size
+
+    def append(self, crops: list[np.ndarray | None], found, score, box, landmarks, timestamps,
+               quality: int = 95) -> None:
+        """crops: per frame an RGB uint8 (size, size, 3) array, or None for no face."""
+        import cv2
+
+        b = len(crops)
+        enc = []
+        for c in crops:
+            if c is None:
+                enc.append(np.zeros(0, np.uint8))
+            else:
+                ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(c[..., ::-1]),
+                                       [cv2.IMWRITE_JPEG_QUALITY, quality])
+                enc.append(buf.ravel())
+        for name, val in (("jpeg", None), ("found", found), ("score", score), ("box", box),
+                          ("landmarks", landmarks), ("timestamps", timestamps)):
+            ds = self.f[name]
+            ds.resize(self.n + b, axis=0)
+            if name == "jpeg":
+                for i, e in enumerate(enc):
+                    ds[self.n + i] = e
+            else:
+                ds[self.n:self.n + b] = np.asarray(val, dtype=ds.dtype).reshape((b,) + ds.shape[1:])
+        self.n += b
+
+
+@contextlib.contextmanager
+def write_face_store(path, *, video_id: str, size: int, backend: str, fps: float,
+                     n_landmarks: int = 5, **attrs) -> Iterator[FaceStoreWriter]:
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            w = FaceStoreWriter(f, n_landmarks, size)
+            yield w
+            f.attrs.update(dict(video_id=video_id, n_frames=w.n, size=size, backend=backend,
+                                fps=float(fps), fill="zeros", **attrs))
+
+
+class FaceStore:
+    """Reader for ``faces/{video}.h5``; metadata arrays are loaded, crops decoded on demand."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.f = _open(path, "face store")
+        _require(self.f, path, ["jpeg", "found", "box", "landmarks", "timestamps"], "face store")
+        self.attrs = dict(self.f.attrs)
+        self.found = self.f["found"][:]
+        self.n_frames = len(self.found)
+        self.size = int(self.attrs.get("size", 224))
+
+    def __len__(self):
+        return self.n_frames
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.f.close()
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        return self.f["timestamps"][:]
+
+    def read_crops(self, idx) -> np.ndarray:
+        """Decode crops ``idx`` (sorted or not) to (len(idx), S, S, 3) RGB uint8; zeros where no face."""
+        import cv2
+
+        idx = np.asarray(idx, dtype=np.int64)
+        out = np.zeros((len(idx), self.size, self.size, 3), np.uint8)
+        ds = self.f["jpeg"]
+        for k, i in enumerate(idx):
+            buf = ds[int(i)]
+            if buf.size:
+                img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+                if img is None:
+                    raise PipelineError(f"{self.path}: crop of frame {i} is not a decodable JPEG")
+                if img.shape[0] != self.size:
+                    img = cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_AREA)
+                out[k] = img[..., ::-1]
+        return out
+
+    def iter_crops(self, batch_size: int = 64) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (frame indices, crops) in order, ``batch_size`` frames at a time (memory flat)."""
+        for s in range(0, self.n_frames, batch_size):
+            idx = np.arange(s, min(s + batch_size, self.n_frames))
+            yield idx, self.read_crops(idx)
+
+
+# ---------------------------------------------------------------- feature store
+@dataclass
+class Features:
+    features: np.ndarray          # (n_frames, D)
+    valid: np.ndarray             # (n_frames,) bool
+    attrs: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+def write_features(path, features: np.ndarray, valid: np.ndarray, *, extractor: str,
+                   checkpoint_digest: str, fps: float, dtype="f2", extra: dict | None = None,
+                   **attrs) -> None:
+    features = np.asarray(features)
+    valid = np.asarray(valid, dtype=bool)
+    if features.ndim != 2 or len(valid) != len(features):
+        raise ValueError(f"features {features.shape} / valid {valid.shape} do not match")
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("features", data=features.astype(dtype), chunks=True)
+            f.create_dataset("valid", data=valid)
+            for k, v in (extra or {}).items():
+                f.create_dataset(k, data=np.asarray(v))
+            f.attrs.update(dict(extractor=extractor, checkpoint_digest=checkpoint_digest,
+                                fps=float(fps), n_frames=len(features), dim=features.shape[1], **attrs))
+
+
+def read_features(path, extra: tuple[str, ...] = ()) -> Features:
+    with _open(path, "feature store") as f:
+        _require(f, path, ["features", "valid"] + list(extra), "feature store")
+        try:
+            feats = f["features"][:].astype(np.float32)
+            valid = f["valid"][:].astype(bool)
+            ex = {k: f[k][:] for k in extra}
+        except OSError as e:
+            raise PipelineError(f"{path}: feature store is truncated or corrupt ({e})") from e
+        attrs = dict(f.attrs)
+    if len(feats) != len(valid):
+        raise PipelineError(f"{path}: features has {len(feats)} rows but valid has {len(valid)}")
+    return Features(feats, valid, attrs, ex)
+
+
+# ---------------------------------------------------------------- labels
+@dataclass
+class Labels:
+    y: np.ndarray       # (n_frames, C) float32; EXPR: (n, 1) class index; ERI: (1, 7)
+    mask: np.ndarray    # (n_frames,) bool — rows with a valid annotation
+    split: str
+
+
+def write_labels(path, task: str, labels: dict[str, Labels], **attrs) -> None:
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update(dict(task=task, **attrs))
+            for vid, lab in labels.items():
+                g = f.create_group(vid)
+                g.create_dataset("y", data=np.asarray(lab.y, np.float32))
+                g.create_dataset("mask", data=np.asarray(lab.mask, bool))
+                g.attrs["split"] = lab.split
+
+
+def read_labels(path, videos=None) -> dict[str, Labels]:
+    """All (or the listed) videos' labels of one task; an unknown video id is an error."""
+    out = {}
+    with _open(path, "label store") as f:
+        names = list(f.keys()) if videos is None else list(videos)
+        for vid in names:
+            if vid not in f:
+                raise PipelineError(f"{path}: no labels for video {vid!r}")
+            g = f[vid]
+            out[vid] = Labels(g["y"][:], g["mask"][:], str(g.attrs["split"]))
+    return out
