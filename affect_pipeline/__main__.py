@@ -19,6 +19,7 @@ STAGES = {
     "finetune_mae": "affect_pipeline.mae_training:finetune_main",
     "visual_features": "affect_pipeline.mae_training:features_main",
     "audio_features": "affect_pipeline.audio_features:main",
+    "gather_features": "affect_pipeline.stores:gather_features_main",
     "make_folds": "affect_pipeline.folds:main",
     "train_blb": "affect_pipeline.temporal_training:train_blb_main",
     "mine_hard_clips": "affect_pipeline.mining:main",

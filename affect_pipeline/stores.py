@@ -220,3 +220,38 @@ def read_labels(path, videos=None) -> dict[str, Labels]:
             g = f[vid]
             out[vid] = Labels(g["y"][:], g["mask"][:], str(g.attrs["split"]))
     return out
+
+
+# ---------------------------------------------------------------- feature manifest
+def gather_features_main(argv: list[str]) -> int:
+    """``gather_features``: check a task's feature stores agree and list them in one JSON.
+
+    Training rules depend on this one file instead of thousands of feature files, which keeps
+    Snakemake's DAG small at Aff-Wild2 scale; the check catches a store whose row count does
+    not match its video's other stores before any training starts.
+    """
+    import json
+
+    from .runtime import stage_parser, write_json
+
+    p = stage_parser("gather_features", gather_features_main.__doc__)
+    p.add_argument("--features", nargs="+", required=True, help="feature folders, in concatenation order")
+    p.add_argument("--videos", type=json.loads, required=True, help="JSON list of video ids")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    videos, dims = {}, {}
+    for vid in a.videos:
+        rows = {}
+        for d in a.features:
+            path = Path(d) / f"{vid}.h5"
+            with _open(path, "feature store") as f:
+                _require(f, path, ["features", "valid"], "feature store")
+                rows[d] = int(f["features"].shape[0])
+                dim = int(f["features"].shape[1])
+            if dims.setdefault(d, dim) != dim:
+                raise PipelineError(f"{path}: {dim} feature dims, but other videos in {d} have {dims[d]}")
+        if len(set(rows.values())) != 1:
+            raise PipelineError(f"video {vid}: feature stores disagree on the frame count: {rows}")
+        videos[vid] = next(iter(rows.values()))
+    write_json(a.out, {"features": a.features, "dims": dims, "n_frames": videos})
+    return 0

@@ -1,0 +1,36 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv when missing.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+CORES   ?= 8
+
+.PHONY: venv demo report test test-fast bench lint clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
+	@touch $(STAMP)
+
+## demo: run the whole workflow on the embedded demo dataset, then build the report
+demo: venv
+	$(VENV)/bin/snakemake --cores $(CORES) submission
+	$(VENV)/bin/snakemake --report report.html submission
+
+## test: unit tests + the demo workflow end to end (+ the Slurm test when Slurm runs)
+test: venv
+	$(VENV)/bin/pytest -ra
+
+test-fast: venv
+	$(VENV)/bin/pytest -ra -m "not slow and not slurm"
+
+bench: venv
+	$(PY) -m benchmarks.run
+
+lint: venv
+	$(VENV)/bin/snakemake --lint
+
+clean:
+	rm -rf results .snakemake report.html

@@ -1,0 +1,26 @@
+# affect_pipeline: face videos -> MAE + audio features -> BLB / DCL -> ABAW submission files.
+# Usage: snakemake --cores 8 submission          (embedded demo by default)
+#        snakemake --cores 8 --configfile my.yaml submission
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "workflow_config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/mae.smk"
+include: "rules/features.smk"
+include: "rules/temporal.smk"
+include: "rules/submit.smk"
+
+
+report: "report/workflow.rst"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.submission.input,

@@ -1,0 +1,132 @@
+# Helpers shared by all rule files: config validation, demo overrides, the dataset layout
+# (listed once at parse time, nothing decoded), per-stage code digests, path helpers.
+import copy
+import hashlib
+import json
+import shlex
+import os
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from affect_pipeline.layout import LayoutError, demo_is_input, scan_dataset
+
+
+validate(config, os.path.join(workflow.basedir, "workflow_config.schema.yaml"), set_default=True)
+
+
+def _deep_merge(base, extra):
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_merge(base[k], v)
+        else:
+            base[k] = copy.deepcopy(v)
+    return base
+
+
+DEMO = demo_is_input(config)
+if DEMO:
+    _deep_merge(config, config["demo"]["overrides"])
+
+try:
+    LAYOUT = scan_dataset(config)
+except LayoutError as e:
+    raise WorkflowError(f"dataset layout: {e}")
+
+TASKS = list(LAYOUT.tasks)
+FRAME_TASKS = [t for t in TASKS if t != "ERI"]
+FOLDS = ["official"] + [f"fold{i}" for i in range(1, config["folds"] + 1)]
+ENSEMBLE_FOLDS = FOLDS[1:]
+VIDEOS = LAYOUT.ids()
+MEDIA = LAYOUT.media_paths()
+ERI_VISUAL = config["temporal"]["eri_visual_task"]
+AUDIO_MODELS = list(config["audio"]["models"])
+
+# Jobs run the package with this interpreter (the one running Snakemake: the project venv),
+# or with the conda env's `python` under --sdm conda.
+PY = config["python"] or ("python" if "conda" in str(workflow.deployment_settings.deployment_method).lower() else sys.executable)
+
+
+def _check_weights():
+    """Every local weight the run will load must exist (the demo makes its own by a rule)."""
+    keys = [f"audio.{m}.weights" for m in AUDIO_MODELS if m in config["temporal"]["features"]]
+    keys += ["mae.checkpoint"] if config["mae"]["checkpoint"] else []
+    keys += [f"faces.face_alignment.{k}" for k in ("s3fd", "fan") if config["faces"]["backend"] == "face_alignment"
+             and config["faces"]["face_alignment"][k]]
+    for key in keys:
+        node = config
+        for part in key.split("."):
+            node = node[part]
+        if not node:
+            raise WorkflowError(f"config {key} is not set: give the local path of the weights "
+                                f"(nothing is downloaded at run time)")
+        if not (DEMO and str(node).startswith(config["demo"]["root"])) and not os.path.exists(node):
+            raise WorkflowError(f"config {key}: {node} does not exist")
+
+
+_check_weights()
+
+wildcard_constraints:
+    task="AU|EXPR|VA|ERI",
+    fold="official|fold[0-9]+",
+    video="[^/]+",
+    media="[^/]+",
+    model="hubert|wav2vec2|vggish",
+
+
+def video_path(video):
+    return LAYOUT.videos[video].path
+
+
+def frames_json(video):
+    return f"results/frames/{LAYOUT.videos[video].media}.json"
+
+
+def task_videos(task, splits=("train", "validation", "test")):
+    return LAYOUT.ids(task, splits)
+
+
+def visual_task(task):
+    """Whose fine-tuned MAE encodes a task's videos (ERI has no frame labels to fine-tune on)."""
+    return ERI_VISUAL if task == "ERI" else task
+
+
+def feature_dirs(task):
+    dirs = []
+    for name in config["temporal"]["features"]:
+        dirs.append(f"results/features/mae_{visual_task(task)}" if name == "mae" else f"results/features/{name}")
+    return dirs
+
+
+def feature_files(task, splits=("train", "validation", "test")):
+    return [f"{d}/{v}.h5" for d in feature_dirs(task) for v in task_videos(task, splits)]
+
+
+def as_json(obj):
+    return json.dumps(obj, sort_keys=True)
+
+
+_DIGESTS = {}
+
+
+def code_digest(*modules):
+    """Digest of the package modules a rule runs: a code change reruns that stage.
+
+    Snakemake tracks a rule's own code, not the package it imports; passing this as a param
+    makes `--rerun-triggers params` (on by default) catch edits to the stage's modules."""
+    h = hashlib.sha256()
+    for m in ("runtime", "stores") + modules:
+        if m not in _DIGESTS:
+            src = Path(workflow.basedir, "affect_pipeline", f"{m}.py")
+            _DIGESTS[m] = hashlib.sha256(src.read_bytes()).hexdigest() if src.exists() else "missing"
+        h.update(_DIGESTS[m].encode())
+    return h.hexdigest()[:16]
+
+
+def res(rule_name):
+    gpu = config["resources"]["gpu"] if rule_name in config["resources"]["gpu_rules"] else 0
+    return dict(gpu=gpu, mem_mb=config["resources"]["mem_mb"])
+
+
+THREADS = config["resources"]["threads"]

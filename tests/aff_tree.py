@@ -1,0 +1,40 @@
+"""Build Aff-Wild2-shaped trees (placeholder videos + real-format annotations) for tests."""
+from pathlib import Path
+
+from affect_pipeline import AU_NAMES, EXPR_NAMES
+
+HEADERS = {"AU": ",".join(AU_NAMES), "EXPR": ",".join(EXPR_NAMES), "VA": "valence,arousal"}
+DIRS = {"AU": "AU_Detection_Challenge", "EXPR": "EXPR_Classification_Challenge", "VA": "VA_Estimation_Challenge"}
+TEST_LISTS = {"AU": "Action_Unit_Detection_Challenge_test_set_release.txt",
+              "EXPR": "Expression_Recognition_Challenge_test_set_release.txt",
+              "VA": "Valence_Arousal_Estimation_Challenge_test_set_release.txt"}
+
+
+def row(task, i):
+    return {"AU": ",".join("1" if (i + j) % 3 == 0 else "0" for j in range(12)),
+            "EXPR": str(i % 8), "VA": f"{(i % 7) / 10:.3f},{-(i % 5) / 10:.3f}"}[task]
+
+
+def make_tree(root: Path, n_videos: int, rows: int = 3, pair_every: int = 0, test_every: int = 5) -> dict:
+    """n_videos placeholder media files; every `test_every`-th is a test video; returns config data keys."""
+    vids, ann, tl = root / "videos", root / "annotations", root / "test_lists"
+    for d in (vids, tl):
+        d.mkdir(parents=True, exist_ok=True)
+    tests = {t: [] for t in DIRS}
+    for i in range(n_videos):
+        media = f"{i}-30-640x360"
+        (vids / f"{media}.mp4").write_bytes(b"")
+        ids = [f"{media}_left", f"{media}_right"] if pair_every and i % pair_every == 0 else [media]
+        for t in DIRS:
+            for vid in ids:
+                if test_every and i % test_every == 0:
+                    tests[t].append(vid)
+                    continue
+                split = "Validation_Set" if i % 4 == 1 else "Train_Set"
+                f = ann / DIRS[t] / split / f"{vid}.txt"
+                f.parent.mkdir(parents=True, exist_ok=True)
+                f.write_text(HEADERS[t] + "\n" + "".join(row(t, k) + "\n" for k in range(rows)))
+    for t, ids in tests.items():
+        (tl / TEST_LISTS[t]).write_text("".join(v + "\n" for v in ids))
+    return {"affwild2": {"videos": str(vids), "annotations": str(ann), "test_lists": str(tl),
+                         "cropped_aligned": None}, "hume": {"root": None}}

@@ -1,0 +1,135 @@
+"""Ingestion: annotation parsing, invalid markers, the length policy, layout scanning, index."""
+import json
+
+import numpy as np
+import pytest
+
+from aff_tree import HEADERS, make_tree
+from affect_pipeline.dataset import build_index, fit_to_frames, parse_annotation, read_index, write_index_tsv
+from affect_pipeline.layout import LayoutError, demo_is_input, scan_dataset
+from affect_pipeline.runtime import PipelineError
+from affect_pipeline.stores import read_labels, write_labels
+
+
+def write(p, text):
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+    return p
+
+
+def test_parse_invalid_markers(tmp_path):
+    au = write(tmp_path / "au.txt", HEADERS["AU"] + "\n" + "1,0,0,0,0,0,1,0,0,0,1,0\n" + ",".join(["-1"] * 12) + "\n")
+    y, m = parse_annotation(au, "AU")
+    assert y.shape == (2, 12) and m.tolist() == [True, False]
+    ex = write(tmp_path / "ex.txt", HEADERS["EXPR"] + "\n4\n-1\n7\n")
+    y, m = parse_annotation(ex, "EXPR")
+    assert y[:, 0].tolist() == [4, -1, 7] and m.tolist() == [True, False, True]
+    va = write(tmp_path / "va.txt", HEADERS["VA"] + "\n0.5,-0.25\n-5,-5\n")
+    y, m = parse_annotation(va, "VA")
+    assert np.allclose(y[0], [0.5, -0.25]) and m.tolist() == [True, False]
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("valence,arousal\n1\n", "header"),
+    (HEADERS["EXPR"] + "\n9\n", "out of range"),
+    (HEADERS["EXPR"] + "\nhappy\n", "not a number"),
+    (HEADERS["EXPR"] + "\n1,2\n", "expected 1 value"),
+    ("", "empty"),
+])
+def test_parse_errors_name_file_and_line(tmp_path, text, needle):
+    f = write(tmp_path / "bad.txt", text)
+    with pytest.raises(PipelineError) as e:
+        parse_annotation(f, "EXPR")
+    assert "bad.txt" in str(e.value) and needle in str(e.value)
+
+
+def test_length_policy_never_shifts():
+    y = np.arange(5, dtype=np.float32)[:, None]
+    m = np.ones(5, bool)
+    y2, m2 = fit_to_frames(y, m, 3)                 # extra rows dropped from the end
+    assert y2[:, 0].tolist() == [0, 1, 2] and m2.all()
+    y3, m3 = fit_to_frames(y, m, 7)                 # missing rows invalid, existing rows in place
+    assert y3[:5, 0].tolist() == [0, 1, 2, 3, 4] and m3.tolist() == [True] * 5 + [False] * 2
+
+
+def test_scan_left_right_and_test_lists(tmp_path):
+    data = make_tree(tmp_path, 10, pair_every=4, test_every=5)
+    data["tasks"] = ["AU", "EXPR", "VA", "ERI"]
+    lay = scan_dataset(data)
+    assert lay.tasks == ("AU", "EXPR", "VA")           # hume.root null switches ERI off
+    left = lay.videos["0-30-640x360_left"]
+    assert left.side == "left" and left.path.endswith("0-30-640x360.mp4")
+    assert left.splits["AU"] == "test"                  # video 0 is a test video
+    assert lay.videos["1-30-640x360"].splits["VA"] == "validation"
+    assert lay.videos["2-30-640x360"].splits["EXPR"] == "train"
+    assert set(lay.ids("AU", ("test",))) == {"0-30-640x360_left", "0-30-640x360_right", "5-30-640x360"}
+    assert not demo_is_input(data)
+
+
+def test_expr_recognition_folder_name_accepted(tmp_path):
+    data = make_tree(tmp_path, 3, test_every=0)
+    ann = tmp_path / "annotations"
+    (ann / "EXPR_Classification_Challenge").rename(ann / "EXPR_Recognition_Challenge")
+    data["tasks"] = ["EXPR"]
+    assert len(scan_dataset(data).ids("EXPR")) == 3
+
+
+def test_annotation_for_missing_video(tmp_path):
+    data = make_tree(tmp_path, 3, test_every=0)
+    write(tmp_path / "annotations/VA_Estimation_Challenge/Train_Set/ghost.txt", HEADERS["VA"] + "\n0,0\n")
+    data["tasks"] = ["VA"]
+    with pytest.raises(LayoutError, match="ghost"):
+        scan_dataset(data)
+
+
+def _probe(frames_dir, media, n):
+    write(frames_dir / f"{media}.json", json.dumps({"n_frames": n, "fps": 30.0, "width": 640, "height": 360,
+                                                    "duration": n / 30, "has_audio": True, "timestamps": []}))
+
+
+def test_index_applies_length_policy_and_reports(tmp_path):
+    data = make_tree(tmp_path / "aff", 3, rows=5, test_every=0)
+    data["tasks"] = ["AU", "EXPR", "VA"]
+    lay = scan_dataset(data)
+    for i, n in enumerate((5, 4, 7)):            # exact, one row too many, two rows missing
+        _probe(tmp_path / "frames", f"{i}-30-640x360", n)
+    rows, labels, report = build_index(lay, tmp_path / "frames")
+    assert len(rows) == 3
+    lab = labels["VA"]["2-30-640x360"]
+    assert lab.y.shape == (7, 2) and lab.mask.tolist() == [True] * 5 + [False] * 2
+    assert labels["AU"]["1-30-640x360"].y.shape == (4, 12)
+    mism = {(d["video"], d["task"]): (d["rows"], d["frames"]) for d in report["length_mismatch"]}
+    assert mism[("1-30-640x360", "EXPR")] == (5, 4) and mism[("2-30-640x360", "AU")] == (5, 7)
+    # round trips
+    write_index_tsv(tmp_path / "videos.tsv", rows)
+    idx = read_index(tmp_path / "videos.tsv")
+    assert idx["2-30-640x360"]["n_frames"] == 7 and idx["2-30-640x360"]["has_audio"] is True
+    write_labels(tmp_path / "VA.h5", "VA", labels["VA"])
+    back = read_labels(tmp_path / "VA.h5")
+    assert np.array_equal(back["2-30-640x360"].mask, lab.mask) and back["0-30-640x360"].split == "train"
+
+
+def test_all_invalid_task_is_an_error(tmp_path):
+    data = make_tree(tmp_path / "aff", 2, rows=3, test_every=0)
+    for f in (tmp_path / "aff/annotations/VA_Estimation_Challenge").rglob("*.txt"):
+        f.write_text(HEADERS["VA"] + "\n" + "-5,-5\n" * 3)
+    data["tasks"] = ["VA"]
+    for i in range(2):
+        _probe(tmp_path / "frames", f"{i}-30-640x360", 3)
+    with pytest.raises(PipelineError, match="every training label is invalid"):
+        build_index(scan_dataset(data), tmp_path / "frames")
+
+
+def test_hume_csv(tmp_path):
+    root = tmp_path / "hume"
+    write(root / "data_info.csv", "File_ID,Split,Adoration,Amusement,Anxiety,Disgust,Empathic-Pain,Fear,Surprise\n"
+          "[00001],Train,0.1,0.2,0.3,0.4,0.5,0.6,0.7\n00002,Val,0,0,0,0,0,0,1\n00003,Test,,,,,,,\n")
+    for i in (1, 2, 3):
+        write(root / "videos" / f"0000{i}.mp4", "")
+        _probe(tmp_path / "frames", f"0000{i}", 10)
+    data = {"affwild2": {"videos": None}, "hume": {"root": str(root)}, "tasks": ["ERI"]}
+    lay = scan_dataset(data)
+    assert {v: e.splits["ERI"] for v, e in lay.videos.items()} == {"00001": "train", "00002": "validation", "00003": "test"}
+    _, labels, _ = build_index(lay, tmp_path / "frames")
+    assert np.allclose(labels["ERI"]["00001"].y, [[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]])
+    assert "00003" not in labels["ERI"]
