@@ -10,6 +10,15 @@ configfile: "workflow_config.yaml"
 
 
 include: "rules/common.smk"
+
+
+wildcard_constraints:
+    task="AU|EXPR|VA|ERI",
+    fold="official|fold[0-9]+",
+    video="[^/]+",
+    media="[^/]+",
+    model="hubert|wav2vec2|vggish",
+
 include: "rules/data.smk"
 include: "rules/mae.smk"
 include: "rules/features.smk"

@@ -1,4 +1,4 @@
-# Helpers shared by all rule files: config validation, demo overrides, the dataset layout
+# Helpers shared by every rule file — config validation, demo overrides, the dataset layout
 # (listed once at parse time, nothing decoded), per-stage code digests, path helpers.
 import copy
 import hashlib
@@ -43,9 +43,10 @@ MEDIA = LAYOUT.media_paths()
 ERI_VISUAL = config["temporal"]["eri_visual_task"]
 AUDIO_MODELS = list(config["audio"]["models"])
 
-# Jobs run the package with this interpreter (the one running Snakemake: the project venv),
-# or with the conda env's `python` under --sdm conda.
-PY = config["python"] or ("python" if "conda" in str(workflow.deployment_settings.deployment_method).lower() else sys.executable)
+# Jobs run `python -m affect_pipeline` with the interpreter running Snakemake (the project venv)
+# first on PATH; under --sdm conda the activated env's python comes first instead.
+if "conda" not in str(workflow.deployment_settings.deployment_method).lower():
+    shell.prefix(f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:\"$PATH\"; ")
 
 
 def _check_weights():
@@ -67,12 +68,6 @@ def _check_weights():
 
 _check_weights()
 
-wildcard_constraints:
-    task="AU|EXPR|VA|ERI",
-    fold="official|fold[0-9]+",
-    video="[^/]+",
-    media="[^/]+",
-    model="hubert|wav2vec2|vggish",
 
 
 def video_path(video):
@@ -111,7 +106,7 @@ _DIGESTS = {}
 
 
 def code_digest(*modules):
-    """Digest of the package modules a rule runs: a code change reruns that stage.
+    """Digest of the package modules that a stage runs, so that a code change reruns the stage.
 
     Snakemake tracks a rule's own code, not the package it imports; passing this as a param
     makes `--rerun-triggers params` (on by default) catch edits to the stage's modules."""
@@ -129,4 +124,55 @@ def res(rule_name):
     return dict(gpu=gpu, mem_mb=config["resources"]["mem_mb"])
 
 
+def cropped_dir(wc):
+    """The official crops of this video, when the cropped_aligned backend is chosen."""
+    base = config["affwild2"].get("cropped_aligned")
+    return os.path.join(base, wc.video) if base and "ERI" not in LAYOUT.videos[wc.video].splits else ""
+
+
+def faces_params(wc):
+    """faces config; Aff-Wild2 videos with official crops use them instead of detecting."""
+    backend = "cropped_aligned" if cropped_dir(wc) else config["faces"]["backend"]
+    return as_json({**config["faces"], "backend": backend})
+
+
+def pretrain_faces(wc=None):
+    """Faces the MAE learns from: every training video of every enabled task."""
+    vids = sorted({v for t in TASKS for v in task_videos(t, ("train",))})
+    return [f"results/faces/{v}.h5" for v in vids]
+
+
+def torch_launcher(gpus):
+    """One process, or torchrun with one process per GPU (DDP) inside the same job."""
+    return "python -m affect_pipeline" if gpus <= 1 else f"python -m torch.distributed.run --standalone --nproc_per_node {gpus} -m affect_pipeline"
+
+
+def audio_weights(model):
+    w = config["audio"][model]["weights"]
+    if not w:
+        raise WorkflowError(f"config audio.{model}.weights is not set: give the local path of the "
+                            f"{model} weights (a save_pretrained folder / state dict), or remove "
+                            f"{model!r} from audio.models and temporal.features")
+    return w
+
+
+def fold_inputs(wc):
+    return dict(
+        folds=f"results/folds/{wc.task}.json",
+        labels=f"results/index/labels/{wc.task}.h5",
+        features=f"results/features/{wc.task}.manifest.json",
+    )
+
+
+def features_arg(wc):
+    return " ".join(shlex.quote(d) for d in feature_dirs(wc.task))
+
+
+
+def demo_test_labels_arg(wc):
+    """The demo's held-back test labels (outside the pipeline's inputs) score its submission."""
+    return f"--test-labels {shlex.quote(os.path.join(config['demo']['root'], 'test_labels'))}" if DEMO else ""
+
+
 THREADS = config["resources"]["threads"]
+CONDA_ENV = "../envs/affect.yaml"

@@ -8,12 +8,14 @@ if DEMO:
             manifest=f"{config['demo']['root']}/manifest.json",
         params:
             demo=as_json({k: v for k, v in config["demo"].items() if k not in ("overrides", "root")}),
-            root=config["demo"]["root"],
+            root=lambda wc, output: os.path.dirname(output.manifest),
             code=code_digest("demo", "demo_manifest"),
+        conda:
+            CONDA_ENV
         log:
             "results/logs/make_demo.log",
         shell:
-            "{PY:q} -m affect_pipeline make_demo --out {params.root:q} --params {params.demo:q} > {log:q} 2>&1"
+            "python -m affect_pipeline make_demo --out {params.root:q} --params {params.demo:q} > {log:q} 2>&1"
 
     rule make_demo_audio_models:
         output:
@@ -21,12 +23,15 @@ if DEMO:
             wav2vec2=directory(f"{config['demo']['root']}/models/wav2vec2"),
             vggish=f"{config['demo']['root']}/models/vggish.pth",
         params:
-            out=f"{config['demo']['root']}/models",
+            seed=config["seed"],
+            out=lambda wc, output: os.path.dirname(output.vggish),
             code=code_digest("audio_features"),
+        conda:
+            CONDA_ENV
         log:
             "results/logs/make_demo_audio_models.log",
         shell:
-            "{PY:q} -m affect_pipeline make_demo_audio_models --out-dir {params.out:q} --seed {config[seed]} > {log:q} 2>&1"
+            "python -m affect_pipeline make_demo_audio_models --out-dir {params.out:q} --seed {params.seed} > {log:q} 2>&1"
 
 
 rule extract_frames:
@@ -37,10 +42,12 @@ rule extract_frames:
     params:
         code=code_digest("video"),
     threads: 1
+    conda:
+        CONDA_ENV
     log:
         "results/logs/extract_frames/{media}.log",
     shell:
-        "{PY:q} -m affect_pipeline extract_frames --video {input:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        "python -m affect_pipeline extract_frames --video {input:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule extract_audio:
@@ -53,10 +60,12 @@ rule extract_audio:
         sr=config["audio"]["sample_rate"],
         code=code_digest("video"),
     threads: 1
+    conda:
+        CONDA_ENV
     log:
         "results/logs/extract_audio/{video}.log",
     shell:
-        "{PY:q} -m affect_pipeline extract_audio --video {input.video:q} --frames {input.frames:q}"
+        "python -m affect_pipeline extract_audio --video {input.video:q} --frames {input.frames:q}"
         " --out {output:q} --sample-rate {params.sr} > {log:q} 2>&1"
 
 
@@ -71,23 +80,13 @@ rule index_dataset:
     params:
         data=as_json({k: config[k] for k in ("affwild2", "hume", "tasks", "demo")}),
         code=code_digest("dataset", "layout"),
+    conda:
+        CONDA_ENV
     log:
         "results/logs/index_dataset.log",
     shell:
-        "{PY:q} -m affect_pipeline index_dataset --data {params.data:q} --frames-dir results/frames"
+        "python -m affect_pipeline index_dataset --data {params.data:q} --frames-dir results/frames"
         " --out-dir results/index > {log:q} 2>&1"
-
-
-def cropped_dir(wc):
-    """The official crops of this video, when the cropped_aligned backend is chosen."""
-    base = config["affwild2"].get("cropped_aligned")
-    return os.path.join(base, wc.video) if base and "ERI" not in LAYOUT.videos[wc.video].splits else ""
-
-
-def faces_params(wc):
-    """faces config; Aff-Wild2 videos with official crops use them instead of detecting."""
-    backend = "cropped_aligned" if cropped_dir(wc) else config["faces"]["backend"]
-    return as_json({**config["faces"], "backend": backend})
 
 
 rule crop_faces:
@@ -104,9 +103,11 @@ rule crop_faces:
     threads: THREADS
     resources:
         **res("crop_faces"),
+    conda:
+        CONDA_ENV
     log:
         "results/logs/crop_faces/{video}.log",
     shell:
-        "{PY:q} -m affect_pipeline crop_faces --video {input.video:q} --frames {input.frames:q}"
+        "python -m affect_pipeline crop_faces --video {input.video:q} --frames {input.frames:q}"
         " --out {output:q} --side {params.side} --cropped-dir {params.cropped:q}"
         " --params {params.faces:q} --threads {threads} > {log:q} 2>&1"

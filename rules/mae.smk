@@ -1,17 +1,6 @@
 # The visual backbone: MAE pretraining (or import), frame-wise fine-tuning, per-frame features.
 
 
-def pretrain_faces(wc=None):
-    """Faces the MAE learns from: every training video of every enabled task."""
-    vids = sorted({v for t in TASKS for v in task_videos(t, ("train",))})
-    return [f"results/faces/{v}.h5" for v in vids]
-
-
-def torch_launcher(gpus):
-    """One process, or torchrun with one process per GPU (DDP) inside the same job."""
-    return f"{PY} -m affect_pipeline" if gpus <= 1 else f"{PY} -m torch.distributed.run --standalone --nproc_per_node {gpus} -m affect_pipeline"
-
-
 rule pretrain_mae:
     input:
         faces=[] if config["mae"]["checkpoint"] else pretrain_faces(),
@@ -20,17 +9,20 @@ rule pretrain_mae:
         model="results/mae/pretrain.pt",
         curve=report("results/mae/pretrain_curve.csv", category="Training", subcategory="MAE pretraining"),
     params:
+        seed=config["seed"],
         mae=as_json(config["mae"]),
         launch=torch_launcher(config["mae"]["gpus"]),
         code=code_digest("mae", "mae_training"),
     threads: THREADS
     resources:
         **res("pretrain_mae"),
+    conda:
+        CONDA_ENV
     log:
         "results/logs/pretrain_mae.log",
     shell:
         "{params.launch} pretrain_mae --faces {input.faces:q} --out {output.model:q} --curve {output.curve:q}"
-        " --params {params.mae:q} --threads {threads} --seed {config[seed]} > {log:q} 2>&1"
+        " --params {params.mae:q} --threads {threads} --seed {params.seed} > {log:q} 2>&1"
 
 
 rule finetune_mae:
@@ -43,19 +35,22 @@ rule finetune_mae:
         metrics="results/mae/finetune_{task}_metrics.json",
         curve="results/mae/finetune_{task}_curve.csv",
     params:
+        seed=config["seed"],
         mae=as_json(config["mae"]),
         launch=torch_launcher(config["mae"]["gpus"]),
         code=code_digest("mae", "mae_training", "losses", "metrics"),
     threads: THREADS
     resources:
         **res("finetune_mae"),
+    conda:
+        CONDA_ENV
     log:
         "results/logs/finetune_mae/{task}.log",
     shell:
         "{params.launch} finetune_mae --task {wildcards.task} --pretrained {input.pretrained:q}"
         " --labels {input.labels:q} --faces-dir results/faces --out {output.model:q}"
         " --metrics {output.metrics:q} --curve {output.curve:q} --params {params.mae:q}"
-        " --threads {threads} --seed {config[seed]} > {log:q} 2>&1"
+        " --threads {threads} --seed {params.seed} > {log:q} 2>&1"
 
 
 rule visual_features:
@@ -70,9 +65,11 @@ rule visual_features:
     threads: THREADS
     resources:
         **res("visual_features"),
+    conda:
+        CONDA_ENV
     log:
         "results/logs/visual_features/{task}/{video}.log",
     shell:
-        "{PY:q} -m affect_pipeline visual_features --task {wildcards.task} --model {input.model:q}"
+        "python -m affect_pipeline visual_features --task {wildcards.task} --model {input.model:q}"
         " --faces {input.faces:q} --out {output:q} --params {params.mae:q} --threads {threads}"
         " > {log:q} 2>&1"

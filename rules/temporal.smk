@@ -1,18 +1,6 @@
 # Temporal learning per task and fold: folds, BLB, hard-clip mining (D_CLB), DCL, prediction.
 
 
-def fold_inputs(wc):
-    return dict(
-        folds=f"results/folds/{wc.task}.json",
-        labels=f"results/index/labels/{wc.task}.h5",
-        features=f"results/features/{wc.task}.manifest.json",
-    )
-
-
-def features_arg(wc):
-    return " ".join(shlex.quote(d) for d in feature_dirs(wc.task))
-
-
 TEMPORAL = as_json(config["temporal"])
 TEMPORAL_CODE = ("clips", "temporal", "temporal_training", "losses", "metrics")
 
@@ -26,10 +14,12 @@ rule gather_features:
         features=features_arg,
         videos=lambda wc: as_json(task_videos(wc.task)),
         code=code_digest(),
+    conda:
+        CONDA_ENV
     log:
         "results/logs/gather_features/{task}.log",
     shell:
-        "{PY:q} -m affect_pipeline gather_features --features {params.features}"
+        "python -m affect_pipeline gather_features --features {params.features}"
         " --videos {params.videos:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -41,11 +31,13 @@ rule make_folds:
         "results/folds/{task}.json",
     params:
         folds=as_json({"k": config["folds"], "seed": config["seed"]}),
-        code=code_digest("folds"),
+        code=code_digest("folds", "dataset"),
+    conda:
+        CONDA_ENV
     log:
         "results/logs/make_folds/{task}.log",
     shell:
-        "{PY:q} -m affect_pipeline make_folds --task {wildcards.task} --labels {input.labels:q}"
+        "python -m affect_pipeline make_folds --task {wildcards.task} --labels {input.labels:q}"
         " --index {input.index:q} --out {output:q} --params {params.folds:q} > {log:q} 2>&1"
 
 
@@ -57,19 +49,22 @@ rule train_blb:
         metrics="results/models/{task}/{fold}/blb_metrics.json",
         curve="results/models/{task}/{fold}/blb_curve.csv",
     params:
+        seed=config["seed"],
         temporal=TEMPORAL,
         features=features_arg,
         code=code_digest(*TEMPORAL_CODE),
     threads: THREADS
     resources:
         **res("train_blb"),
+    conda:
+        CONDA_ENV
     log:
         "results/logs/train_blb/{task}/{fold}.log",
     shell:
-        "{PY:q} -m affect_pipeline train_blb --task {wildcards.task} --fold {wildcards.fold}"
+        "python -m affect_pipeline train_blb --task {wildcards.task} --fold {wildcards.fold}"
         " --folds {input.folds:q} --labels {input.labels:q} --features {params.features}"
         " --out {output.model:q} --metrics {output.metrics:q} --curve {output.curve:q}"
-        " --params {params.temporal:q} --threads {threads} --seed {config[seed]} > {log:q} 2>&1"
+        " --params {params.temporal:q} --threads {threads} --seed {params.seed} > {log:q} 2>&1"
 
 
 rule mine_hard_clips:
@@ -79,19 +74,22 @@ rule mine_hard_clips:
     output:
         "results/models/{task}/{fold}/clb_clips.json",
     params:
+        seed=config["seed"],
         temporal=TEMPORAL,
         features=features_arg,
         code=code_digest("mining", *TEMPORAL_CODE),
     threads: THREADS
     resources:
         **res("mine_hard_clips"),
+    conda:
+        CONDA_ENV
     log:
         "results/logs/mine_hard_clips/{task}/{fold}.log",
     shell:
-        "{PY:q} -m affect_pipeline mine_hard_clips --task {wildcards.task} --fold {wildcards.fold}"
+        "python -m affect_pipeline mine_hard_clips --task {wildcards.task} --fold {wildcards.fold}"
         " --folds {input.folds:q} --labels {input.labels:q} --features {params.features}"
         " --blb {input.blb:q} --out {output:q} --params {params.temporal:q} --threads {threads}"
-        " --seed {config[seed]} > {log:q} 2>&1"
+        " --seed {params.seed} > {log:q} 2>&1"
 
 
 rule train_dcl:
@@ -104,20 +102,23 @@ rule train_dcl:
         metrics="results/models/{task}/{fold}/dcl_metrics.json",
         curve="results/models/{task}/{fold}/dcl_curve.csv",
     params:
+        seed=config["seed"],
         temporal=TEMPORAL,
         features=features_arg,
         code=code_digest(*TEMPORAL_CODE),
     threads: THREADS
     resources:
         **res("train_dcl"),
+    conda:
+        CONDA_ENV
     log:
         "results/logs/train_dcl/{task}/{fold}.log",
     shell:
-        "{PY:q} -m affect_pipeline train_dcl --task {wildcards.task} --fold {wildcards.fold}"
+        "python -m affect_pipeline train_dcl --task {wildcards.task} --fold {wildcards.fold}"
         " --folds {input.folds:q} --labels {input.labels:q} --features {params.features}"
         " --blb {input.blb:q} --clb-clips {input.clb_clips:q} --out {output.model:q}"
         " --metrics {output.metrics:q} --curve {output.curve:q} --params {params.temporal:q}"
-        " --threads {threads} --seed {config[seed]} > {log:q} 2>&1"
+        " --threads {threads} --seed {params.seed} > {log:q} 2>&1"
 
 
 rule predict:
@@ -134,10 +135,12 @@ rule predict:
     threads: THREADS
     resources:
         **res("predict"),
+    conda:
+        CONDA_ENV
     log:
         "results/logs/predict/{task}/{fold}.log",
     shell:
-        "{PY:q} -m affect_pipeline predict --task {wildcards.task} --fold {wildcards.fold}"
+        "python -m affect_pipeline predict --task {wildcards.task} --fold {wildcards.fold}"
         " --model {input.model:q} --folds {input.folds:q} --labels {input.labels:q}"
         " --features {params.features} --index {input.index:q} --out {output:q}"
         " --params {params.temporal:q} --threads {threads} > {log:q} 2>&1"

@@ -1,0 +1,134 @@
+"""Temporal training throughput: is a BLB / DCL step bound by clip loading or by the model?
+
+Rows (median over ``steps`` timed repetitions after ``warmup``):
+- ``read_hdf5``: reading + standardising all feature stores once per job (per video);
+- ``gather``: assembling one batch of clips from the in-memory per-video tensors;
+- ``blb_step``: gather + forward + backward + AdamW step (what ``train_blb`` does per batch);
+- ``blb_model_only``: forward + backward + step on a random tensor of the same shape;
+- ``dcl_step``: two gathers + frozen-BLB forward + CLB forward / backward + step;
+with ``load_pct`` = share of a step spent gathering clips and ``steps_per_s``.
+
+    python benchmarks/bench_temporal.py [--d-model 64 --dims 96 64 64 128 --clip-len 50 ...]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from affect_pipeline.clips import gather, load_features, train_clips
+from affect_pipeline.losses import task_loss
+from affect_pipeline.stores import write_features
+from affect_pipeline.temporal import build_model, model_config
+from affect_pipeline.temporal_training import dcl_step
+
+STORE_NAMES = ["mae_AU", "hubert", "wav2vec2", "vggish"]
+
+
+def _time(fn, steps, warmup, sync):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(steps):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def run(dims=(96, 64, 64, 128), n_videos=8, frames=600, clip_len=50, stride=25, batch_size=8,
+        d_model=64, nhead=4, layers=4, steps=10, warmup=2, device="cpu", threads=1, seed=0) -> list[dict]:
+    """Benchmark rows (see module docstring); sizes default to the demo configuration."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    dev = torch.device(device)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = [Path(tmp) / n for n in STORE_NAMES[: len(dims)]]
+        vids = [f"v{i}" for i in range(n_videos)]
+        for d, D in zip(dirs, dims):
+            for v in vids:
+                write_features(d / f"{v}.h5", rng.normal(size=(frames, D)), np.ones(frames, bool),
+                               extractor=d.name, checkpoint_digest="bench", fps=25.0)
+        t0 = time.perf_counter()
+        fs = load_features(dirs, vids)
+        t_read = (time.perf_counter() - t0) / n_videos
+    labels = {v: (torch.randint(0, 2, (frames, 12)).float(), torch.ones(frames, dtype=torch.bool)) for v in vids}
+    clips = train_clips({v: frames for v in vids}, clip_len, stride)
+    cfg = model_config("AU", fs.dim, {"d_model": d_model, "nhead": nhead, "layers": layers}, clip_len)
+    model, clb = build_model(cfg).to(dev), build_model(cfg).to(dev)
+    blb = build_model(cfg).to(dev).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt_c = torch.optim.AdamW(clb.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(seed)
+
+    def batch():
+        idx = torch.randint(0, len(clips), (batch_size,), generator=g).tolist()
+        b = gather(fs, [clips[i] for i in idx], clip_len, labels)
+        return {k: v.to(dev) for k, v in b.items()}
+
+    def train(o, loss):
+        o.zero_grad(set_to_none=True)
+        loss.backward()
+        o.step()
+
+    def blb_step():
+        b = batch()
+        train(opt, task_loss("AU", model(b["x"], b["pad"]), b["y"], b["ymask"]))
+
+    fixed = batch()
+    xr = torch.randn_like(fixed["x"])
+
+    def model_only():
+        train(opt, task_loss("AU", model(xr, fixed["pad"]), fixed["y"], fixed["ymask"]))
+
+    def dcl():
+        bi, bj = batch(), batch()
+        alpha = torch.from_numpy(rng.beta(2.0, 2.0, size=batch_size)).float().to(dev)
+        train(opt_c, dcl_step("AU", blb, clb, bi, bj, alpha, None, dev))
+
+    model.train(); clb.train()
+    t_gather = _time(batch, steps, warmup, sync)
+    t_blb = _time(blb_step, steps, warmup, sync)
+    t_model = _time(model_only, steps, warmup, sync)
+    t_dcl = _time(dcl, steps, warmup, sync)
+    shape = f"B={batch_size} K={clip_len} D={fs.dim} d_model={d_model} L={layers}"
+    row = lambda name, t, load=None: {"name": name, "shape": shape, "device": str(dev), "threads": threads,
+                                      "ms": 1e3 * t, "steps_per_s": 1 / t if t else float("inf"),
+                                      "load_pct": None if load is None else 100 * load / t}
+    return [row("read_hdf5 (per video)", t_read), row("gather (1 batch)", t_gather),
+            row("blb_step", t_blb, t_gather), row("blb_model_only", t_model),
+            row("dcl_step", t_dcl, 2 * t_gather)]
+
+
+def print_table(rows) -> None:
+    print(f"{'name':24} {'ms':>9} {'steps/s':>9} {'load %':>7}  shape / device")
+    for r in rows:
+        lp = "" if r["load_pct"] is None else f"{r['load_pct']:.1f}"
+        print(f"{r['name']:24} {r['ms']:9.2f} {r['steps_per_s']:9.2f} {lp:>7}  {r['shape']} {r['device']} x{r['threads']}")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dims", type=int, nargs="+", default=[96, 64, 64, 128])
+    p.add_argument("--videos", type=int, default=8)
+    p.add_argument("--frames", type=int, default=600)
+    p.add_argument("--clip-len", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--nhead", type=int, default=4)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    print_table(run(tuple(a.dims), a.videos, a.frames, a.clip_len, a.clip_len // 2, a.batch_size, a.d_model,
+                    a.nhead, a.layers, a.steps, device=a.device, threads=a.threads))
