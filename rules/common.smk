@@ -174,5 +174,19 @@ def demo_test_labels_arg(wc):
     return f"--test-labels {shlex.quote(os.path.join(config['demo']['root'], 'test_labels'))}" if DEMO else ""
 
 
+
+def temporal_params(*sections):
+    """The temporal settings a stage needs: the shared ones + its own sections, so that e.g. a DCL
+    change does not rerun BLB training."""
+    keep = ("features", "eri_visual_task", "clip_len", "stride", "blb", "eri") + sections
+    return as_json({k: config["temporal"][k] for k in keep})
+
+
+
+def mae_params(*sections):
+    """The model config + a stage's own MAE sections (a fine-tune change keeps the pretraining)."""
+    return as_json({k: config["mae"][k] for k in ("model",) + sections})
+
+
 THREADS = config["resources"]["threads"]
 CONDA_ENV = "../envs/affect.yaml"

@@ -10,7 +10,7 @@ rule pretrain_mae:
         curve=report("results/mae/pretrain_curve.csv", category="Training", subcategory="MAE pretraining"),
     params:
         seed=config["seed"],
-        mae=as_json(config["mae"]),
+        mae=mae_params("checkpoint", "pretrain", "gpus"),
         launch=torch_launcher(config["mae"]["gpus"]),
         code=code_digest("mae", "mae_training"),
     threads: THREADS
@@ -36,7 +36,7 @@ rule finetune_mae:
         curve="results/mae/finetune_{task}_curve.csv",
     params:
         seed=config["seed"],
-        mae=as_json(config["mae"]),
+        mae=mae_params("finetune", "gpus"),
         launch=torch_launcher(config["mae"]["gpus"]),
         code=code_digest("mae", "mae_training", "losses", "metrics"),
     threads: THREADS
@@ -60,7 +60,7 @@ rule visual_features:
     output:
         "results/features/mae_{task}/{video}.h5",
     params:
-        mae=as_json(config["mae"]),
+        mae=mae_params("features"),
         code=code_digest("mae", "mae_training"),
     threads: THREADS
     resources:

@@ -1,7 +1,6 @@
 # Temporal learning per task and fold: folds, BLB, hard-clip mining (D_CLB), DCL, prediction.
 
 
-TEMPORAL = as_json(config["temporal"])
 TEMPORAL_CODE = ("clips", "temporal", "temporal_training", "losses", "metrics")
 
 
@@ -50,7 +49,7 @@ rule train_blb:
         curve="results/models/{task}/{fold}/blb_curve.csv",
     params:
         seed=config["seed"],
-        temporal=TEMPORAL,
+        temporal=temporal_params(),
         features=features_arg,
         code=code_digest(*TEMPORAL_CODE),
     threads: THREADS
@@ -75,7 +74,7 @@ rule mine_hard_clips:
         "results/models/{task}/{fold}/clb_clips.json",
     params:
         seed=config["seed"],
-        temporal=TEMPORAL,
+        temporal=temporal_params("mining"),
         features=features_arg,
         code=code_digest("mining", *TEMPORAL_CODE),
     threads: THREADS
@@ -103,7 +102,7 @@ rule train_dcl:
         curve="results/models/{task}/{fold}/dcl_curve.csv",
     params:
         seed=config["seed"],
-        temporal=TEMPORAL,
+        temporal=temporal_params("dcl"),
         features=features_arg,
         code=code_digest(*TEMPORAL_CODE),
     threads: THREADS
@@ -129,7 +128,7 @@ rule predict:
     output:
         "results/predictions/{task}/{fold}.h5",
     params:
-        temporal=TEMPORAL,
+        temporal=temporal_params("dcl"),
         features=features_arg,
         code=code_digest(*TEMPORAL_CODE),
     threads: THREADS

@@ -1,0 +1,250 @@
+"""audio_features: offline loading, the feature grid, alignment, chunking, the CLI end to end."""
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from affect_pipeline import audio_features as af
+from affect_pipeline.__main__ import main as cli
+from affect_pipeline.runtime import PipelineError
+
+SR = 16000
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    torch.set_num_threads(1)
+    return af.make_demo_models(tmp_path_factory.mktemp("audio") / "models", seed=0)
+
+
+def weights(models, name):
+    return models / ("vggish.pth" if name == "vggish" else name)
+
+
+def noise(seconds, seed=0):
+    """Noise with a slowly varying envelope and tones, so features change over time."""
+    t = np.arange(int(seconds * SR)) / SR
+    rng = np.random.default_rng(seed)
+    env = 0.5 + 0.5 * np.sin(2 * np.pi * 0.7 * t)
+    return (0.2 * env * rng.standard_normal(len(t)) + 0.3 * np.sin(2 * np.pi * (200 + 300 * env) * t)).astype(np.float32)
+
+
+# ---------------------------------------------------------------- loading
+@pytest.mark.parametrize("name", af.MODELS)
+def test_demo_models_load_offline(models, name):
+    m = af.load_audio_model(name, weights(models, name), {})
+    assert m.dim == (128 if name == "vggish" else 32) and len(m.digest) == 16
+    if name == "vggish":   # 0.96 s windows every 0.24 s (default hop)
+        assert (m.stride, m.rf) == (3840, 15600)
+        np.testing.assert_allclose(m.centres([0, 1, 10]), [0.4875, 0.7275, 2.8875], atol=1e-4)
+    else:                  # 20 ms frames, 25 ms receptive field
+        assert (m.stride, m.rf, m.normalize) == (320, 400, True)
+        np.testing.assert_allclose(m.centres([0, 1, 50]), [0.0125, 0.0325, 1.0125], atol=1e-4)
+
+
+def test_demo_models_deterministic(models, tmp_path):
+    again = af.make_demo_models(tmp_path / "m", seed=0)
+    for name in ("hubert/model.safetensors", "wav2vec2/model.safetensors"):
+        assert (again / name).read_bytes() == (models / name).read_bytes()
+    a, b = torch.load(again / "vggish.pth"), torch.load(models / "vggish.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", ["hubert", "wav2vec2"])
+def test_grid_matches_model_output_length(models, name):
+    """The closed-form feature count (stride, rf) equals what the real conv stack produces."""
+    m = af.load_audio_model(name, weights(models, name), {})
+    for n in (400, 719, 720, 16000, 16321):
+        assert m.forward(np.zeros((1, n), np.float32)).shape[1] == m.n_features(n)
+
+
+def test_hf_layer_selection(models):
+    x = noise(1.0)[None]
+    net = af.load_audio_model("hubert", weights(models, "hubert"), {}).net
+    with torch.inference_mode():
+        ref = net(torch.from_numpy(x), output_hidden_states=True)
+    last = af.load_audio_model("hubert", weights(models, "hubert"), {"hubert": {"layer": -1}}).forward(x)
+    first = af.load_audio_model("hubert", weights(models, "hubert"), {"hubert": {"layer": 0}}).forward(x)
+    mean = af.load_audio_model("hubert", weights(models, "hubert"), {"hubert": {"layer": "mean"}}).forward(x)
+    np.testing.assert_allclose(last, ref.last_hidden_state.numpy(), atol=1e-5)
+    np.testing.assert_allclose(first, ref.hidden_states[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(mean, torch.stack(ref.hidden_states).mean(0).numpy(), atol=1e-5)
+    with pytest.raises(PipelineError, match="audio.hubert.layer"):
+        af.load_audio_model("hubert", weights(models, "hubert"), {"hubert": {"layer": 7}})
+
+
+def test_missing_or_wrong_weights_name_the_key(models, tmp_path):
+    with pytest.raises(PipelineError, match=r"nope.*audio\.hubert\.weights"):
+        af.load_audio_model("hubert", tmp_path / "nope", {})
+    with pytest.raises(PipelineError, match=r"model_type is 'wav2vec2'.*audio\.hubert\.weights"):
+        af.load_audio_model("hubert", models / "wav2vec2", {})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PipelineError, match=r"no config.json.*my\.key"):
+        af.load_audio_model("wav2vec2", tmp_path / "empty", {}, weights_key="my.key")
+    with pytest.raises(PipelineError, match=r"vggish\.pth.*audio\.vggish\.weights"):
+        af.load_audio_model("vggish", tmp_path / "vggish.pth", {})
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "bad.pth")
+    with pytest.raises(PipelineError, match=r"bad\.pth: not a VGGish state dict"):
+        af.load_audio_model("vggish", tmp_path / "bad.pth", {})
+    with pytest.raises(PipelineError, match=r"audio\.vggish\.weights is not set"):
+        af.load_audio_model("vggish", None, {})
+
+
+def test_cli_missing_weights_is_one_line_error(models, tmp_path, capsys):
+    frames = write_frames(tmp_path / "f.json", 25, 10, True)
+    rc = cli(["audio_features", "--model", "hubert", "--weights", str(tmp_path / "absent"),
+              "--weights-key", "audio.hubert.weights", "--audio", str(tmp_path / "a.wav"),
+              "--frames", str(frames), "--out", str(tmp_path / "o.h5")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "audio.hubert.weights" in err and "absent" in err and "Traceback" not in err
+    assert not (tmp_path / "o.h5").exists()
+
+
+# ---------------------------------------------------------------- VGGish against torchvggish
+def test_vggish_matches_torchvggish_reference():
+    from torchvggish import torchvggish as tv, vggish_input
+
+    torch.manual_seed(0)
+    ref = tv._vgg(postprocess=False).eval()       # the package's own class, random weights
+    ours = af.vggish_from_state_dict(ref.state_dict(), "ref")
+    wav = noise(2.5)
+    ex_ref = vggish_input.waveform_to_examples(wav.astype(np.float64), SR, return_tensor=True).detach()
+    ex = af.vggish_examples(wav, hop_frames=96)
+    np.testing.assert_allclose(ex, ex_ref[:, 0].numpy(), rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        np.testing.assert_allclose(ours(ex_ref).numpy(), ref(ex_ref).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_vggish_pca(models, tmp_path):
+    wav = noise(2.0)
+    plain = af.load_audio_model("vggish", weights(models, "vggish"), {}).forward(wav[None])
+    rng = np.random.default_rng(1)
+    E, m = rng.standard_normal((128, 128)).astype(np.float32), rng.standard_normal(128).astype(np.float32)
+    np.savez(tmp_path / "pca.npz", pca_eigen_vectors=E, pca_means=m)
+    got = af.load_audio_model("vggish", weights(models, "vggish"),
+                              {"vggish": {"pca": str(tmp_path / "pca.npz")}}).forward(wav[None])
+    np.testing.assert_allclose(got, np.clip((plain - m) @ E.T, -2, 2), atol=1e-4)
+
+
+# ---------------------------------------------------------------- alignment + chunking
+def test_alignment_hand_computed():
+    """Features = their centre time: interpolation must return the video time (held at edges)."""
+    c0, step, G = 0.0125, 0.02, 5
+    centres = c0 + step * np.arange(G)
+    feats = np.stack([centres, 10 * centres], 1).astype(np.float32)
+    t = np.array([0.0, 0.0125, 0.0225, 0.04, 0.0925, 0.2, 0.05])
+    want = np.array([0.0125, 0.0125, 0.0225, 0.04, 0.0925, 0.0925, 0.05])
+    for pieces in ([5], [2, 3], [1, 1, 1, 1, 1]):
+        al, g = af.Aligner(t, c0, step, G, 2), 0
+        for n in pieces:
+            al.push(g, feats[g:g + n])
+            g += n
+        np.testing.assert_allclose(al.out[:, 0], want, atol=1e-6)
+        np.testing.assert_allclose(al.out[:, 1], 10 * want, atol=1e-5)
+    one = af.Aligner(t, c0, step, 1, 2)
+    one.push(0, feats[:1])
+    np.testing.assert_allclose(one.out, np.repeat(feats[:1], len(t), 0))
+
+
+@pytest.mark.parametrize("n", [400, 15600, 16000 * 7 + 123, 16000 * 61])
+def test_chunk_plan_partitions_the_grid(n):
+    for stride, rf in ((320, 400), (3840, 15600)):
+        plan, G = af.chunk_plan(n, stride, rf, chunk=2 * SR, overlap=SR // 2)
+        assert G == max(0, (max(n, rf) - rf) // stride + 1)
+        assert plan[0][2] == 0 and plan[-1][3] == G
+        for (a, b, lo, hi), nxt in zip(plan, plan[1:] + [None]):
+            assert a % stride == 0 and lo <= hi
+            if hi > lo:   # every kept feature's window lies inside its chunk
+                assert lo * stride >= a and (hi - 1) * stride + rf <= b
+            if nxt:
+                assert nxt[2] == hi
+
+
+@pytest.mark.parametrize("name", af.MODELS)
+def test_chunked_equals_single_pass_in_interior(models, name):
+    m = af.load_audio_model(name, weights(models, name), {})
+    wav, t = noise(9.0, seed=3), np.arange(0, 9.0, 1 / 25)
+    single, v1 = af.extract(m, wav, SR, t, chunk_seconds=100)
+    chunked, v2 = af.extract(m, wav, SR, t, chunk_seconds=2.5, overlap_seconds=1.0, batch_size=2)
+    assert v1.all() and (v1 == v2).all() and single.shape == (len(t), m.dim)
+    scale = np.abs(single).mean()
+    err = np.abs(chunked - single).mean(1) / scale
+    if name == "vggish":   # examples are independent: stitching is exact
+        assert err.max() < 1e-5
+    else:                  # attention context differs near boundaries only a little
+        assert err.mean() < 0.02 and np.median(err) < 0.02
+    # the check can fail: a one-frame misalignment is far larger
+    assert np.abs(single[1:] - single[:-1]).mean() / scale > 20 * max(err.mean(), 1e-7)
+
+
+def test_extract_streams_file_like_array(models, tmp_path):
+    wav = noise(3.0, seed=5)
+    sf.write(tmp_path / "a.wav", wav, SR, subtype="FLOAT")
+    m = af.load_audio_model("wav2vec2", weights(models, "wav2vec2"), {})
+    t = np.arange(0, 3.0, 1 / 30)
+    a, va = af.extract(m, wav, SR, t, chunk_seconds=1.5, overlap_seconds=0.5)
+    b, vb = af.extract(m, tmp_path / "a.wav", None, t, chunk_seconds=1.5, overlap_seconds=0.5)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    sf.write(tmp_path / "b.wav", wav, 8000)
+    with pytest.raises(PipelineError, match="b.wav: sample rate 8000"):
+        af.extract(m, tmp_path / "b.wav", None, t)
+
+
+# ---------------------------------------------------------------- CLI end to end
+def write_frames(path, fps, n, has_audio):
+    ts = (np.arange(n) / fps).tolist()
+    path.write_text(json.dumps({"path": "v.mp4", "n_frames": n, "fps": fps, "width": 64, "height": 64,
+                                "duration": n / fps, "has_audio": has_audio, "audio_sample_rate": SR,
+                                "codec": "h264", "vfr": False, "timestamps": ts}))
+    return path
+
+
+def run_cli(models, tmp_path, name, frames, wav, params=None):
+    out = tmp_path / f"{name}_{frames.stem}.h5"
+    params = {"chunk_seconds": 2.0, "overlap_seconds": 1.0, "sample_rate": SR, **(params or {})}
+    rc = cli(["audio_features", "--model", name, "--weights", str(weights(models, name)),
+              "--weights-key", f"audio.{name}.weights", "--audio", str(wav), "--frames", str(frames),
+              "--out", str(out), "--params", json.dumps(params), "--threads", "1"])
+    assert rc == 0
+    with h5py.File(out) as f:
+        return f["features"][:], f["valid"][:], dict(f.attrs)
+
+
+@pytest.mark.parametrize("fps", [25, 30])
+@pytest.mark.parametrize("name", ["hubert", "vggish"])
+def test_cli_end_to_end(models, tmp_path, fps, name):
+    """A 4 s video with 3.5 s of PCM16 audio: (n_frames, D), valid ends with the audio."""
+    sf.write(tmp_path / "a.wav", noise(3.5), SR, subtype="PCM_16")
+    n = 4 * fps
+    feats, valid, attrs = run_cli(models, tmp_path, name, write_frames(tmp_path / f"v{fps}.json", fps, n, True),
+                                  tmp_path / "a.wav")
+    t = np.arange(n) / fps
+    assert feats.shape == (n, 128 if name == "vggish" else 32) and valid.shape == (n,)
+    np.testing.assert_array_equal(valid, t < 3.5)
+    assert np.all(feats[~valid] == 0) and np.abs(feats[valid]).sum(1).min() > 0
+    assert attrs["extractor"] == name and attrs["fps"] == fps and attrs["n_frames"] == n
+    assert len(np.unique(feats[valid].round(2), axis=0)) > n // 8   # varies over time
+
+
+def test_cli_no_audio_gives_zeros(models, tmp_path):
+    frames = write_frames(tmp_path / "v.json", 30, 45, False)
+    feats, valid, attrs = run_cli(models, tmp_path, "wav2vec2", frames, tmp_path / "missing.wav")
+    assert feats.shape == (45, 32) and not valid.any() and not feats.any() and not attrs["has_audio"]
+
+
+def test_cli_make_demo_audio_models(tmp_path):
+    assert cli(["make_demo_audio_models", "--out-dir", str(tmp_path / "m"), "--seed", "0"]) == 0
+    names = sorted(p.name for p in (tmp_path / "m").iterdir())
+    assert {"hubert", "wav2vec2", "vggish.pth"} <= set(names)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no tmp leftovers
