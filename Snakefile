@@ -1,12 +1,15 @@
 # affect_pipeline: face videos -> MAE + audio features -> BLB / DCL -> ABAW submission files.
 # Usage: snakemake --cores 8 submission          (embedded demo by default)
 #        snakemake --cores 8 --configfile my.yaml submission
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "workflow_config.yaml"
+# the defaults live beside this file; `--directory` / `--configfile` decide data and results
+configfile: os.path.join(workflow.basedir, "workflow_config.yaml")
 
 
 include: "rules/common.smk"

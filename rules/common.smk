@@ -26,6 +26,8 @@ def _deep_merge(base, extra):
 
 
 DEMO = demo_is_input(config)
+# what the demo dataset is made of (its `overrides` only shape the models trained on it)
+DEMO_SPEC = {k: v for k, v in config["demo"].items() if k != "overrides"}
 if DEMO:
     _deep_merge(config, config["demo"]["overrides"])
 

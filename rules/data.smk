@@ -7,7 +7,7 @@ if DEMO:
             videos=sorted(set(MEDIA.values())),
             manifest=f"{config['demo']['root']}/manifest.json",
         params:
-            demo=as_json({k: v for k, v in config["demo"].items() if k not in ("overrides", "root")}),
+            demo=as_json(DEMO_SPEC),
             root=lambda wc, output: os.path.dirname(output.manifest),
             code=code_digest("demo", "demo_manifest"),
         conda:
@@ -78,7 +78,7 @@ rule index_dataset:
         labels=expand("results/index/labels/{task}.h5", task=TASKS),
         report="results/index/index_report.json",
     params:
-        data=as_json({k: config[k] for k in ("affwild2", "hume", "tasks", "demo")}),
+        data=as_json({**{k: config[k] for k in ("affwild2", "hume", "tasks")}, "demo": DEMO_SPEC}),
         code=code_digest("dataset", "layout"),
     conda:
         CONDA_ENV
@@ -98,7 +98,7 @@ rule crop_faces:
     params:
         faces=faces_params,
         side=lambda wc: LAYOUT.videos[wc.video].side or "none",
-        cropped=cropped_dir,
+        cropped=lambda wc: f"--cropped-dir {shlex.quote(cropped_dir(wc))}" if cropped_dir(wc) else "",
         code=code_digest("faces", "video"),
     threads: THREADS
     resources:
@@ -109,5 +109,5 @@ rule crop_faces:
         "results/logs/crop_faces/{video}.log",
     shell:
         "python -m affect_pipeline crop_faces --video {input.video:q} --frames {input.frames:q}"
-        " --out {output:q} --side {params.side} --cropped-dir {params.cropped:q}"
+        " --out {output:q} --side {params.side} {params.cropped}"
         " --params {params.faces:q} --threads {threads} > {log:q} 2>&1"
