@@ -32,6 +32,14 @@ include: "rules/submit.smk"
 report: "report/workflow.rst"
 
 
+# bookkeeping rules run inside the Snakemake process's node, not as cluster jobs
+localrules:
+    all,
+    submission,
+    gather_features,
+    make_folds,
+
+
 rule all:
     default_target: True
     input:

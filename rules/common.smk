@@ -123,6 +123,8 @@ def code_digest(*modules):
 
 def res(rule_name):
     gpu = config["resources"]["gpu"] if rule_name in config["resources"]["gpu_rules"] else 0
+    if rule_name in ("pretrain_mae", "finetune_mae") and gpu:
+        gpu = max(gpu, config["mae"]["gpus"])   # DDP: one process per GPU inside the job
     return dict(gpu=gpu, mem_mb=config["resources"]["mem_mb"])
 
 

@@ -1,0 +1,186 @@
+"""profiles/slurm against a real Slurm: jobs go through sbatch, the run finishes, outputs exist.
+
+Needs a running Slurm (`.ci/slurm/start.sh` gives a single-node one with fake GPUs and no
+accounting, so job states come from squeue). Skipped, saying why, when `sinfo` does not answer.
+The repo profile is used as it is; only what a 2-core CI node cannot give is overridden on the
+command line: threads (one per job) and the status-poll intervals (seconds, not a minute).
+"""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, SNAKEMAKE
+
+
+def _slurm_state():
+    """None when a Slurm controller answers, else the reason to skip."""
+    if not shutil.which("sinfo"):
+        return "no Slurm client (sinfo) on PATH; start one with .ci/slurm/start.sh"
+    try:
+        p = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer within 15 s"
+    if p.returncode != 0:
+        return f"sinfo failed: {p.stderr.strip()[:200]} (start Slurm with .ci/slurm/start.sh)"
+    if not re.search(r"idle|mixed|alloc", p.stdout):
+        return f"no usable Slurm node (states: {p.stdout.split()})"
+    return None
+
+
+_REASON = _slurm_state()
+needs_slurm = pytest.mark.skipif(_REASON is not None, reason=str(_REASON))
+
+PROFILE = REPO / "profiles" / "slurm"
+HEAVY = ["crop_faces", "pretrain_mae", "finetune_mae", "visual_features", "audio_features",
+         "train_blb", "mine_hard_clips", "train_dcl", "predict"]
+# CI-only overrides: a 2-core node, and polling in seconds (MinJobAge 600 >= 3 x 5 s keeps squeue)
+CI_ARGS = ["--set-threads", *[f"{r}=1" for r in HEAVY],
+           "--slurm-init-seconds-before-status-checks", "5", "--seconds-between-status-checks", "5",
+           "--slurm-keep-successful-logs", "--jobs", "4"]
+
+
+def run_profile(args, cwd, timeout):
+    """snakemake --workflow-profile profiles/slurm ...; kills the whole process group on timeout
+    (a Snakemake stuck waiting for job states ignores SIGTERM)."""
+    cmd = [SNAKEMAKE, "--workflow-profile", str(PROFILE), *args]
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        ids = list(submitted(out).values())
+        if ids:  # do not leave the run's jobs queued
+            subprocess.run(["scancel", *ids], capture_output=True)
+        pytest.fail(f"snakemake did not finish within {timeout} s:\n{out[-6000:]}")
+    return proc.returncode, out
+
+
+def submitted(out):
+    """{snakemake job id: slurm job id} from the plugin's 'has been submitted' lines."""
+    return dict(re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", out))
+
+
+def test_profile_parses_and_names_real_rules(tmp_path):
+    """Every rule the profile tunes exists in the workflow (a typo would silently do nothing), and
+    Snakemake accepts the profile: a dry run shows the heavy rules' resources (no Slurm needed)."""
+    prof = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    assert prof["executor"] == "slurm" and prof["slurm-status-command"] == "squeue"
+    rules = set(re.findall(r"^rule (\w+):", "".join(p.read_text() for p in (REPO / "rules").glob("*.smk")), re.M))
+    assert set(prof["set-resources"]) <= rules, set(prof["set-resources"]) - rules
+    assert set(prof["set-threads"]) <= rules
+    for rule, res in prof["set-resources"].items():
+        assert {"mem_mb", "runtime", "cpus_per_task"} <= set(res), rule
+    cfg = tmp_path / "cut.yaml"
+    cfg.write_text(yaml.safe_dump(CUT))
+    p = subprocess.run([SNAKEMAKE, "submission", "--workflow-profile", str(PROFILE), "-n", "--snakefile", str(REPO / "Snakefile"),
+                        "--directory", str(tmp_path / "run"), "--configfile", str(REPO / "workflow_config.yaml"),
+                        str(cfg)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    blocks = {m.group(1): m.group(2) for m in re.finditer(r"^rule (\w+):\n(.*?)\n\n", p.stdout, re.M | re.S)}
+    assert re.search(r"mem_mb=48000\b.*runtime=480\b.*gpu=1\b", blocks["train_blb"]), blocks["train_blb"]
+    assert re.search(r"gpu=0\b", blocks["crop_faces"]) and "mem_mb=4000," in blocks["make_folds"]
+
+
+TOY = '''
+rule all:
+    input: "c.txt"
+rule extract_frames:
+    output: "a.txt"
+    shell: "echo job=${{SLURM_JOB_ID:-none}} > {output}"
+rule train_blb:
+    input: "a.txt"
+    output: "b.txt"
+    threads: 2
+    resources: gpu=0, mem_mb=1000
+    shell:
+        "echo job=${{SLURM_JOB_ID:-none}} cpus=${{SLURM_CPUS_PER_TASK:-none}}"
+        " cvd=${{CUDA_VISIBLE_DEVICES:-none}} threads={threads} > {output}"
+rule c:
+    input: "a.txt", "b.txt"
+    output: "c.txt"
+    shell: "cat {input} > {output}"
+'''
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_toy_workflow_goes_through_sbatch(tmp_path):
+    """Three rules through the repo profile: one sbatch job each, the GPU rule gets its GPU and
+    its CPUs, and the run ends (job states are polled with squeue, no accounting needed)."""
+    (tmp_path / "Snakefile").write_text(TOY)
+    t0 = time.time()
+    # train_blb: the profile's gpu=1, cpus_per_task=threads; 2 threads to see them mapped
+    rc, out = run_profile(["--snakefile", "Snakefile", *CI_ARGS, "--set-threads", "train_blb=2"],
+                          tmp_path, timeout=240)
+    wall = time.time() - t0
+    assert rc == 0, out[-6000:]
+    jobs = submitted(out)
+    assert len(jobs) == 3, out[-4000:]
+    a, b = (tmp_path / "a.txt").read_text(), (tmp_path / "b.txt").read_text()
+    assert re.match(r"job=\d+", a) and a.split("=")[1].strip() in jobs.values()
+    b_fields = dict(kv.split("=") for kv in b.split())
+    assert b_fields["job"] in jobs.values() and b_fields["job"] != a.split("=")[1].strip()
+    assert b_fields["cpus"] == "2" and b_fields["threads"] == "2"
+    assert b_fields["cvd"] != "none"                  # --gpus=1 gave the job a (fake) GPU
+    logs = list((tmp_path / ".snakemake" / "slurm_logs").rglob("*.log"))
+    assert {p.parent.name for p in logs} >= {"rule_extract_frames", "rule_train_blb", "rule_c"}
+    mem = subprocess.run(["scontrol", "show", "job", b_fields["job"]], capture_output=True, text=True).stdout
+    if mem:  # still known to slurmctld (MinJobAge): the profile's requests reached Slurm
+        assert "gres/gpu=1" in mem or "gpu:1" in mem or "gres:gpu" in mem, mem
+        assert re.search(r"mem=48000M|MinMemoryNode=48000M", mem), mem
+    print(f"\ntoy workflow through Slurm: 3 jobs in {wall:.0f} s ({wall / 3:.0f} s per job)")
+
+
+CUT = {
+    "tasks": ["VA"],
+    "folds": 2,
+    "demo": {
+        "frames": [50, 60], "size": 160,
+        "n_videos": {"train": 3, "validation": 2, "test": 1},
+        "hume": {"train": 2, "validation": 1, "test": 1, "frames": 30},
+        "overrides": {
+            "mae": {"pretrain": {"epochs": 1, "frames_per_video": 16},
+                    "finetune": {"epochs": 1, "frames_per_video": 16}},
+            "audio": {"models": ["vggish"]},
+            "temporal": {"features": ["mae", "vggish"], "clip_len": 20, "stride": 10,
+                         "blb": {"d_model": 32, "nhead": 2, "layers": 1, "epochs": 2, "batch_size": 4},
+                         "dcl": {"epochs": 2}},
+        },
+    },
+}
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@needs_slurm
+def test_demo_workflow_on_slurm(tmp_path):
+    """The repo's workflow, cut down (VA, 6 short videos, 2 folds, tiny models), to `submission`
+    through the Slurm profile: every job an sbatch job, the submission file written."""
+    cfg = tmp_path / "cut.yaml"
+    cfg.write_text(yaml.safe_dump(CUT))
+    work = tmp_path / "run"
+    t0 = time.time()
+    rc, out = run_profile(["--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
+                           "--configfile", str(REPO / "workflow_config.yaml"), str(cfg),
+                           *CI_ARGS, "submission"], tmp_path, timeout=840)
+    wall = time.time() - t0
+    (tmp_path / "snakemake.out").write_text(out)
+    assert rc == 0, out[-8000:]
+    sub = work / "results" / "submission" / "VA" / "predictions.txt"
+    assert sub.exists(), out[-4000:]
+    assert sub.read_text().splitlines()[0] == "image_location,valence,arousal"
+    jobs = submitted(out)
+    ran = re.findall(r"^(?:local)?rule (\w+):", out, re.M)
+    assert len(jobs) >= len([r for r in ran if r not in ("all", "submission")]) - 1, out[-4000:]
+    logdirs = {p.name for p in (work / ".snakemake" / "slurm_logs").iterdir()}
+    assert {"rule_train_blb", "rule_predict", "rule_crop_faces"} <= logdirs, logdirs
+    print(f"\ncut-down demo through Slurm: {len(jobs)} sbatch jobs in {wall:.0f} s")
