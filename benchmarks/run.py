@@ -1,0 +1,177 @@
+"""One benchmark entry point: every stage against its model-only reference, one table.
+
+    python -m benchmarks.run [--quick] [--demo] [--out benchmarks/RESULTS.md]
+
+Each stage benchmark runs in a fresh process (so its peak RSS is its own) and reports the
+stage's throughput next to a model-only reference measured on the same inputs in the same
+run; the ratio is what the targets are about (≥ 0.9 of the model-only limit, data loading
+≤ 5 % of a training step). Then: `snakemake -n submission` and a no-op rerun over an
+Aff-Wild2-shaped tree of 600 videos, and (with --demo) the whole demo from empty results.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+_CHILD = """
+import json, sys
+sys.path.insert(0, {root!r})
+import importlib
+mod = importlib.import_module({module!r})
+rows = mod.run(**{kwargs!r})
+peak = 0
+for line in open("/proc/self/status"):
+    if line.startswith("VmHWM:"):
+        peak = int(line.split()[1]) / 1024
+print("@@ROWS@@" + json.dumps({{"rows": rows, "peak_rss_mb": peak}}, default=str))
+"""
+
+
+def child(module: str, **kwargs) -> dict:
+    """Run ``module.run(**kwargs)`` in a fresh interpreter; rows + that process's peak RSS."""
+    code = _CHILD.format(root=str(ROOT), module=module, kwargs=kwargs)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    for line in p.stdout.splitlines():
+        if line.startswith("@@ROWS@@"):
+            return json.loads(line[8:])
+    raise RuntimeError(f"{module} failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
+
+
+def row(stage, value, unit, ref=None, ref_name="", peak=None, note=""):
+    ratio = value / ref if ref else None
+    return {"stage": stage, "value": value, "unit": unit, "reference": ref, "ref_name": ref_name,
+            "ratio": ratio, "peak_rss_mb": peak, "note": note}
+
+
+def bench_stages(quick: bool, threads: int) -> list[dict]:
+    out = []
+    r = child("benchmarks.bench_faces", n_frames=100 if quick else 300, threads=threads)
+    parts = {x["part"]: x for x in r["rows"]}
+    dec, det, stage = parts["decode"], parts["detector"], parts["crop_faces stage"]
+    out.append(row("decode (PyAV, RGB frames)", dec["fps"], "frames/s", peak=r["peak_rss_mb"]))
+    out.append(row("crop_faces (decode+MTCNN+align+store)", stage["fps"], "frames/s", det["fps"],
+                   "MTCNN alone, same frames", r["peak_rss_mb"]))
+    r = child("benchmarks.bench_mae", frames=256 if quick else 1024, threads=threads)
+    m = {x["name"]: x for x in r["rows"]}
+    out.append(row("visual_features (tiny ViT)", m["features_stage"]["frames_per_s"], "frames/s",
+                   m["model_forward"]["frames_per_s"], "ViT forward on random tensors", r["peak_rss_mb"]))
+    for name in ("pretrain_step", "finetune_step"):
+        out.append(row(f"MAE {name.replace('_', ' ')} (tiny)", m[name]["steps_per_s"], "steps/s", peak=r["peak_rss_mb"]))
+    if "vit_base_bf16" in m:
+        out.append(row("ViT-B/16 bf16 forward (GPU)", m["vit_base_bf16"]["frames_per_s"], "frames/s"))
+    r = child("benchmarks.bench_audio", seconds=20.0 if quick else 60.0, threads=threads)
+    for a in r["rows"]:
+        out.append(row(f"audio_features {a['model']} (demo size)", a["stage_fps"], "frames/s", a["model_fps"],
+                       "model forward on the same audio", r["peak_rss_mb"]))
+    r = child("benchmarks.bench_temporal", steps=5 if quick else 10, threads=threads)
+    t = {x["name"]: x for x in r["rows"]}
+    blb, dcl = t["blb_step"], t["dcl_step"]
+    out.append(row("clip loading (HDF5 read, per video)", t["read_hdf5 (per video)"]["ms"], "ms", peak=r["peak_rss_mb"]))
+    out.append(row("BLB step", blb["steps_per_s"], "steps/s", t["blb_model_only"]["steps_per_s"],
+                   "forward+backward on random tensors", r["peak_rss_mb"],
+                   f"batch gather = {blb['load_pct']:.1f} % of the step"))
+    out.append(row("DCL step", dcl["steps_per_s"], "steps/s", blb["steps_per_s"], "one BLB step",
+                   r["peak_rss_mb"], f"batch gathers = {dcl['load_pct']:.1f} % of the step"))
+    return out
+
+
+def bench_dag(n_videos: int = 600) -> list[dict]:
+    """Dry run and no-op rerun of `submission` over an Aff-Wild2-shaped tree of n_videos."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import yaml
+    from aff_tree import make_tree
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = make_tree(tmp / "aff", n_videos, pair_every=50)
+        data["tasks"] = ["AU", "EXPR", "VA"]
+        data["temporal"] = {"features": ["mae", "vggish"]}
+        (tmp / "vggish.pth").write_bytes(b"")
+        data["audio"] = {"models": ["vggish"], "vggish": {"weights": str(tmp / "vggish.pth")}}
+        cfg = tmp / "data.yaml"
+        cfg.write_text(yaml.safe_dump(data))
+        base = [SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(cfg),
+                "--directory", str(tmp / "run"), "--cores", "1"]
+        t = time.perf_counter()
+        p = subprocess.run(base + ["-n", "submission", "--quiet", "all"], capture_output=True, text=True)
+        rows.append(row(f"snakemake -n submission ({n_videos} videos)", time.perf_counter() - t, "s",
+                        note="ok" if p.returncode == 0 else p.stderr[-300:]))
+        # mark every output as done (--touch creates nothing, so first create the files)
+        p = subprocess.run(base + ["-n", "submission", "--summary"], capture_output=True, text=True)
+        for line in p.stdout.splitlines()[1:]:
+            f = tmp / "run" / line.split("\t")[0]
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.touch()
+        subprocess.run(base + ["--touch", "submission", "--quiet", "all"], capture_output=True, text=True)
+        t = time.perf_counter()
+        p = subprocess.run(base + ["submission", "--quiet", "all"], capture_output=True, text=True)
+        noop = "Nothing to be done" in p.stdout + p.stderr or p.returncode == 0
+        rows.append(row(f"no-op rerun of submission ({n_videos} videos)", time.perf_counter() - t, "s",
+                        note="nothing ran" if noop else p.stderr[-300:]))
+    return rows
+
+
+def bench_demo() -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        p = subprocess.run([SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", tmp,
+                            "--cores", "2", "submission", "--quiet", "all"], capture_output=True, text=True)
+        return [row("demo: snakemake --cores 2 submission (empty results)", time.perf_counter() - t, "s",
+                    note="ok" if p.returncode == 0 else p.stderr[-300:])]
+
+
+def machine() -> str:
+    import torch
+
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    mem = next((int(l.split()[1]) // 1024**2 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return (f"{platform.node()}: {os.cpu_count()} cores ({cpu}), {mem} GiB RAM, GPU: {gpu}; "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def table(rows: list[dict]) -> str:
+    fmt = lambda v, d=1: "" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))  # noqa: E731
+    lines = ["| stage | value | unit | model-only reference | ratio | peak RSS (MB) | note |",
+             "|---|---:|---|---|---:|---:|---|"]
+    for r in rows:
+        ref = f"{fmt(r['reference'])} ({r['ref_name']})" if r["reference"] else ""
+        lines.append(f"| {r['stage']} | {fmt(r['value'])} | {r['unit']} | {ref} | {fmt(r['ratio'], 2)} | "
+                     f"{fmt(r['peak_rss_mb'], 0)} | {r['note']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller inputs (a smoke run)")
+    ap.add_argument("--demo", action="store_true", help="also time the whole demo from empty results")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=None, help="write a Markdown report here")
+    a = ap.parse_args(argv)
+    rows = bench_stages(a.quick, a.threads) + bench_dag(100 if a.quick else 600)
+    if a.demo:
+        rows += bench_demo()
+    text = table(rows)
+    print(machine())
+    print(text)
+    if a.out:
+        a.out.write_text(f"# Benchmark results\n\nMachine: {machine()}\n\nCommand: `python -m benchmarks.run"
+                         f"{' --quick' if a.quick else ''}{' --demo' if a.demo else ''} --threads {a.threads}`"
+                         f"\n\n{text}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

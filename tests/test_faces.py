@@ -1,0 +1,293 @@
+"""crop_faces on real videos of a real face: detection rate, alignment, tracking, sides, errors."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage.data import astronaut
+from skimage.transform import SimilarityTransform
+
+from affect_pipeline import faces
+from affect_pipeline.__main__ import main as cli
+from affect_pipeline.runtime import PipelineError, write_json
+from affect_pipeline.stores import FaceStore
+from affect_pipeline.video import frame_info, write_video
+
+torch.set_num_threads(1)
+FPS = 25
+
+
+def face_img(size):
+    """The astronaut's head and shoulders, face centred, ``size`` px square."""
+    return cv2.resize(astronaut()[0:400, 30:430], (size, size), interpolation=cv2.INTER_AREA)
+
+
+def moving(img, n):
+    """Frames of ``img`` drifting and zooming a little (the face moves, the detector must follow)."""
+    h, w = img.shape[:2]
+    for i in range(n):
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), 4 * np.sin(i / 6), 1 + 0.08 * np.sin(i / 5))
+        m[:, 2] += (6 * np.sin(i / 4), 4 * np.cos(i / 7))
+        yield cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_REFLECT)
+
+
+def make(d: Path, name: str, frames, **kw):
+    video = write_video(d / f"{name}.mp4", frames, FPS, "libx264", **kw)
+    write_json(d / f"{name}.json", frame_info(video, show_progress=False))
+    return video, d / f"{name}.json"
+
+
+def crop(video, fj, out, *extra, params=None):
+    args = ["crop_faces", "--video", str(video), "--frames", str(fj), "--out", str(out), "--threads", "1",
+            "--device", "cpu", "--params", json.dumps({"size": 112, "batch_size": 16, **(params or {})})]
+    return cli(args + list(extra))
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("faces")
+    m = {"dir": d}
+    m["face"] = make(d, "face", moving(face_img(192), 30))
+    half = face_img(128)
+    pair = np.concatenate([half, half[:, ::-1] // 2 + 60], axis=1)  # two people side by side (256x128)
+    m["pair"] = make(d, "pair", moving(pair, 12))
+    rng = np.random.default_rng(0)
+    noise = [cv2.GaussianBlur(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8), (9, 9), 3) for _ in range(8)]
+    m["noface"] = make(d, "noface", noise)
+    m["tiny"] = make(d, "tiny", [face_img(64)] * 3)
+    return m
+
+
+@pytest.fixture(scope="module")
+def face_store(media):
+    video, fj = media["face"]
+    out = media["dir"] / "out" / "face.h5"
+    assert crop(video, fj, out) == 0
+    return out
+
+
+# ---------------------------------------------------------------- geometry
+def test_similarity_transform_matches_skimage():
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 200, (5, 2))
+    dst = faces.template(224) + rng.normal(0, 3, (5, 2))
+    ref = SimilarityTransform.from_estimate(src, dst)
+    np.testing.assert_allclose(faces.similarity_transform(src, dst), ref.params[:2], atol=1e-8)
+    true = SimilarityTransform(scale=0.7, rotation=0.3, translation=(5, -8))
+    np.testing.assert_allclose(faces.similarity_transform(src, true(src)), true.params[:2], atol=1e-9)
+
+
+def test_template_and_margin():
+    np.testing.assert_allclose(faces.template(224), faces.ARCFACE_112 * 2)
+    t0, t1 = faces.template(112), faces.template(112, 0.25)
+    c = np.array([56.0, 56.0])
+    np.testing.assert_allclose(t1 - c, (t0 - c) / 1.5)
+
+
+def test_align_face_puts_points_on_template():
+    img = np.zeros((300, 400, 3), np.uint8)
+    pts = faces.ARCFACE_112 * 1.7 + (120, 60)
+    for x, y in pts:
+        cv2.circle(img, (int(round(x)), int(round(y))), 4, (255, 255, 255), -1)
+    out = faces.align_face(img, pts, 112)
+    for x, y in faces.template(112):
+        assert out[int(round(y)), int(round(x))].min() > 100
+
+
+# ---------------------------------------------------------------- choosing a face
+def test_select_face_tracks_and_sides():
+    big_far = [200, 0, 300, 120]
+    small_near = [10, 10, 50, 50]
+    boxes = np.array([big_far, small_near], float)
+    assert faces.select_face(boxes, None, "none", 320) == 0  # start: the largest
+    assert faces.select_face(boxes, np.array([12, 12, 52, 52.0]), "none", 320) == 1  # then: the track
+    assert faces.select_face(boxes, None, "left", 320) == 1
+    assert faces.select_face(boxes, None, "right", 320) == 0
+    one_right = np.array([big_far], float)
+    assert faces.select_face(one_right, None, "left", 320) is None  # partner's face, ours is missed
+    assert faces.select_face(one_right, None, "right", 320) == 0
+    assert faces.select_face(one_right, np.array([195, 0, 295, 120.0]), "left", 320) == 0  # our track crossed
+    assert faces.select_face(np.zeros((0, 4)), None, "none", 320) is None
+
+
+# ---------------------------------------------------------------- the stage (mtcnn)
+def test_store_rows_found_and_attrs(media, face_store):
+    info = json.loads(media["face"][1].read_text())
+    with FaceStore(face_store) as s:
+        assert s.n_frames == info["n_frames"] == 30
+        assert s.found.mean() >= 0.95
+        np.testing.assert_allclose(s.timestamps, info["timestamps"])
+        assert s.attrs["backend"] == "mtcnn" and s.attrs["video_id"] == "face" and s.size == 112
+        assert s.f["landmarks"].shape == (30, 5, 2) and s.f["box"].shape == (30, 4)
+        assert (s.f["score"][:][s.found] >= 0.9).all()
+        crops = s.read_crops(np.arange(30))
+    assert crops.shape == (30, 112, 112, 3) and crops[s.found].mean() > 40
+
+
+def test_crops_are_aligned(face_store):
+    """MTCNN run again on the stored crops finds the eyes where the template puts them.
+
+    Per-frame MTCNN landmarks jitter by a few pixels (a smile also fits the average template
+    loosely), so the check is on the median and on most frames, not every one.
+    """
+    with FaceStore(face_store) as s:
+        crops = s.read_crops(np.flatnonzero(s.found))
+    det = faces.MTCNNBackend({**faces.DEFAULTS, "min_face_size": 30}, "cpu").detect(crops)
+    assert all(len(b) >= 1 for b, _, _ in det)
+    err = np.stack([np.linalg.norm(p[0] - faces.template(112), axis=1) for _, _, p in det]) / 112
+    eyes = err[:, :2].max(1)
+    assert np.median(eyes) < 0.04 and np.mean(eyes < 0.08) >= 0.85, eyes
+    assert np.median(err.max(1)) < 0.1, err
+
+
+def test_margin_shrinks_the_face(media, tmp_path):
+    video, fj = media["tiny"]
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    assert crop(video, fj, a) == 0 and crop(video, fj, b, params={"margin": 0.25}) == 0
+    det = faces.MTCNNBackend({**faces.DEFAULTS, "min_face_size": 15}, "cpu")
+    eyes = []
+    for p in (a, b):
+        with FaceStore(p) as s:
+            pts = det.detect(s.read_crops([0]))[0][2][0]
+        eyes.append(np.linalg.norm(pts[1] - pts[0]))
+    assert eyes[1] / eyes[0] == pytest.approx(1 / 1.5, rel=0.1)
+
+
+def test_sides_take_left_and_right_faces(media, tmp_path):
+    video, fj = media["pair"]
+    cx = {}
+    for side in ("left", "right", "none"):
+        out = tmp_path / f"pair_{side}.h5"
+        assert crop(video, fj, out, "--side", side) == 0
+        with FaceStore(out) as s:
+            assert s.found.mean() >= 0.9 and s.attrs["side"] == side
+            box = s.f["box"][:][s.found]
+        cx[side] = (box[:, 0] + box[:, 2]) / 2
+    assert (cx["left"] < 128).all() and (cx["right"] > 128).all()
+    assert (cx["none"] < 128).all() or (cx["none"] > 128).all()  # one track, no jumping
+
+
+def test_no_face_video_gives_valid_empty_store(media, tmp_path, caplog):
+    video, fj = media["noface"]
+    out = tmp_path / "noface.h5"
+    with caplog.at_level(logging.WARNING):
+        assert crop(video, fj, out) == 0
+    assert "no face found" in caplog.text
+    with FaceStore(out) as s:
+        assert s.n_frames == 8 and not s.found.any()
+        assert not s.read_crops(np.arange(8)).any()  # fill: zeros
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_frame_count_mismatch_fails(media, tmp_path, delta, capsys):
+    video, fj = media["tiny"]
+    info = json.loads(fj.read_text())
+    info["n_frames"] += delta
+    info["timestamps"] = list(np.arange(info["n_frames"]) / FPS)
+    bad = tmp_path / "bad.json"
+    write_json(bad, info)
+    out = tmp_path / "tiny.h5"
+    assert crop(video, bad, out) == 1
+    err = capsys.readouterr().err
+    assert str(video) in err and "frames JSON" in err
+    assert not out.exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_other_video_with_same_count_fails(media, tmp_path, capsys):
+    video, fj = media["tiny"]
+    info = json.loads(fj.read_text())
+    info["timestamps"] = [t * 2 for t in info["timestamps"]]  # frames JSON of a 12.5 fps video
+    bad = tmp_path / "bad.json"
+    write_json(bad, info)
+    assert crop(video, bad, tmp_path / "x.h5") == 1
+    assert "timestamps differ" in capsys.readouterr().err
+
+
+def test_corrupt_video_fails_naming_it(media, tmp_path, capsys):
+    video, fj = media["tiny"]
+    bad = tmp_path / "tiny.mp4"
+    bad.write_bytes(video.read_bytes()[:300])
+    assert crop(bad, fj, tmp_path / "x.h5") == 1
+    assert str(bad) in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
+
+
+# ---------------------------------------------------------------- other backends
+def test_cropped_aligned_backend(media, tmp_path):
+    video, fj = media["tiny"]  # 3 frames
+    d = tmp_path / "cropped_aligned" / "tiny"
+    d.mkdir(parents=True)
+    img = face_img(100)
+    for i in (1, 3):  # frame 2 has no official crop
+        cv2.imwrite(str(d / f"{i:05d}.jpg"), img[..., ::-1])
+    out = tmp_path / "tiny.h5"
+    assert crop(video, fj, out, "--cropped-dir", str(tmp_path / "cropped_aligned")) == 0
+    with FaceStore(out) as s:
+        assert s.found.tolist() == [True, False, True] and s.attrs["backend"] == "cropped_aligned"
+        c = s.read_crops([0, 1])
+    ref = cv2.resize(img, (112, 112), interpolation=cv2.INTER_AREA)
+    assert np.abs(c[0].astype(float) - ref).mean() < 6 and not c[1].any()
+    (d / "00001.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(PipelineError, match="00001.jpg"):
+        faces.crop_from_official(tmp_path / "cropped_aligned", json.loads(fj.read_text()), tmp_path / "y.h5",
+                                 video_id="tiny", params=faces.DEFAULTS)
+
+
+@pytest.fixture(scope="module")
+def fa_weights(tmp_path_factory):
+    """Randomly initialised S3FD and 2D-FAN-4, saved (fp16, to keep the files small) like real ones."""
+    from face_alignment.detection.sfd.net_s3fd import s3fd
+    from face_alignment.models import FAN
+
+    d = tmp_path_factory.mktemp("fa")
+    torch.manual_seed(0)
+    for name, net in (("s3fd.pth", s3fd()), ("fan.pth", FAN(4))):
+        torch.save({k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}, d / name)
+    return {"s3fd": str(d / "s3fd.pth"), "fan": str(d / "fan.pth")}
+
+
+def test_face_alignment_backend_plumbing(media, tmp_path, fa_weights):
+    """Random weights: garbage faces, but real classes, real loading, right shapes and rows."""
+    video, fj = media["tiny"]
+    out = tmp_path / "fa.h5"
+    params = {"backend": "face_alignment", "score_threshold": 0.0, "face_alignment": fa_weights}
+    assert crop(video, fj, out, params=params) == 0
+    with FaceStore(out) as s:
+        assert s.n_frames == 3 and s.attrs["backend"] == "face_alignment"
+        assert s.found.all()  # threshold 0: some box is always kept
+        assert s.f["landmarks"].shape == (3, 5, 2) and np.isfinite(s.f["landmarks"][:]).all()
+        assert s.read_crops([0]).shape == (1, 112, 112, 3)
+
+
+def test_face_alignment_weights_errors(media, tmp_path, fa_weights, monkeypatch, capsys):
+    video, fj = media["tiny"]
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))
+    assert crop(video, fj, tmp_path / "a.h5", params={"backend": "face_alignment"}) == 1
+    err = capsys.readouterr().err
+    assert "s3fd-619a316812.pth" in err and "never downloaded" in err
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x00" * 100)
+    params = {"backend": "face_alignment", "face_alignment": {**fa_weights, "fan": str(junk)}}
+    assert crop(video, fj, tmp_path / "b.h5", params=params) == 1
+    assert str(junk) in capsys.readouterr().err
+    assert not (tmp_path / "a.h5").exists() and not (tmp_path / "b.h5").exists()
+
+
+def test_heatmap_decoding_matches_face_alignment(monkeypatch):
+    import face_alignment.utils as fu
+
+    for name in ("_get_preds_fromhm", "transform_np"):  # the package's code, minus numba compile time
+        monkeypatch.setattr(fu, name, getattr(fu, name).py_func)
+
+    rng = np.random.default_rng(0)
+    hm = rng.random((2, 68, 64, 64)).astype(np.float32)
+    centers, scales = np.array([[120.0, 90.0], [300.0, 200.0]]), np.array([0.8, 1.9])
+    ours = faces.heatmap_points(hm, centers, scales)
+    for k in range(2):
+        _, ref, _ = fu.get_preds_fromhm(hm[k:k + 1], centers[k], scales[k])
+        np.testing.assert_allclose(ours[k], ref[0], atol=1.0)  # the package rounds down to int

@@ -1,0 +1,192 @@
+"""Decoding, frames JSON and audio extraction on real videos encoded here with PyAV/FFmpeg."""
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from skimage.data import astronaut
+
+from affect_pipeline.__main__ import main as cli
+from affect_pipeline.runtime import PipelineError
+from affect_pipeline.video import (extract_audio, frame_info, iter_frame_batches, iter_frames, probe,
+                                   read_frames_json, write_video)
+
+torch.set_num_threads(1)
+FPS, N, SR = 25, 24, 16000
+TONE = 440.0
+
+
+def frames(n=N, size=128):
+    """Astronaut frames shifted by 4 px per frame: frame i is recognisable among its neighbours."""
+    img = astronaut()[::4, ::4][:size, :size]
+    return [np.roll(img, 4 * i, axis=1) for i in range(n)]
+
+
+def tone(seconds, rate=SR):
+    return 0.4 * np.sin(2 * np.pi * TONE * np.arange(int(seconds * rate)) / rate)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("media")
+    v = {}
+    v["mp4"] = write_video(d / "h264.mp4", frames(), FPS, "libx264", audio=tone(N / FPS, 44100), audio_rate=44100)
+    v["avi"] = write_video(d / "mpeg4.avi", frames(), FPS, "mpeg4", audio=tone(N / FPS))
+    v["mov"] = write_video(d / "hevc.mov", frames(), FPS, "libx265", audio=tone(N / FPS),
+                           options={"x265-params": "log-level=none"})
+    pts = np.round(np.cumsum([0.0] + list(np.random.default_rng(0).uniform(0.02, 0.09, N - 1))), 3)
+    v["vfr"] = write_video(d / "vfr.mp4", frames(), FPS, "libx264", pts=pts)
+    v["vfr_pts"] = pts
+    v["noaudio"] = write_video(d / "noaudio.mp4", frames(10), FPS, "libx264")
+    data = v["mp4"].read_bytes()
+    (d / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    v["truncated"] = d / "truncated.mp4"
+    (d / "garbage.mp4").write_bytes(np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    v["garbage"] = d / "garbage.mp4"
+    v["empty"] = d / "empty.mp4"
+    with av.open(str(v["empty"]), "w") as c:  # a video stream with no frames
+        s = c.add_stream("libx264", rate=FPS)
+        s.width = s.height = 64
+        s.pix_fmt = "yuv420p"
+        c.mux(s.encode())
+    v["dir"] = d
+    return v
+
+
+@pytest.mark.parametrize("kind,codec", [("mp4", "h264"), ("avi", "mpeg4"), ("mov", "hevc")])
+def test_count_timestamps_probe(media, kind, codec):
+    info = frame_info(media[kind], show_progress=False)
+    assert info["n_frames"] == N and info["codec"] == codec and not info["vfr"]
+    assert (info["width"], info["height"]) == (128, 128)
+    assert info["fps"] == pytest.approx(FPS)
+    np.testing.assert_allclose(info["timestamps"], np.arange(N) / FPS, atol=1e-6)
+    assert info["duration"] == pytest.approx(N / FPS, abs=1e-6)
+    assert info["has_audio"] and info["audio_sample_rate"] in (16000, 44100)
+
+
+@pytest.mark.parametrize("kind", ["mp4", "avi", "mov"])
+def test_ith_decoded_frame_is_ith_source_frame(media, kind):
+    src = np.stack(frames()).astype(np.float32)
+    got = [(i, t, f) for i, t, f in iter_frames(media[kind])]
+    assert [i for i, _, _ in got] == list(range(N))
+    for i, _, f in got:
+        assert f.dtype == np.uint8 and f.shape == (128, 128, 3)
+        err = np.abs(src - f.astype(np.float32)).mean(axis=(1, 2, 3))
+        assert err.argmin() == i and err[i] < 0.5 * np.delete(err, i).min(), (i, err)  # the right frame
+        np.testing.assert_allclose(f.mean((0, 1)), src[i].mean((0, 1)), atol=6)  # RGB, not BGR
+
+
+def test_vfr(media):
+    info = frame_info(media["vfr"], show_progress=False)
+    pts = media["vfr_pts"]
+    assert info["vfr"] and info["n_frames"] == N
+    np.testing.assert_allclose(info["timestamps"], pts, atol=1e-3)
+    assert info["fps"] == pytest.approx((N - 1) / (pts[-1] - pts[0]), rel=1e-3)
+    assert info["duration"] > pts[-1]
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_batches_match_single_frames(media, prefetch):
+    ref = list(iter_frames(media["mp4"]))
+    got = list(iter_frame_batches(media["mp4"], batch_size=5, prefetch=prefetch))
+    assert [len(i) for i, _, _ in got] == [5, 5, 5, 5, 4]
+    idx = np.concatenate([i for i, _, _ in got])
+    assert (idx == np.arange(N)).all()
+    np.testing.assert_array_equal(np.concatenate([f for _, _, f in got]), np.stack([f for _, _, f in ref]))
+    np.testing.assert_allclose(np.concatenate([t for _, t, _ in got]), [t for _, t, _ in ref])
+
+
+def test_batches_can_stop_early(media):
+    it = iter_frame_batches(media["mp4"], batch_size=2, prefetch=1)
+    first = next(it)
+    it.close()  # the decoding thread must stop, not hang
+    assert len(first[0]) == 2
+
+
+def test_extract_frames_cli(media, tmp_path):
+    out = tmp_path / "frames" / "h264.json"
+    assert cli(["extract_frames", "--video", str(media["mp4"]), "--out", str(out), "--threads", "2"]) == 0
+    info = json.loads(out.read_text())
+    for key in ("path", "n_frames", "fps", "width", "height", "duration", "has_audio",
+                "audio_sample_rate", "codec", "vfr", "timestamps"):
+        assert key in info
+    assert info["n_frames"] == len(info["timestamps"]) == N
+    assert not list(tmp_path.glob("frames/.*tmp*"))  # written atomically
+    assert read_frames_json(out)["n_frames"] == N
+
+
+def _peak_hz(x, rate):
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return np.fft.rfftfreq(len(x), 1 / rate)[spec.argmax()]
+
+
+@pytest.mark.parametrize("kind", ["mp4", "avi", "mov"])
+def test_audio_16k_mono(media, kind, tmp_path):
+    out = tmp_path / f"{kind}.wav"
+    r = extract_audio(media[kind], out, SR, duration=N / FPS)
+    x, rate = sf.read(out, dtype="float32")
+    info = sf.info(out)
+    assert rate == SR and info.channels == 1 and info.subtype == "PCM_16" and not r["silent"]
+    assert abs(len(x) - N / FPS * SR) < 0.1 * SR  # encoder padding only
+    assert _peak_hz(x[: int(0.9 * SR)], SR) == pytest.approx(TONE, abs=3)
+    assert 0.3 < np.abs(x).max() < 0.5  # amplitude survives resampling (44.1 kHz -> 16 kHz for mp4)
+
+
+def test_no_audio_gives_silence_and_flag(media, tmp_path):
+    fj = tmp_path / "noaudio.json"
+    assert cli(["extract_frames", "--video", str(media["noaudio"]), "--out", str(fj)]) == 0
+    info = json.loads(fj.read_text())
+    assert info["has_audio"] is False and info["audio_sample_rate"] == 0
+    out = tmp_path / "audio" / "noaudio.wav"
+    assert cli(["extract_audio", "--video", str(media["noaudio"]), "--frames", str(fj), "--out", str(out),
+                "--sample-rate", str(SR)]) == 0
+    x, rate = sf.read(out, dtype="int16")
+    assert rate == SR and x.ndim == 1 and len(x) == round(info["duration"] * SR) == round(10 / FPS * SR)
+    assert not x.any()
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "empty"])
+def test_bad_video_errors_name_the_file(media, kind, tmp_path, capsys):
+    with pytest.raises(PipelineError, match=media[kind].name):
+        frame_info(media[kind], show_progress=False)
+    out = tmp_path / "x.json"
+    assert cli(["extract_frames", "--video", str(media[kind]), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert str(media[kind]) in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_missing_video_and_audio_error(media, tmp_path):
+    with pytest.raises(PipelineError, match="not found"):
+        probe(tmp_path / "nope.mp4")
+    with pytest.raises(PipelineError, match="garbage.mp4"):
+        extract_audio(media["garbage"], tmp_path / "a.wav", SR, duration=1.0)
+    assert not (tmp_path / "a.wav").exists()
+
+
+def test_audio_starting_late_is_padded_onto_the_media_clock(tmp_path):
+    """An audio stream that starts 0.5 s in: the wav keeps 0.5 s of leading silence."""
+    path = tmp_path / "late.mkv"
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=FPS)
+        vs.width = vs.height = 64
+        vs.pix_fmt = "yuv420p"
+        a = c.add_stream("pcm_s16le", rate=SR, layout="mono")
+        for i in range(25):
+            c.mux(vs.encode(av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")))
+        c.mux(vs.encode())
+        s16 = (tone(0.5) * 32767).astype(np.int16)
+        for k in range(0, len(s16), 800):
+            f = av.AudioFrame.from_ndarray(s16[None, k:k + 800], format="s16", layout="mono")
+            f.sample_rate, f.time_base, f.pts = SR, Fraction(1, SR), SR // 2 + k
+            c.mux(a.encode(f))
+        c.mux(a.encode())
+    extract_audio(path, tmp_path / "late.wav", SR)
+    x, _ = sf.read(tmp_path / "late.wav", dtype="float32")
+    onset = np.flatnonzero(np.abs(x) > 0.05)[0]
+    assert abs(onset - SR // 2) < 40 and len(x) == pytest.approx(SR, abs=40)
