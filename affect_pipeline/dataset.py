@@ -136,7 +136,7 @@ def read_index(path: str | Path) -> dict[str, dict]:
         raise PipelineError(f"{path}: index not found (run the index_dataset rule)")
     out = {}
     with open(path, newline="", encoding="utf-8") as fh:
-        for r in csv.DictReader(fh, delimiter="\t"):
+        for r in csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE):  # written unquoted
             r["n_frames"] = int(r["n_frames"])
             r["fps"], r["duration"] = float(r["fps"]), float(r["duration"])
             r["width"], r["height"] = int(r["width"]), int(r["height"])

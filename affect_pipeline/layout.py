@@ -29,6 +29,7 @@ TEST_LIST_KEYS = {"AU": ("action_unit", "au_detection"), "EXPR": ("expression", 
 HUME_SPLITS = {"train": "train", "val": "validation", "valid": "validation",
                "validation": "validation", "test": "test", "devel": "validation"}
 SIDE = re.compile(r"^(?P<media>.+)_(?P<side>left|right)$")
+UNSAFE_ID = re.compile(r"[,\t\r\n]")     # ids go unquoted into videos.tsv and submission CSVs
 
 
 class LayoutError(ValueError):
@@ -100,6 +101,9 @@ def scan_dataset(config: dict) -> Layout:
 def _entry(lay: Layout, vid: str, media: dict, where: str) -> VideoEntry:
     if vid in lay.videos:
         return lay.videos[vid]
+    if UNSAFE_ID.search(vid):
+        raise LayoutError(f"{where} names video {vid!r}: a comma, tab or line break in a video id would "
+                          f"break videos.tsv and the submission CSV; rename the file")
     side = ""
     path = media.get(vid)
     m = SIDE.match(vid)

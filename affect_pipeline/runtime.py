@@ -150,10 +150,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+        detail = next((l for l in lines if "GLOBAL" in l), lines[0] if lines else "")
         raise PipelineError(
             f"{path}: refused to load: the checkpoint carries pickled code or objects that are not "
-            f"plain tensors/containers (torch.load weights_only=True): {str(e).splitlines()[0]}"
-        ) from e
+            f"plain tensors/containers (torch.load weights_only=True): {detail}; do not load it with "
+            f"weights_only=False unless you trust its source — re-save its state_dict instead") from e
     except (RuntimeError, EOFError, OSError) as e:
         raise PipelineError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): {e}") from e
 
@@ -208,7 +210,7 @@ def progress(iterable=None, **kw):
     """tqdm into the job's log (stderr), throttled so logs stay small."""
     from tqdm.auto import tqdm
 
-    kw.setdefault("mininterval", 5.0 if not sys.stderr.isatty() else 0.1)
+    kw.setdefault("mininterval", 15.0 if not sys.stderr.isatty() else 0.1)
     kw.setdefault("file", sys.stderr)
     kw.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kw)
