@@ -29,17 +29,24 @@ def activate(task: str, logits: torch.Tensor) -> torch.Tensor:
 def class_weights(task: str, y: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
     """Weights inversely proportional to class counts in the training set (mean weight 1).
 
-    AU: one weight per AU from its positive count (the rarer an AU fires, the larger its
-    weight); EXPR: one weight per class from its frame count. Absent classes get the largest
-    weight seen. VA / ERI: None.
+    AU: shape (2, 12) — row 0 the per-AU weights W_au of equation 1 (the rarer an AU fires,
+    the larger its weight), row 1 each AU's positive weight neg/pos (clipped to [1, 20]) so
+    that a rare AU's positives are not drowned by its negatives and its probability can cross
+    the 0.5 threshold that F1 is scored at. EXPR: one weight per class from its frame count.
+    Absent classes get the largest weight seen. VA / ERI: None.
     """
     y = np.asarray(y)[np.asarray(mask, bool)]
     if task == "AU":
-        counts = y.sum(0).astype(np.float64)
-    elif task == "EXPR":
-        counts = np.bincount(y.reshape(-1).astype(np.int64), minlength=8).astype(np.float64)
-    else:
-        return None
+        pos = y.sum(0).astype(np.float64)
+        per_au = _inverse(pos)
+        pos_weight = np.clip((len(y) - pos) / np.maximum(pos, 1.0), 1.0, 20.0)
+        return np.stack([per_au, pos_weight]).astype(np.float32)
+    if task == "EXPR":
+        return _inverse(np.bincount(y.reshape(-1).astype(np.int64), minlength=8).astype(np.float64))
+    return None
+
+
+def _inverse(counts: np.ndarray) -> np.ndarray:
     inv = np.where(counts > 0, 1.0 / np.maximum(counts, 1.0), np.nan)
     if np.all(np.isnan(inv)):
         return np.ones_like(counts, dtype=np.float32)
@@ -62,9 +69,15 @@ def pcc(x: torch.Tensor, y: torch.Tensor, dim: int = 0) -> torch.Tensor:
 
 
 def au_loss(logits, y, mask, weights=None, reduce: bool = True):
-    """Equation 1: weighted binary cross-entropy averaged over the 12 AUs."""
-    w = torch.ones(logits.shape[-1], device=logits.device) if weights is None else weights.to(logits)
-    bce = F.binary_cross_entropy_with_logits(logits, y.to(logits), reduction="none")  # (..., 12)
+    """Equation 1: weighted binary cross-entropy averaged over the 12 AUs.
+
+    ``weights``: (12,) per-AU weights, or (2, 12) per-AU weights + positive weights
+    (see :func:`class_weights`)."""
+    w, pos_weight = torch.ones(logits.shape[-1], device=logits.device), None
+    if weights is not None:
+        weights = weights.to(logits)
+        w, pos_weight = (weights[0], weights[1]) if weights.dim() == 2 else (weights, None)
+    bce = F.binary_cross_entropy_with_logits(logits, y.to(logits), pos_weight=pos_weight, reduction="none")
     per_row = (bce * w).mean(-1)
     return _masked_mean(per_row, mask, reduce)
 
