@@ -10,6 +10,26 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 
+#: a cut-down demo (VA only, 2 folds, 6 short videos, tiny models) for workflow-level tests
+CUT_DEMO = {
+    "tasks": ["VA"],
+    "folds": 2,
+    "demo": {
+        "frames": [50, 60], "size": 160,
+        "n_videos": {"train": 3, "validation": 2, "test": 1},
+        "hume": {"train": 2, "validation": 1, "test": 1, "frames": 30},
+        "overrides": {
+            "mae": {"pretrain": {"epochs": 1, "frames_per_video": 16},
+                    "finetune": {"epochs": 1, "frames_per_video": 16}},
+            "audio": {"models": ["vggish"]},
+            "temporal": {"features": ["mae", "vggish"], "clip_len": 20, "stride": 10,
+                         "blb": {"d_model": 32, "nhead": 2, "layers": 1, "epochs": 2, "batch_size": 4},
+                         "dcl": {"epochs": 2}},
+        },
+    },
+}
+
+
 def run_snakemake(*args, cwd=None, timeout=600, check=True):
     """Run the repo's workflow with the venv's snakemake; returns CompletedProcess (text)."""
     cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), *args]

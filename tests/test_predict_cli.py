@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, run_snakemake
+from conftest import CUT_DEMO, REPO, run_snakemake
 
 from affect_pipeline import AU_NAMES, EXPR_NAMES
 from affect_pipeline.predict_cli import (VideoResult, csv_header, csv_rows, load_config, plot_timeline,
@@ -28,23 +28,7 @@ from affect_pipeline.runtime import PipelineError
 CLI = str(Path(sys.executable).with_name("affect-predict"))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-CUT = {
-    "tasks": ["VA"],
-    "folds": 2,
-    "demo": {
-        "frames": [50, 60], "size": 160,
-        "n_videos": {"train": 3, "validation": 2, "test": 1},
-        "hume": {"train": 2, "validation": 1, "test": 1, "frames": 30},
-        "overrides": {
-            "mae": {"pretrain": {"epochs": 1, "frames_per_video": 16},
-                    "finetune": {"epochs": 1, "frames_per_video": 16}},
-            "audio": {"models": ["vggish"]},
-            "temporal": {"features": ["mae", "vggish"], "clip_len": 20, "stride": 10,
-                         "blb": {"d_model": 32, "nhead": 2, "layers": 1, "epochs": 2, "batch_size": 4},
-                         "dcl": {"epochs": 2}},
-        },
-    },
-}
+CUT = CUT_DEMO
 
 
 def read_csv(path):

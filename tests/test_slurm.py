@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, SNAKEMAKE
+from conftest import CUT_DEMO, REPO, SNAKEMAKE
 
 
 def _slurm_state():
@@ -140,23 +140,7 @@ def test_toy_workflow_goes_through_sbatch(tmp_path):
     print(f"\ntoy workflow through Slurm: 3 jobs in {wall:.0f} s ({wall / 3:.0f} s per job)")
 
 
-CUT = {
-    "tasks": ["VA"],
-    "folds": 2,
-    "demo": {
-        "frames": [50, 60], "size": 160,
-        "n_videos": {"train": 3, "validation": 2, "test": 1},
-        "hume": {"train": 2, "validation": 1, "test": 1, "frames": 30},
-        "overrides": {
-            "mae": {"pretrain": {"epochs": 1, "frames_per_video": 16},
-                    "finetune": {"epochs": 1, "frames_per_video": 16}},
-            "audio": {"models": ["vggish"]},
-            "temporal": {"features": ["mae", "vggish"], "clip_len": 20, "stride": 10,
-                         "blb": {"d_model": 32, "nhead": 2, "layers": 1, "epochs": 2, "batch_size": 4},
-                         "dcl": {"epochs": 2}},
-        },
-    },
-}
+CUT = CUT_DEMO
 
 
 @pytest.mark.slurm
