@@ -60,7 +60,7 @@ def test_demo_metrics_beat_baselines(demo_run):
     for task in ("AU", "EXPR", "VA"):
         t = summary["test"][task]
         print(task, t["score"], "baseline", t["baseline"], "chance", t["chance"])
-        assert t["score"] > max(t["baseline"], t["chance"]) + 0.03, (task, t)
+        assert t["score"] > max(t["baseline"], t["chance"]) + 0.02, (task, t)
     eri = summary["test"]["ERI"]
     assert eri["videos"] == 3 and -1 <= eri["score"] <= 1
     rows = {tuple(r.split("\t")[:2]): r.split("\t") for r in (work / "results/metrics/ablation.tsv").read_text().splitlines()}
