@@ -391,8 +391,11 @@ def baseline_score(data: FoldData) -> float:
 
 
 def framewise_score(data: FoldData) -> float | None:
-    """Score of the fine-tuned MAE head (logits stored in the mae_{task} store) on the same frames."""
-    if not all(v in data.fs.logits for v in data.val):
+    """Score of the fine-tuned MAE head (logits stored in the mae_{task} store) on the same frames.
+
+    None for ERI: its visual stream is another task's head (temporal.eri_visual_task), whose
+    logits say nothing about the 7 reaction intensities."""
+    if data.task == "ERI" or not all(v in data.fs.logits for v in data.val):
         return None
     preds, ys, ms = [], [], []
     for v in data.val:
