@@ -5,17 +5,19 @@ Formats (DESIGN.md):
   no face), ``found`` bool, ``score`` f4, ``box`` f4 (x1, y1, x2, y2), ``landmarks`` f4 (L, 2),
   ``timestamps`` f8 seconds; attrs video_id, n_frames, size, backend, fps, fill ("zeros": a
   frame without a face decodes to a black crop that later stages mask with ``found``).
-- feature store ``features/{extractor}/{video}.h5`` — ``features`` (n_frames, D) f2, ``valid``
-  (n_frames,) bool, optional extra datasets (e.g. ``logits``); attrs extractor, checkpoint
-  digest, fps, n_frames.
+- feature shard ``features/{model}.h5`` / ``features/mae/{task}/{fold}.h5`` — one job's output:
+  a group per video with ``features`` (n_frames, D) f2, ``valid`` (n_frames,) bool, optional
+  extras (e.g. ``logits``), attrs n_frames, fps; root attrs extractor, fold, checkpoint digest.
 - labels ``index/labels/{task}.h5`` — a group per video with ``y`` f4 (n_frames, C) (EXPR: C=1
   class index; ERI: (1, 7)) and ``mask`` bool (n_frames,); attrs split, source.
-All writers go through :func:`affect_pipeline.runtime.atomic_path`: a killed job leaves no
-file under the real name.
+All writers go through :func:`affect_pipeline.runtime.atomic_path` (shards through
+``{out}.partial``, which a rerun resumes): a killed job leaves no file under the real name.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -24,6 +26,8 @@ import h5py
 import numpy as np
 
 from .runtime import PipelineError, atomic_path
+
+log = logging.getLogger(__name__)
 
 
 def _open(path, kind: str) -> h5py.File:
@@ -149,7 +153,11 @@ class FaceStore:
             yield idx, self.read_crops(idx)
 
 
-# ---------------------------------------------------------------- feature store
+# ---------------------------------------------------------------- feature shards
+# One HDF5 file per extractor job (``features/{model}.h5``, ``features/mae/{task}/{fold}.h5``):
+# root attrs name the extractor, fold and checkpoint digest; one group per video holds
+# ``features`` (n_frames, D) float16, ``valid`` (n_frames,) bool, optional extras (``logits``)
+# and attrs (n_frames, fps). Readers address a video's features as (shard, video id).
 @dataclass
 class Features:
     features: np.ndarray          # (n_frames, D)
@@ -158,36 +166,124 @@ class Features:
     extra: dict = field(default_factory=dict)
 
 
-def write_features(path, features: np.ndarray, valid: np.ndarray, *, extractor: str,
-                   checkpoint_digest: str, fps: float, dtype="f2", extra: dict | None = None,
-                   **attrs) -> None:
-    features = np.asarray(features)
-    valid = np.asarray(valid, dtype=bool)
-    if features.ndim != 2 or len(valid) != len(features):
-        raise ValueError(f"features {features.shape} / valid {valid.shape} do not match")
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("features", data=features.astype(dtype), chunks=True)
-            f.create_dataset("valid", data=valid)
-            for k, v in (extra or {}).items():
-                f.create_dataset(k, data=np.asarray(v))
-            f.attrs.update(dict(extractor=extractor, checkpoint_digest=checkpoint_digest,
-                                fps=float(fps), n_frames=len(features), dim=features.shape[1], **attrs))
+class FeatureShardWriter:
+    """Write a shard video by video; nothing computed is lost when a job dies.
+
+    Videos go to ``{out}.partial`` (each group flagged ``complete`` once written and flushed);
+    :meth:`close` renames it to ``out``. A rerun with the same ``fingerprint`` (extractor,
+    checkpoint digest, settings) keeps the partial file's complete videos (:meth:`done`); a
+    different fingerprint, or a partial file HDF5 cannot open (killed mid-write), starts afresh.
+    """
+
+    def __init__(self, out, *, extractor: str, fingerprint: str, **attrs):
+        self.out, self.partial = Path(out), Path(f"{out}.partial")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.f = None
+        if self.partial.exists():
+            try:
+                f = h5py.File(self.partial, "a")
+                if f.attrs.get("fingerprint") == fingerprint:
+                    self.f = f
+                    for v in [k for k in f if not f[k].attrs.get("complete", False)]:
+                        del f[v]
+                    log.info("%s: resuming, %d videos already done", self.partial, len(f))
+                else:
+                    f.close()
+            except OSError as e:
+                log.warning("%s: unreadable partial shard (%s); starting afresh", self.partial, e)
+            if self.f is None:
+                self.partial.unlink()
+        if self.f is None:
+            self.f = h5py.File(self.partial, "w")
+            self.f.attrs.update(dict(extractor=extractor, fingerprint=fingerprint, **attrs))
+
+    def done(self, video: str) -> bool:
+        return video in self.f and bool(self.f[video].attrs.get("complete", False))
+
+    def write(self, video: str, features: np.ndarray, valid: np.ndarray, *, fps: float,
+              dtype="f2", extra: dict | None = None, **attrs) -> None:
+        features, valid = np.asarray(features), np.asarray(valid, dtype=bool)
+        if features.ndim != 2 or len(valid) != len(features):
+            raise ValueError(f"{video}: features {features.shape} / valid {valid.shape} do not match")
+        if video in self.f:
+            del self.f[video]
+        g = self.f.create_group(video)
+        g.create_dataset("features", data=features.astype(dtype), chunks=True)
+        g.create_dataset("valid", data=valid)
+        for k, v in (extra or {}).items():
+            g.create_dataset(k, data=np.asarray(v))
+        g.attrs.update(dict(n_frames=len(features), dim=features.shape[1], fps=float(fps), **attrs))
+        self.f.flush()
+        g.attrs["complete"] = True
+        self.f.flush()
+
+    def close(self, videos=None) -> None:
+        """Finish: every listed video must be present; then the shard appears under its name."""
+        missing = [v for v in (videos or []) if not self.done(v)]
+        if missing:
+            self.f.close()
+            raise PipelineError(f"{self.partial}: {len(missing)} videos missing: {missing[:5]}")
+        self.f.attrs["videos"] = len(self.f)
+        self.f.close()
+        os.replace(self.partial, self.out)
+
+    def abort(self) -> None:
+        """Keep the partial file for the next attempt (its complete videos are reused)."""
+        if self.f:
+            self.f.close()
 
 
-def read_features(path, extra: tuple[str, ...] = ()) -> Features:
-    with _open(path, "feature store") as f:
-        _require(f, path, ["features", "valid"] + list(extra), "feature store")
+class FeatureShard:
+    """Reader of one shard: ``shard.name`` is its extractor (``mae_AU``, ``hubert``...)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.f = _open(path, "feature shard")
+        self.attrs = dict(self.f.attrs)
+        self.name = str(self.attrs.get("extractor", self.path.stem))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.f.close()
+
+    def videos(self) -> list[str]:
+        return list(self.f.keys())
+
+    def __contains__(self, video: str) -> bool:
+        return video in self.f
+
+    def n_frames(self, video: str) -> int:
+        return int(self._group(video)["features"].shape[0])
+
+    def dim(self) -> int:
+        first = next(iter(self.f.values()), None)
+        return 0 if first is None else int(first["features"].shape[1])
+
+    def _group(self, video: str):
+        if video not in self.f:
+            raise PipelineError(f"{self.path}: no features for video {video!r}")
+        return self.f[video]
+
+    def read(self, video: str, extra: tuple[str, ...] = ()) -> Features:
+        g = self._group(video)
+        _require(g, f"{self.path}:{video}", ["features", "valid"] + list(extra), "feature shard group")
         try:
-            feats = f["features"][:].astype(np.float32)
-            valid = f["valid"][:].astype(bool)
-            ex = {k: f[k][:] for k in extra}
+            feats = g["features"][:].astype(np.float32)
+            valid = g["valid"][:].astype(bool)
+            ex = {k: g[k][:] for k in extra}
         except OSError as e:
-            raise PipelineError(f"{path}: feature store is truncated or corrupt ({e})") from e
-        attrs = dict(f.attrs)
-    if len(feats) != len(valid):
-        raise PipelineError(f"{path}: features has {len(feats)} rows but valid has {len(valid)}")
-    return Features(feats, valid, attrs, ex)
+            raise PipelineError(f"{self.path}: feature shard is truncated or corrupt ({e})") from e
+        if len(feats) != len(valid):
+            raise PipelineError(f"{self.path}:{video}: features has {len(feats)} rows but valid has {len(valid)}")
+        return Features(feats, valid, {**self.attrs, **dict(g.attrs)}, ex)
+
+    def has(self, video: str, name: str) -> bool:
+        return video in self.f and name in self.f[video]
 
 
 # ---------------------------------------------------------------- labels
@@ -220,38 +316,3 @@ def read_labels(path, videos=None) -> dict[str, Labels]:
             g = f[vid]
             out[vid] = Labels(g["y"][:], g["mask"][:], str(g.attrs["split"]))
     return out
-
-
-# ---------------------------------------------------------------- feature manifest
-def gather_features_main(argv: list[str]) -> int:
-    """``gather_features``: check a task's feature stores agree and list them in one JSON.
-
-    Training rules depend on this one file instead of thousands of feature files, which keeps
-    Snakemake's DAG small at Aff-Wild2 scale; the check catches a store whose row count does
-    not match its video's other stores before any training starts.
-    """
-    import json
-
-    from .runtime import stage_parser, write_json
-
-    p = stage_parser("gather_features", gather_features_main.__doc__)
-    p.add_argument("--features", nargs="+", required=True, help="feature folders, in concatenation order")
-    p.add_argument("--videos", type=json.loads, required=True, help="JSON list of video ids")
-    p.add_argument("--out", required=True)
-    a = p.parse_args(argv)
-    videos, dims = {}, {}
-    for vid in a.videos:
-        rows = {}
-        for d in a.features:
-            path = Path(d) / f"{vid}.h5"
-            with _open(path, "feature store") as f:
-                _require(f, path, ["features", "valid"], "feature store")
-                rows[d] = int(f["features"].shape[0])
-                dim = int(f["features"].shape[1])
-            if dims.setdefault(d, dim) != dim:
-                raise PipelineError(f"{path}: {dim} feature dims, but other videos in {d} have {dims[d]}")
-        if len(set(rows.values())) != 1:
-            raise PipelineError(f"video {vid}: feature stores disagree on the frame count: {rows}")
-        videos[vid] = next(iter(rows.values()))
-    write_json(a.out, {"features": a.features, "dims": dims, "n_frames": videos})
-    return 0

@@ -10,6 +10,14 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 
+def workflow_defaults() -> dict:
+    """The settings a run gets with no --configfile (workflow_config.yaml: the one source of
+    defaults). Tests that call a stage directly start from a section of this and shrink it."""
+    import yaml
+
+    return yaml.safe_load((REPO / "workflow_config.yaml").read_text())
+
+
 #: a cut-down demo (VA only, 2 folds, 6 short videos, tiny models) for workflow-level tests
 CUT_DEMO = {
     "tasks": ["VA"],
