@@ -1,6 +1,7 @@
 # affect_pipeline: face videos -> MAE + audio features -> BLB / DCL -> ABAW submission files.
-# Usage: snakemake --cores 8 submission          (embedded demo by default)
-#        snakemake --cores 8 --configfile my.yaml submission
+# Usage: snakemake --cores 8 submission          (the embedded demo: profiles/default loads
+#                                                  demo_config.yaml)
+#        snakemake --cores 8 --configfile my.yaml submission     (your data, the paper's settings)
 import os
 
 from snakemake.utils import min_version
@@ -8,7 +9,7 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# the defaults live beside this file; `--directory` / `--configfile` decide data and results
+# the paper's settings live beside this file; --configfile files overlay them
 configfile: os.path.join(workflow.basedir, "workflow_config.yaml")
 
 
@@ -21,6 +22,7 @@ wildcard_constraints:
     video="[^/]+",
     media="[^/]+",
     model="hubert|wav2vec2|vggish",
+
 
 include: "rules/data.smk"
 include: "rules/mae.smk"
@@ -36,8 +38,8 @@ report: "report/workflow.rst"
 localrules:
     all,
     submission,
-    gather_features,
     make_folds,
+    run_config,
 
 
 rule all:

@@ -1,22 +1,9 @@
-"""Per-frame audio features (HuBERT, wav2vec2, VGGish) aligned to a video's frames.
+"""Per-frame audio features (HuBERT, wav2vec2, VGGish) aligned to the videos' frames.
 
-Stage ``audio_features``: one wav + the video's frames JSON -> ``features/{model}/{video}.h5``
-(stores.write_features): ``features`` (n_frames, D) and ``valid`` (n_frames,).
-
-Every model is seen as a regular *feature grid* over the 16 kHz samples: feature g looks at
-samples ``[g*stride, g*stride + rf)`` and sits at the centre of that window,
-``t_g = (g*stride + (rf-1)/2) / sr`` seconds.
-
-- HuBERT / wav2vec2 (transformers, ``save_pretrained`` folder): stride = product of the conv
-  strides (320 = 20 ms), rf = conv receptive field (400 = 25 ms), so t_g = 0.02 g + 0.0125 s.
-  ``layer``: hidden-state index (-1 = last; 0 = the projected CNN features) or "mean" (average
-  of all hidden states). Waveform normalisation (``do_normalize`` of the folder's
-  preprocessor_config.json, default on) uses mean/var of the *whole* file, as a single pass would.
-- VGGish (torchvggish): torchvggish's log-mel front end (25 ms window, 10 ms hop, 64 bands),
-  examples of 96 log-mel frames (0.96 s, rf = 15600 samples) every ``vggish.hop_seconds``
-  (default 0.24 s; 0.96 = torchvggish's own framing), so t_g = hop*g + 0.4875 s. Optional
-  ``vggish.pca`` (pca_eigen_vectors, pca_means): PCA whitening + clip to [-2, 2], without
-  torchvggish's 8-bit quantisation (it only loses precision).
+Stage ``audio_features`` (:func:`audio_features`): one job per model loads it once and streams
+every video's wav into the shard ``features/{model}.h5`` (:class:`stores.FeatureShardWriter`),
+a group per video id with ``features`` (n_frames, D) and ``valid`` (n_frames,). ``X_left`` /
+``X_right`` share media ``X``: computed once, written under both ids. A killed job resumes.
 
 Alignment rule (video frame i at ``timestamps[i]``, its presentation time): linear interpolation
 between the two nearest feature centres; before the first / after the last centre the edge
@@ -33,253 +20,53 @@ alignment runs as features arrive, so memory is flat in the audio's duration.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .runtime import (PipelineError, autocast, file_digest, load_checkpoint, pick_device,
-                      progress, read_json, setup_torch, stage_parser)
+from .audio_models import MODELS, AudioModel, load_audio_model
+from .config import need
+from .runtime import PipelineError, pick_device, progress, read_json, setup_torch, stage_parser
 
 log = logging.getLogger("affect_pipeline.audio_features")
 
-MODELS = ("hubert", "wav2vec2", "vggish")
-VGGISH_SR, STFT_HOP, STFT_WIN, EXAMPLE_FRAMES = 16000, 160, 400, 96
-VGGISH_WIDTHS = (64, 128, 256, 256, 512, 512)      # torchvggish make_layers() conv widths
-VGGISH_POOL_AFTER = (0, 1, 3, 5)                   # max-pool after these convs (4 pools)
+#: config ``audio`` keys every model's job uses (its own section comes on top)
+SHARED_KEYS = ("sample_rate", "chunk_seconds", "overlap_seconds", "batch_size")
 
 
-# ---------------------------------------------------------------- VGGish network
-def make_vggish(widths=VGGISH_WIDTHS, fc=(4096, 4096, 128)):
-    """torchvggish's VGG (same layer indices / state-dict keys), widths given: real or demo-sized."""
-    import torch
-    from torch import nn
-
-    class VGGish(nn.Module):
-        def __init__(self):
-            super().__init__()
-            layers, c_in = [], 1
-            for i, w in enumerate(widths):
-                layers += [nn.Conv2d(c_in, w, 3, padding=1), nn.ReLU(inplace=True)]
-                if i in VGGISH_POOL_AFTER:
-                    layers.append(nn.MaxPool2d(2, 2))
-                c_in = w
-            self.features = nn.Sequential(*layers)
-            dims = (c_in * 6 * 4,) + tuple(fc)     # 96x64 input / 16 = 6x4
-            emb = []
-            for a, b in zip(dims[:-1], dims[1:]):
-                emb += [nn.Linear(a, b), nn.ReLU(True)]
-            self.embeddings = nn.Sequential(*emb)
-
-        def forward(self, x):                     # (B, 1, 96, 64) log-mel examples
-            x = self.features(x)
-            x = x.permute(0, 2, 3, 1).contiguous().flatten(1)   # == torchvggish's transposes
-            return self.embeddings(x)
-
-    return VGGish().to(torch.float32)
+# ---------------------------------------------------------------- settings
+def model_params(audio: dict, model: str) -> dict:
+    """What one model's job depends on: the shared ``audio`` keys plus that model's section only,
+    so changing the VGGish hop does not rerun HuBERT. This is the rule's ``--params``."""
+    if model not in MODELS:
+        raise PipelineError(f"unknown audio model {model!r}; known: {', '.join(MODELS)}")
+    return {**{k: need(audio, k, "audio") for k in SHARED_KEYS}, model: need(audio, model, "audio")}
 
 
-def vggish_from_state_dict(sd: dict, path) -> "torch.nn.Module":
-    """Build the VGGish whose widths the state dict implies, then load it strictly."""
-    try:
-        convs = sorted((int(k.split(".")[1]), v.shape[0]) for k, v in sd.items()
-                       if k.startswith("features.") and k.endswith(".weight"))
-        fcs = sorted((int(k.split(".")[1]), v.shape[0]) for k, v in sd.items()
-                     if k.startswith("embeddings.") and k.endswith(".weight"))
-        net = make_vggish(tuple(w for _, w in convs), tuple(w for _, w in fcs))
-        net.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
-    except (RuntimeError, ValueError, IndexError, AttributeError) as e:
-        raise PipelineError(f"{path}: not a VGGish state dict (torchvggish VGG keys "
-                            f"features.N / embeddings.N expected): {str(e).splitlines()[0]}") from e
-    return net
+def fingerprint(digest: str, params: dict) -> str:
+    """Weights digest + settings (the weights path aside): a partial shard is resumed only on a match."""
+    clean = {k: ({kk: vv for kk, vv in v.items() if kk != "weights"} if isinstance(v, dict) else v)
+             for k, v in params.items()}
+    return f"{digest}:{json.dumps(clean, sort_keys=True)}"
 
 
-def _load_pca(path) -> tuple[np.ndarray, np.ndarray]:
-    """VGGish PCA params: .npz or torch file with pca_eigen_vectors (D, D) and pca_means (D,)."""
-    path = Path(path)
-    if not path.exists():
-        raise PipelineError(f"{path}: VGGish PCA params not found (config key audio.vggish.pca)")
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            d = dict(z)
-    else:
-        import torch
+@dataclass(frozen=True)
+class Chunking:
+    """How long audio is cut: chunk and overlap lengths in seconds, chunks per forward."""
+    chunk_seconds: float
+    overlap_seconds: float
+    batch_size: int
 
-        try:  # torchvggish's released file pickles plain numpy arrays: allow exactly those
-            with torch.serialization.safe_globals(_numpy_array_globals()):
-                d = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any refusal -> one readable line
-            raise PipelineError(f"{path}: unreadable VGGish PCA params ({str(e).splitlines()[0]}); "
-                                f"save them as .npz with pca_eigen_vectors, pca_means") from e
-    try:
-        E = np.asarray(d["pca_eigen_vectors"], np.float32)
-        m = np.asarray(d["pca_means"], np.float32).reshape(-1)
-    except KeyError as e:
-        raise PipelineError(f"{path}: VGGish PCA params lack {e}") from e
-    if E.shape != (len(m), len(m)):
-        raise PipelineError(f"{path}: pca_eigen_vectors {E.shape} does not match pca_means {m.shape}")
-    return E, m
-
-
-def _numpy_array_globals() -> list:
-    """The globals a pickled plain numpy array needs (numpy 1 and 2 module names)."""
-    rec = np._core.multiarray._reconstruct
-    dtypes = [type(np.dtype(t)) for t in (np.float32, np.float64, np.float16, np.int64)]
-    return ([rec, (rec, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype]
-            + dtypes + [(t, f"numpy.dtypes.{t.__name__}") for t in dtypes])
-
-
-# ---------------------------------------------------------------- models on a feature grid
-@dataclass
-class AudioModel:
-    """A loaded extractor: ``forward`` maps equal-length chunks (B, L) to (B, T, dim) features."""
-    name: str
-    net: object
-    device: object
-    sample_rate: int
-    stride: int          # samples between features
-    rf: int              # samples a feature sees
-    dim: int
-    digest: str
-    layer: object = None
-    normalize: bool = False
-    hop_frames: int = 0
-    pca: tuple | None = None
-    example_batch: int = 256
-
-    def centres(self, g: np.ndarray) -> np.ndarray:
-        """Seconds of feature g's window centre."""
-        return (np.asarray(g, np.float64) * self.stride + (self.rf - 1) / 2) / self.sample_rate
-
-    def n_features(self, n_samples: int) -> int:
-        return 0 if n_samples < self.rf else (n_samples - self.rf) // self.stride + 1
-
-    def forward(self, chunks: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode(), autocast(self.device):
-            if self.name == "vggish":
-                return self._forward_vggish(chunks)
-            x = torch.from_numpy(np.ascontiguousarray(chunks, np.float32)).to(self.device)
-            out = self.net(x, output_hidden_states=True, return_dict=True)
-            hs = out.hidden_states
-            h = torch.stack(hs).float().mean(0) if self.layer == "mean" else hs[int(self.layer)]
-            return h.float().cpu().numpy()
-
-    def _forward_vggish(self, chunks):
-        import torch
-
-        ex = [vggish_examples(c, self.hop_frames) for c in chunks]
-        t = ex[0].shape[0]
-        x = torch.from_numpy(np.concatenate(ex)[:, None]).to(self.device)
-        y = torch.cat([self.net(x[s:s + self.example_batch]).float()
-                       for s in range(0, len(x), self.example_batch)])
-        if self.pca is not None:
-            E, m = (torch.as_tensor(a, device=self.device) for a in self.pca)
-            y = ((y - m) @ E.T).clamp(-2.0, 2.0)
-        return y.cpu().numpy().reshape(len(chunks), t, -1)
-
-
-def vggish_examples(wav: np.ndarray, hop_frames: int) -> np.ndarray:
-    """torchvggish's log-mel (64 bands, 10 ms hop) cut into 96-frame examples every hop_frames."""
-    from torchvggish import mel_features, vggish_params as vp
-
-    n = (len(wav) - STFT_WIN) // STFT_HOP + 1
-    if n < EXAMPLE_FRAMES:
-        return np.zeros((0, EXAMPLE_FRAMES, vp.NUM_BANDS), np.float32)
-    log_mel = mel_features.log_mel_spectrogram(
-        np.asarray(wav, np.float64), audio_sample_rate=vp.SAMPLE_RATE, log_offset=vp.LOG_OFFSET,
-        window_length_secs=vp.STFT_WINDOW_LENGTH_SECONDS, hop_length_secs=vp.STFT_HOP_LENGTH_SECONDS,
-        num_mel_bins=vp.NUM_MEL_BINS, lower_edge_hertz=vp.MEL_MIN_HZ, upper_edge_hertz=vp.MEL_MAX_HZ)
-    return mel_features.frame(log_mel, EXAMPLE_FRAMES, hop_frames).astype(np.float32)
-
-
-def _conv_grid(cfg) -> tuple[int, int]:
-    """(stride, receptive field) in samples of a wav2vec2-style conv feature encoder."""
-    stride, rf = 1, 1
-    for k, s in zip(cfg.conv_kernel, cfg.conv_stride):
-        rf += (k - 1) * stride
-        stride *= s
-    return stride, rf
-
-
-def _missing(weights, key, what):
-    raise PipelineError(f"{weights}: {what} not found (config key {key}); set {key} to a local path")
-
-
-def load_audio_model(name: str, weights, params: dict | None = None, device=None,
-                     weights_key: str | None = None) -> AudioModel:
-    """Load ``name`` (hubert | wav2vec2 | vggish) from a local path; never downloads.
-
-    ``params``: the config's ``audio`` section (per-model keys under ``params[name]``).
-    """
-    import torch
-
-    if name not in MODELS:
-        raise PipelineError(f"unknown audio model {name!r}; known: {', '.join(MODELS)}")
-    params = params or {}
-    mp = params.get(name) or {}
-    key = weights_key or f"audio.{name}.weights"
-    device = torch.device("cpu") if device is None else torch.device(device)
-    if weights is None or str(weights) in ("", "None", "null"):
-        raise PipelineError(f"config key {key} is not set: the {name} weights must be a local path")
-    weights = Path(weights)
-    if name == "vggish":
-        if not weights.is_file():
-            _missing(weights, key, "VGGish state dict (.pth)")
-        sd = load_checkpoint(weights)
-        if isinstance(sd, dict) and "state_dict" in sd:
-            sd = sd["state_dict"]
-        net = vggish_from_state_dict(sd, weights).to(device).eval()
-        hop_s = float(mp.get("hop_seconds", 0.24))
-        hop = max(1, round(hop_s / 0.01))
-        pca = _load_pca(mp["pca"]) if mp.get("pca") else None
-        dim = net.embeddings[-2].out_features
-        if pca is not None and pca[0].shape[0] != dim:
-            raise PipelineError(f"{mp['pca']}: PCA is {pca[0].shape[0]}-d but the VGGish embedding is {dim}-d")
-        digest = file_digest(weights) + (f"+pca:{file_digest(mp['pca'])}" if pca is not None else "")
-        return AudioModel(name, net, device, VGGISH_SR, STFT_HOP * hop,
-                          (EXAMPLE_FRAMES - 1) * STFT_HOP + STFT_WIN, dim, digest,
-                          hop_frames=hop, pca=pca, example_batch=int(mp.get("batch_size", 256)))
-    return _load_hf(name, weights, key, mp, device)
-
-
-def _load_hf(name, weights: Path, key, mp, device) -> AudioModel:
-    import torch
-    from transformers import HubertModel, Wav2Vec2Model
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()        # keep job logs small
-
-    if not weights.is_dir():
-        _missing(weights, key, f"{name} save_pretrained folder")
-    cfg_path = weights / "config.json"
-    if not cfg_path.exists():
-        raise PipelineError(f"{weights}: no config.json: not a save_pretrained folder (config key {key})")
-    model_type = read_json(cfg_path).get("model_type")
-    cls = HubertModel if name == "hubert" else Wav2Vec2Model
-    if model_type != name:
-        raise PipelineError(f"{cfg_path}: model_type is {model_type!r}, expected {name!r} (config key {key})")
-    try:
-        net = cls.from_pretrained(weights, local_files_only=True, dtype=torch.float32)
-    except (OSError, ValueError) as e:
-        raise PipelineError(f"{weights}: cannot load {name} weights (config key {key}): "
-                            f"{str(e).splitlines()[0]}") from e
-    net = net.to(device).eval()
-    pre = weights / "preprocessor_config.json"
-    pre_cfg = read_json(pre) if pre.exists() else {}
-    layer = mp.get("layer", -1)
-    n_states = net.config.num_hidden_layers + 1
-    if layer != "mean" and not (isinstance(layer, int) and -n_states <= layer < n_states):
-        raise PipelineError(f"audio.{name}.layer = {layer!r}: an index in [{-n_states}, {n_states}) "
-                            f"or \"mean\" ({weights} has {n_states} hidden states)")
-    stride, rf = _conv_grid(net.config)
-    return AudioModel(name, net, device, int(pre_cfg.get("sampling_rate", 16000)), stride, rf,
-                      net.config.hidden_size, file_digest(weights), layer=layer,
-                      normalize=bool(pre_cfg.get("do_normalize", True)))
+    @classmethod
+    def from_params(cls, params: dict) -> "Chunking":
+        return cls(float(need(params, "chunk_seconds", "audio")), float(need(params, "overlap_seconds", "audio")),
+                   int(need(params, "batch_size", "audio")))
 
 
 # ---------------------------------------------------------------- audio sources
@@ -310,8 +97,11 @@ class _Source:
         if self.sf is None:
             out = self.x[start:stop]
         else:
-            self.sf.seek(min(start, self.n))
-            out = self.sf.read(max(0, min(stop, self.n) - start), dtype="float32", always_2d=True).mean(1)
+            try:
+                self.sf.seek(min(start, self.n))
+                out = self.sf.read(max(0, min(stop, self.n) - start), dtype="float32", always_2d=True).mean(1)
+            except (RuntimeError, OSError) as e:   # LibsndfileError is a RuntimeError
+                raise PipelineError(f"{self.path}: unreadable audio at sample {start} ({e})") from e
         return np.pad(out, (0, stop - start - len(out))) if len(out) < stop - start else out
 
     def stats(self, block: int = 1 << 20) -> tuple[float, float]:
@@ -379,8 +169,7 @@ class Aligner:
         self.done, self.prev = k, feats[-1].copy()
 
 
-def extract(model: AudioModel, wav, sr: int | None, timestamps, *, chunk_seconds: float = 30.0,
-            overlap_seconds: float = 1.0, batch_size: int = 2, show_progress: bool = False):
+def extract(model: AudioModel, wav, sr: int | None, timestamps, chunking: Chunking, show_progress: bool = False):
     """(features (n_frames, dim) float32, valid (n_frames,) bool) of ``wav`` at ``timestamps``.
 
     ``wav``: a path (streamed) or a mono/(n, channels) array with sample rate ``sr``.
@@ -390,16 +179,16 @@ def extract(model: AudioModel, wav, sr: int | None, timestamps, *, chunk_seconds
     try:
         if src.sr != model.sample_rate:
             raise PipelineError(f"{src.path}: sample rate {src.sr} Hz, but {model.name} needs "
-                                f"{model.sample_rate} Hz (resample in extract_audio)")
+                                f"{model.sample_rate} Hz (resample in extract_frames)")
         valid = (times >= 0) & (times < src.n / src.sr) & (src.n > 0)
         if not valid.any():
             return np.zeros((len(times), model.dim), np.float32), valid
         mean, var = src.stats() if model.normalize else (0.0, 1.0)
         scale = 1.0 / math.sqrt(var + 1e-7)
-        plan, g_total = chunk_plan(src.n, model.stride, model.rf, int(chunk_seconds * src.sr),
-                                   int(overlap_seconds * src.sr))
+        plan, g_total = chunk_plan(src.n, model.stride, model.rf, int(chunking.chunk_seconds * src.sr),
+                                   int(chunking.overlap_seconds * src.sr))
         al = Aligner(times, float(model.centres(0)), model.stride / model.sample_rate, g_total, model.dim)
-        groups = _batches(plan, batch_size)
+        groups = _batches(plan, chunking.batch_size)
         for group in progress(groups, desc=model.name, unit="batch", disable=not show_progress):
             x = np.stack([src.read(a, b) for a, b, _, _ in group])
             if model.normalize:
@@ -429,104 +218,114 @@ def _batches(plan, batch_size):
 
 
 # ---------------------------------------------------------------- stage: audio_features
-def main(argv: list[str]) -> int:
-    p = stage_parser("audio_features", "HuBERT / wav2vec2 / VGGish features per video frame")
-    p.add_argument("--model", required=True, choices=MODELS)
-    p.add_argument("--weights", default=None, help="local weights (default: params[model].weights)")
-    p.add_argument("--weights-key", default=None, help="config key named in errors")
-    p.add_argument("--audio", required=True, help="16 kHz mono wav (extract_audio)")
-    p.add_argument("--frames", required=True, help="frames JSON (extract_frames)")
-    p.add_argument("--out", required=True)
-    a = p.parse_args(argv)
-    prm = a.params
-    key = a.weights_key or f"audio.{a.model}.weights"
-    weights = a.weights if a.weights is not None else (prm.get(a.model) or {}).get("weights")
-    setup_torch(a.threads, a.seed)
-    fr = read_json(a.frames)
-    for k in ("timestamps", "n_frames", "has_audio"):
+@dataclass(frozen=True)
+class Media:
+    """One media file's inputs (``X_left`` / ``X_right`` share ``X``'s)."""
+    name: str
+    wav: Path
+    frames: Path
+
+
+def media_inputs(videos: dict[str, str], wavs, frames) -> dict[str, Media]:
+    """video id -> its Media, the wavs and frames JSONs matched to media by file stem."""
+    by_stem = {}
+    for kind, paths in (("--audio", wavs), ("--frames", frames)):
+        stems: dict[str, Path] = {}
+        for p in map(Path, paths):
+            if p.stem in stems:
+                raise PipelineError(f"{kind}: {stems[p.stem]} and {p} have the same stem {p.stem!r}")
+            stems[p.stem] = p
+        by_stem[kind] = stems
+    out = {}
+    for vid, media in videos.items():
+        lacking = [k for k in ("--audio", "--frames") if media not in by_stem[k]]
+        if lacking:
+            raise PipelineError(f"video {vid}: no {' / '.join(lacking)} file for its media {media!r}")
+        out[vid] = Media(media, by_stem["--audio"][media], by_stem["--frames"][media])
+    return out
+
+
+def _frames(path) -> dict:
+    fr = read_json(path)
+    for k in ("timestamps", "n_frames", "fps", "has_audio"):
         if k not in fr:
-            raise PipelineError(f"{a.frames}: frames JSON lacks {k!r}")
+            raise PipelineError(f"{path}: frames JSON lacks {k!r}; rerun extract_frames")
+    if len(fr["timestamps"]) != int(fr["n_frames"]):
+        raise PipelineError(f"{path}: {len(fr['timestamps'])} timestamps but n_frames = {fr['n_frames']}")
+    return fr
+
+
+def media_features(model: AudioModel, media: Media, chunking: Chunking) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(features, valid, frames JSON) of one media file; zeros and valid = false without audio."""
+    fr = _frames(media.frames)
     times = np.asarray(fr["timestamps"], np.float64)
-    if len(times) != int(fr["n_frames"]):
-        raise PipelineError(f"{a.frames}: {len(times)} timestamps but n_frames = {fr['n_frames']}")
-    model = load_audio_model(a.model, weights, prm, pick_device(a.device), weights_key=key)
-    want_sr = int(prm.get("sample_rate", model.sample_rate))
-    if want_sr != model.sample_rate:
-        raise PipelineError(f"audio.sample_rate = {want_sr}, but {a.model} ({weights}) expects {model.sample_rate} Hz")
-    if fr["has_audio"]:
-        feats, valid = extract(model, a.audio, None, times, chunk_seconds=float(prm.get("chunk_seconds", 30)),
-                               overlap_seconds=float(prm.get("overlap_seconds", 1.0)),
-                               batch_size=int(prm.get("batch_size", 2)), show_progress=True)
-    else:
-        log.info("%s: no audio stream: %d zero rows, valid = false", a.frames, len(times))
-        feats, valid = np.zeros((len(times), model.dim), np.float32), np.zeros(len(times), bool)
-    from .stores import write_features
-
-    write_features(a.out, feats, valid, extractor=a.model, checkpoint_digest=model.digest,
-                   fps=float(fr.get("fps", 0.0)), layer=str(model.layer), has_audio=bool(fr["has_audio"]),
-                   sample_rate=model.sample_rate, feature_stride_s=model.stride / model.sample_rate,
-                   feature_centre0_s=float(model.centres(0)), alignment="linear-between-centres")
-    log.info("%s: %d frames x %d (%s), %d valid", a.out, len(feats), model.dim, a.model, int(valid.sum()))
-    return 0
+    if not fr["has_audio"]:
+        return np.zeros((len(times), model.dim), np.float32), np.zeros(len(times), bool), fr
+    feats, valid = extract(model, media.wav, None, times, chunking)
+    return feats, valid, fr
 
 
-# ---------------------------------------------------------------- stage: make_demo_audio_models
-def demo_configs(hidden: int = 32):
-    """Tiny HuBERT / wav2vec2 configs: real conv strides/kernels (20 ms frames), narrow widths.
+def audio_features(model: str, weights, videos: dict[str, Media], out, params: dict,
+                   device: str = "cpu", weights_key: str | None = None) -> list[str]:
+    """Load ``model`` once, stream every video not yet in the (partial) shard; return those computed.
 
-    ``feat_extract_norm="layer"`` (as the large models) keeps the front end frame-local, so
-    chunked extraction equals a single pass away from chunk boundaries.
+    ``params``: :func:`model_params` of the config. A failing video raises a PipelineError naming
+    it and its file; the videos finished before it stay in ``{out}.partial`` for the next attempt.
     """
-    from transformers import HubertConfig, Wav2Vec2Config
+    chunking, settings = Chunking.from_params(params), need(params, model, "audio")
+    sr = int(need(params, "sample_rate", "audio"))
+    m = load_audio_model(model, weights, settings, pick_device(device), weights_key)
+    if sr != m.sample_rate:
+        raise PipelineError(f"audio.sample_rate = {sr}, but {model} ({weights}) expects {m.sample_rate} Hz")
+    from .stores import FeatureShardWriter
 
-    kw = dict(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2, intermediate_size=2 * hidden,
-              conv_dim=(32,) * 7, feat_extract_norm="layer", num_conv_pos_embeddings=16,
-              num_conv_pos_embedding_groups=4, do_stable_layer_norm=False)
-    return {"hubert": HubertConfig(**kw), "wav2vec2": Wav2Vec2Config(**kw, codevector_dim=16, proj_codevector_dim=16)}
-
-
-DEMO_VGGISH = dict(widths=(8, 16, 32, 32, 64, 64), fc=(256, 256, 128))
-
-
-def make_demo_models(out_dir, seed: int = 0) -> Path:
-    """Random tiny hubert/, wav2vec2/ (save_pretrained) and vggish.pth under out_dir, atomically.
-
-    The demo VGGish keeps torchvggish's topology and 128-d output with 1/8 conv widths and
-    256-wide FC layers (~0.5 M params, ~2 MB) instead of 72 M params / 290 MB; the loader infers
-    widths from the state dict, so the real checkpoint goes through the same code.
-    """
-    import shutil
-
-    import torch
-    from transformers import HubertModel, Wav2Vec2FeatureExtractor, Wav2Vec2Model
-
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    writer = FeatureShardWriter(out, extractor=model, fingerprint=fingerprint(m.digest, params),
+                                checkpoint_digest=m.digest, layer=str(m.layer), sample_rate=m.sample_rate,
+                                feature_stride_s=m.stride / m.sample_rate, feature_centre0_s=float(m.centres(0)),
+                                alignment="linear-between-centres")
+    groups: dict[Media, list[str]] = {}
+    for vid, media in videos.items():
+        groups.setdefault(media, []).append(vid)
+    todo = [(media, ids) for media, ids in groups.items() if not all(writer.done(v) for v in ids)]
+    log.info("%s: %d videos from %d media files; %d media files to compute", out, len(videos), len(groups), len(todo))
+    computed = []
     try:
-        cfgs = demo_configs()
-        for name, cls in (("hubert", HubertModel), ("wav2vec2", Wav2Vec2Model)):
-            torch.manual_seed(seed)
-            cls(cfgs[name]).eval().save_pretrained(tmp / name)
-            Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False).save_pretrained(tmp / name)
-        torch.manual_seed(seed)
-        sd = make_vggish(**DEMO_VGGISH).state_dict()
-        torch.save(sd, tmp / "vggish.pth")
-        (tmp / "README.txt").write_text("Randomly initialised demo audio models (seed %d); not pretrained.\n" % seed)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+        for k, (media, ids) in enumerate(todo, 1):
+            t0 = time.perf_counter()
+            try:
+                feats, valid, fr = media_features(m, media, chunking)
+            except PipelineError as e:
+                raise PipelineError(f"video {' / '.join(ids)}: {e}") from e
+            for vid in ids:
+                writer.write(vid, feats, valid, fps=float(fr["fps"]), has_audio=bool(fr["has_audio"]), media=media.name)
+            computed += ids
+            log.info("[%d/%d] computed %s: %d frames x %d, %d valid, %.1f s", k, len(todo), " / ".join(ids),
+                     len(feats), m.dim, int(valid.sum()), time.perf_counter() - t0)
+        writer.close(list(videos))
+    except BaseException:
+        writer.abort()
+        raise
+    return computed
 
 
-def make_demo_models_main(argv: list[str]) -> int:
-    p = stage_parser("make_demo_audio_models", "small random HuBERT / wav2vec2 / VGGish for the demo")
-    p.add_argument("--out-dir", required=True)
+def main(argv: list[str]) -> int:
+    p = stage_parser("audio_features", "HuBERT / wav2vec2 / VGGish features per video frame, one shard per model")
+    p.add_argument("--model", required=True, choices=MODELS)
+    p.add_argument("--weights", required=True, help="local weights: save_pretrained folder or VGGish .pth")
+    p.add_argument("--weights-key", default=None, help="config key named in errors (audio.<model>.weights)")
+    p.add_argument("--videos", required=True, help='JSON {"video id": "media stem"} (or @PATH to one)')
+    p.add_argument("--audio", nargs="+", required=True, help="results/audio/{media}.wav (extract_frames)")
+    p.add_argument("--frames", nargs="+", required=True, help="results/frames/{media}.json (extract_frames)")
+    p.add_argument("--out", required=True, help="results/features/{model}.h5")
     a = p.parse_args(argv)
+    text = Path(a.videos[1:]).read_text() if a.videos.startswith("@") else a.videos
+    try:
+        videos = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PipelineError(f"--videos is not valid JSON ({e})") from e
+    if not isinstance(videos, dict) or not all(isinstance(v, str) for v in videos.values()):
+        raise PipelineError('--videos must be a JSON object {"video id": "media stem"}')
     setup_torch(a.threads, a.seed)
-    out = make_demo_models(a.out_dir, a.seed)
-    log.info("demo audio models in %s: %s", out, ", ".join(sorted(x.name for x in out.iterdir())))
+    audio_features(a.model, a.weights, media_inputs(videos, a.audio, a.frames), a.out, a.params, a.device,
+                   a.weights_key or f"audio.{a.model}.weights")
     return 0

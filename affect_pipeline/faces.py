@@ -1,51 +1,84 @@
-"""crop_faces: detect, track and align one face per frame into the face store ``faces/{video}.h5``.
+"""Faces: the ``faces`` config, detector backends, 5-point alignment and which face to keep.
 
-Backends (params ``backend``):
-- ``mtcnn`` (default): facenet-pytorch MTCNN, which ships its weights; boxes + 5 landmarks.
+Backends (config ``faces.backend``):
+- ``mtcnn``: facenet-pytorch MTCNN, which ships its weights; boxes + 5 landmarks.
 - ``face_alignment``: S3FD boxes + FAN 68 landmarks (reduced to the same 5 points: eye centres,
-  nose tip, mouth corners), weights from local files (params ``face_alignment: {s3fd, fan}``)
+  nose tip, mouth corners), weights from local files (``faces.face_alignment: {s3fd, fan}``)
   or the TORCH_HOME hub cache; never downloaded.
-- ``cropped_aligned``: the official Aff-Wild2 crops ``{cropped_dir}/{video}/{i:05d}.jpg``
-  (1-based); a missing image is a frame without a face. No decoding, no detection.
+- ``cropped_aligned``: the official Aff-Wild2 crops, no detection (see :mod:`.crop_faces`).
 
-Alignment: a similarity transform (Umeyama least squares, deterministic) maps the 5 points onto
-the ArcFace 112-px template scaled to ``size``; ``margin`` (a fraction of ``size`` per side)
-shrinks the template towards the centre so more context stays in the crop.
+Alignment: the least-squares similarity transform (skimage, Umeyama; deterministic) maps the 5
+points onto the ArcFace 112-px template scaled to ``size``; ``margin`` (a fraction of ``size``
+per side) shrinks the template towards the centre so more context stays in the crop.
 
 Which face, when there are several (documented choice):
-- ``--side none``: the first face is the largest; after that, the face that best continues the
+- ``side none``: the first face is the largest; after that, the face that best continues the
   track (highest IoU with the last found box minus its centre distance in units of that box's
   diagonal), so a passer-by does not steal the track.
-- ``--side left|right`` (``X_left`` / ``X_right`` videos: two people in one video): with two or
+- ``side left|right`` (``X_left`` / ``X_right`` videos: two people in one video): with two or
   more faces, the one whose box centre x is smallest / largest; with a single face, take it
   only if it continues this side's track or lies in this side's half of the frame, so the
   partner's face is not taken when ours is missed.
-Every decoded frame gets a row; a frame without an accepted face has found=false (the store fills
-zeros). The store must have exactly the frames JSON's ``n_frames`` rows, else the job fails.
+
+torch, torchvision, facenet-pytorch, face_alignment and skimage are imported inside the
+functions that use them, so importing this module stays cheap.
 """
 from __future__ import annotations
 
-import logging
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from .runtime import PipelineError, pick_device, progress, setup_torch, stage_parser
-from .stores import write_face_store
-from .video import iter_frame_batches, read_frames_json
+from .runtime import PipelineError
 
-log = logging.getLogger("affect_pipeline.faces")
-
-DEFAULTS = {"backend": "mtcnn", "size": 224, "margin": 0.0, "batch_size": 32, "min_face_size": 20,
-            "score_threshold": 0.9, "face_alignment": {"s3fd": None, "fan": None}}
+BACKENDS = ("mtcnn", "face_alignment", "cropped_aligned")
 
 #: ArcFace 5-point template for 112x112 crops (left eye, right eye, nose, mouth left, mouth right;
 #: left = image left), scaled to the crop size (224: the paper's crops).
 ARCFACE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                         [41.5493, 92.3655], [70.7299, 92.2041]], np.float64)
 
-#: hub-cache file names of the face_alignment 1.x weights (used when params give no path)
+#: hub-cache file names of the face_alignment 1.x weights (used when the config gives no path)
 FA_CACHE_NAMES = {"s3fd": "s3fd-619a316812.pth", "fan": "2DFAN4-11f355bf06.pth.tar"}
+
+
+# ---------------------------------------------------------------- config
+@dataclass(frozen=True)
+class FaceParams:
+    """The ``faces`` section of workflow_config.yaml, complete (no defaults live in the package)."""
+
+    backend: str
+    size: int
+    margin: float
+    batch_size: int
+    min_face_size: int
+    score_threshold: float
+    face_alignment: dict  # {"s3fd": path | None, "fan": path | None}
+
+    @classmethod
+    def from_config(cls, section: dict, where: str = "faces") -> FaceParams:
+        """Check and type a config section; a missing key is a PipelineError naming it."""
+        if not isinstance(section, dict):
+            raise PipelineError(f"{where}: config section must be a mapping, got {type(section).__name__}")
+        missing = [f"{where}.{f.name}" for f in fields(cls) if f.name not in section]
+        fa = section.get("face_alignment")
+        if isinstance(fa, dict):
+            missing += [f"{where}.face_alignment.{k}" for k in FA_CACHE_NAMES if k not in fa]
+        elif "face_alignment" in section:
+            raise PipelineError(f"{where}.face_alignment: must be a mapping {{s3fd, fan}}, got {fa!r}")
+        if missing:
+            raise PipelineError(f"{where}: missing config key(s) {', '.join(missing)} (workflow_config.yaml "
+                                f"has every key; a stage gets its whole section via --params)")
+        unknown = sorted(set(section) - {f.name for f in fields(cls)})
+        if unknown:
+            raise PipelineError(f"{where}: unknown config key(s) {unknown}; known: {[f.name for f in fields(cls)]}")
+        if section["backend"] not in BACKENDS:
+            raise PipelineError(f"{where}.backend: unknown backend {section['backend']!r} ({' | '.join(BACKENDS)})")
+        return cls(backend=str(section["backend"]), size=int(section["size"]), margin=float(section["margin"]),
+                   batch_size=int(section["batch_size"]), min_face_size=int(section["min_face_size"]),
+                   score_threshold=float(section["score_threshold"]),
+                   face_alignment={k: fa[k] for k in FA_CACHE_NAMES})
 
 
 # ---------------------------------------------------------------- alignment
@@ -56,19 +89,18 @@ def template(size: int, margin: float = 0.0) -> np.ndarray:
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """2x3 least-squares similarity (rotation, uniform scale, translation) src -> dst (Umeyama)."""
+    """2x3 least-squares similarity (rotation, uniform scale, translation) src -> dst.
+
+    skimage's Umeyama estimate; coincident points (skimage: no estimate) give scale 0 onto dst's
+    mean, as the former hand-written estimate did, instead of an error mid-video.
+    """
+    from skimage.transform import SimilarityTransform
+
     src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    ms, md = src.mean(0), dst.mean(0)
-    s, d = src - ms, dst - md
-    cov = d.T @ s / len(src)
-    u, sig, vt = np.linalg.svd(cov)
-    e = np.diag([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt))])
-    r = u @ e @ vt
-    scale = np.trace(np.diag(sig) @ e) / max((s ** 2).sum() / len(src), 1e-12)
-    m = np.empty((2, 3))
-    m[:, :2] = scale * r
-    m[:, 2] = md - scale * r @ ms
-    return m
+    t = SimilarityTransform.from_estimate(src, dst)
+    if not t:
+        return np.hstack([np.zeros((2, 2)), dst.mean(0)[:, None]])
+    return t.params[:2].copy()
 
 
 def align_face(frame: np.ndarray, points: np.ndarray, size: int, margin: float = 0.0) -> np.ndarray:
@@ -88,11 +120,13 @@ def align_face(frame: np.ndarray, points: np.ndarray, size: int, margin: float =
 
 # ---------------------------------------------------------------- choosing the face
 def box_iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(boxes[:, 0], box[0]); y1 = np.maximum(boxes[:, 1], box[1])
-    x2 = np.minimum(boxes[:, 2], box[2]); y2 = np.minimum(boxes[:, 3], box[3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-    return inter / np.maximum(area(boxes) + area(box) - inter, 1e-9)
+    """IoU of each of ``boxes`` (k, 4) with ``box`` (4,) (torchvision); empty unions count as 0."""
+    import torch
+    from torchvision.ops import box_iou as tv_box_iou
+
+    iou = tv_box_iou(torch.as_tensor(np.asarray(boxes, np.float64).reshape(-1, 4)),
+                     torch.as_tensor(np.asarray(box, np.float64).reshape(1, 4)))
+    return np.nan_to_num(iou[:, 0].numpy(), nan=0.0)
 
 
 def _track_cost(boxes, prev):
@@ -119,18 +153,47 @@ def select_face(boxes: np.ndarray, prev: np.ndarray | None, side: str, width: in
     return int(np.argmin(_track_cost(boxes, prev)))
 
 
+@dataclass
+class BatchFaces:
+    """One face per frame of a batch: the face store's columns (crop None = no face)."""
+
+    crops: list
+    found: np.ndarray
+    score: np.ndarray
+    box: np.ndarray
+    landmarks: np.ndarray
+
+
+def faces_in_batch(backend, frames: np.ndarray, prev, side: str, size: int, margin: float):
+    """Detect on a batch, keep one face per frame (tracking ``prev``), align -> (BatchFaces, prev)."""
+    b = len(frames)
+    found, score = np.zeros(b, bool), np.zeros(b, np.float32)
+    box, lmk = np.zeros((b, 4), np.float32), np.zeros((b, 5, 2), np.float32)
+    for j, (boxes, scores, points) in enumerate(backend.detect(frames)):
+        k = select_face(boxes, prev, side, frames.shape[2])
+        if k is not None:
+            found[j], score[j], box[j], prev = True, scores[k], boxes[k], boxes[k]
+            if points is not None:
+                lmk[j] = points[k]
+    sel = np.flatnonzero(found)
+    if not backend.detector_landmarks and len(sel):
+        lmk[sel] = backend.landmarks(frames[sel], box[sel].astype(np.float64))
+    crops = [align_face(frames[j], lmk[j], size, margin) if found[j] else None for j in range(b)]
+    return BatchFaces(crops, found, score, box, lmk), prev
+
+
 # ---------------------------------------------------------------- backends
 class MTCNNBackend:
     """facenet-pytorch MTCNN on a batch of equal-size frames: boxes, probabilities, 5 landmarks."""
 
     n_landmarks, detector_landmarks = 5, True
 
-    def __init__(self, params: dict, device):
+    def __init__(self, params: FaceParams, device):
         from facenet_pytorch import MTCNN
 
-        self.threshold = float(params["score_threshold"])
+        self.threshold = params.score_threshold
         self.net = MTCNN(keep_all=True, select_largest=False, post_process=False,
-                         min_face_size=int(params["min_face_size"]), device=device)
+                         min_face_size=params.min_face_size, device=device)
 
     def detect(self, frames: np.ndarray):
         import torch
@@ -156,13 +219,13 @@ class FaceAlignmentBackend:
 
     n_landmarks, detector_landmarks = 5, False
 
-    def __init__(self, params: dict, device):
+    def __init__(self, params: FaceParams, device):
         import torch
         from face_alignment.detection.sfd.sfd_detector import SFDDetector
         from face_alignment.models import FAN
 
-        paths = resolve_fa_weights(params.get("face_alignment") or {})
-        self.device, self.threshold = device, float(params["score_threshold"])
+        paths = resolve_fa_weights(params.face_alignment)
+        self.device, self.threshold = device, params.score_threshold
         try:
             self.detector = SFDDetector(device=str(device), path_to_detector=str(paths["s3fd"]))
         except Exception as e:  # any load failure: name the file
@@ -211,7 +274,8 @@ def heatmap_points(hm: np.ndarray, centers: np.ndarray, scales: np.ndarray) -> n
     """FAN heatmaps (k, 68, R, R) -> points in frame pixels (k, 68, 2).
 
     Same decoding as face_alignment.utils.get_preds_fromhm (argmax, quarter-pixel shift towards
-    the higher neighbour, -0.5, inverse crop transform) vectorised, without its integer rounding.
+    the higher neighbour, -0.5, inverse crop transform) vectorised over the batch (the package
+    decodes one face at a time, numba-compiled), without its integer rounding.
     """
     k, c, r, _ = hm.shape
     flat = hm.reshape(k, c, -1)
@@ -230,7 +294,7 @@ def heatmap_points(hm: np.ndarray, centers: np.ndarray, scales: np.ndarray) -> n
 
 
 def resolve_fa_weights(cfg: dict) -> dict[str, Path]:
-    """Local S3FD / FAN weight files: params paths, else the TORCH_HOME hub cache; never a download."""
+    """Local S3FD / FAN weight files: config paths, else the TORCH_HOME hub cache; never a download."""
     import torch
 
     out = {}
@@ -238,7 +302,7 @@ def resolve_fa_weights(cfg: dict) -> dict[str, Path]:
         p = cfg.get(key)
         path = Path(p) if p else Path(torch.hub.get_dir()) / "checkpoints" / fname
         if not path.is_file():
-            how = f"faces.face_alignment.{key}" if p else f"faces.face_alignment.{key} (not set; looked in the TORCH_HOME cache)"
+            how = f"faces.face_alignment.{key}" + ("" if p else " (not set; looked in the TORCH_HOME cache)")
             raise PipelineError(f"{path}: {key} weights not found; set {how} to a local file "
                                 f"(weights are never downloaded)")
         out[key] = path
@@ -249,154 +313,10 @@ def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def make_backend(params: dict, device):
-    name = params["backend"]
-    if name == "mtcnn":
+def make_backend(params: FaceParams, device):
+    """The detector named by ``params.backend`` (cropped_aligned has none: it reads images)."""
+    if params.backend == "mtcnn":
         return MTCNNBackend(params, device)
-    if name == "face_alignment":
+    if params.backend == "face_alignment":
         return FaceAlignmentBackend(params, device)
-    raise PipelineError(f"faces.backend: unknown backend {name!r} (mtcnn | face_alignment | cropped_aligned)")
-
-
-# ---------------------------------------------------------------- the stage
-def release_memory() -> None:
-    """Give freed heap back to the OS (glibc malloc_trim) so RSS stays flat over long videos.
-
-    The detector's batch tensors vary in size with the number of candidate boxes; without a trim
-    glibc keeps the fragments and peak RSS drifts up with video length. No-op off glibc.
-    """
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            import ctypes
-
-            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim = None
-
-
-def faces_in_batch(backend, frames: np.ndarray, prev, side: str, size: int, margin: float):
-    """Detect on a batch, keep one face per frame (tracking ``prev``), align: the store's columns."""
-    b = len(frames)
-    found, score = np.zeros(b, bool), np.zeros(b, np.float32)
-    box, lmk = np.zeros((b, 4), np.float32), np.zeros((b, 5, 2), np.float32)
-    for j, (boxes, scores, points) in enumerate(backend.detect(frames)):
-        k = select_face(boxes, prev, side, frames.shape[2])
-        if k is not None:
-            found[j], score[j], box[j], prev = True, scores[k], boxes[k], boxes[k]
-            if points is not None:
-                lmk[j] = points[k]
-    sel = np.flatnonzero(found)
-    if not backend.detector_landmarks and len(sel):
-        lmk[sel] = backend.landmarks(frames[sel], box[sel].astype(np.float64))
-    crops = [align_face(frames[j], lmk[j], size, margin) if found[j] else None for j in range(b)]
-    return crops, found, score, box, lmk, prev
-
-
-def crop_video(video, info: dict, out, *, video_id: str, params: dict, side: str = "none",
-               threads: int = 1, device="cpu") -> dict:
-    """Detect, track and align faces in ``video``, streaming, into the face store ``out``."""
-    backend = make_backend(params, device)
-    size, margin, bs = int(params["size"]), float(params["margin"]), int(params["batch_size"])
-    n_expected, prev, n_found = int(info["n_frames"]), None, 0
-    ref_ts = np.asarray(info["timestamps"], np.float64)
-    bar = progress(total=n_expected, desc=f"faces {video_id}", unit="fr")
-    with write_face_store(out, video_id=video_id, size=size, backend=params["backend"], fps=info["fps"],
-                          n_landmarks=backend.n_landmarks, side=side, margin=margin,
-                          source=str(video)) as w:
-        for idx, ts, frames in iter_frame_batches(video, bs, threads):
-            if idx[-1] >= n_expected:
-                raise PipelineError(f"{video}: decoding yields more frames than the {n_expected} in its "
-                                    f"frames JSON (video changed since extract_frames? rerun it)")
-            if np.abs(ts - ref_ts[idx]).max() > 1e-3:
-                raise PipelineError(f"{video}: frame timestamps differ from its frames JSON at frame "
-                                    f"{int(idx[0])}+ (a different or re-encoded video? rerun extract_frames)")
-            crops, found, score, box, lmk, prev = faces_in_batch(backend, frames, prev, side, size, margin)
-            w.append(crops, found, score, box, lmk, ts)
-            n_found += int(found.sum())
-            bar.update(len(frames))
-            release_memory()
-        bar.close()
-        if w.n != n_expected:
-            raise PipelineError(f"{video}: decoded {w.n} frames but its frames JSON says {n_expected} "
-                                f"(truncated or changed video? rerun extract_frames)")
-        w.f.attrs["n_found"] = n_found
-    return {"n_frames": n_expected, "n_found": n_found}
-
-
-def _cropped_dir(root, video_id: str) -> Path:
-    root = Path(root)
-    for d in (root / video_id, root):
-        if d.is_dir() and (d is not root or next(d.glob("[0-9][0-9][0-9][0-9][0-9].jpg"), None)):
-            return d
-    raise PipelineError(f"{root / video_id}: no official cropped_aligned folder for video {video_id}")
-
-
-def crop_from_official(cropped_dir, info: dict, out, *, video_id: str, params: dict, side: str = "none") -> dict:
-    """Official crops ``{dir}/{video}/{i:05d}.jpg`` into the store; a missing image = no face."""
-    import cv2
-
-    d = _cropped_dir(cropped_dir, video_id)
-    size, bs, n = int(params["size"]), int(params["batch_size"]), int(info["n_frames"])
-    ts, n_found = np.asarray(info["timestamps"], np.float64), 0
-    with write_face_store(out, video_id=video_id, size=size, backend="cropped_aligned", fps=info["fps"],
-                          n_landmarks=5, side=side, margin=0.0, source=str(d)) as w:
-        for s in progress(range(0, n, bs), desc=f"crops {video_id}", unit="batch"):
-            crops = []
-            for i in range(s, min(s + bs, n)):
-                f = d / f"{i + 1:05d}.jpg"
-                img = cv2.imread(str(f), cv2.IMREAD_COLOR) if f.exists() else None
-                if f.exists() and img is None:
-                    raise PipelineError(f"{f}: not a readable JPEG")
-                if img is not None and img.shape[:2] != (size, size):
-                    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-                crops.append(None if img is None else img[..., ::-1])
-            b = len(crops)
-            found = np.array([c is not None for c in crops])
-            w.append(crops, found, found.astype(np.float32), np.zeros((b, 4)), np.zeros((b, 5, 2)), ts[s:s + b])
-            n_found += int(found.sum())
-        w.f.attrs["n_found"] = n_found
-    extra = len(list(d.glob("*.jpg"))) - n_found
-    if extra > 0:
-        log.warning("%s: %d images beyond the video's %d frames are ignored", d, extra, n)
-    return {"n_frames": n, "n_found": n_found}
-
-
-def main(argv: list[str]) -> int:
-    p = stage_parser("crop_faces", "Detect, track and align one face per frame into faces/{video}.h5.")
-    p.add_argument("--video", required=True, help="the media file")
-    p.add_argument("--frames", required=True, help="frames JSON of the media file (n_frames, timestamps)")
-    p.add_argument("--out", required=True, help="results/faces/{video}.h5 (the stem is the video id)")
-    p.add_argument("--side", choices=["left", "right", "none"], default="none")
-    p.add_argument("--cropped-dir", default=None, help="official cropped_aligned root (backend cropped_aligned)")
-    a = p.parse_args(argv)
-    params = {**DEFAULTS, **a.params}
-    if a.cropped_dir:
-        params["backend"] = "cropped_aligned"
-    info = read_frames_json(a.frames)
-    video_id = Path(a.out).stem
-    torch = setup_torch(a.threads, a.seed)
-    import cv2
-
-    cv2.setNumThreads(a.threads)
-    if params["backend"] == "cropped_aligned":
-        if not a.cropped_dir:
-            raise PipelineError("faces.backend cropped_aligned needs --cropped-dir (affwild2.cropped_aligned)")
-        r = crop_from_official(a.cropped_dir, info, a.out, video_id=video_id, params=params, side=a.side)
-    else:
-        device = pick_device(a.device)
-        r = crop_video(a.video, info, a.out, video_id=video_id, params=params, side=a.side,
-                       threads=a.threads, device=device)
-    frac = r["n_found"] / max(r["n_frames"], 1)
-    if r["n_found"] == 0:
-        log.warning("%s: no face found in any of its %d frames; the store marks every frame found=false",
-                    a.video, r["n_frames"])
-    log.info("%s: face in %d/%d frames (%.1f %%) -> %s [torch threads %d]", video_id, r["n_found"],
-             r["n_frames"], 100 * frac, a.out, torch.get_num_threads())
-    return 0
-
+    raise PipelineError(f"faces.backend: {params.backend!r} is not a detector (mtcnn | face_alignment)")

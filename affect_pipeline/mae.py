@@ -7,7 +7,7 @@ the masked patches only (optionally on per-patch normalised pixels).
 The encoder's ``state_dict`` uses timm's ``vit_base_patch16`` key names (``patch_embed.proj.*``,
 ``cls_token``, ``pos_embed``, ``blocks.N.*``, ``norm.*``), so MAE-Face / timm checkpoints load
 into it directly (:func:`import_mae_face`). Images enter the models normalised with
-:data:`IMAGENET_MEAN` / :data:`IMAGENET_STD` (:func:`normalize`).
+:data:`IMAGENET_MEAN` / :data:`IMAGENET_STD` (``face_data.standardize``).
 """
 from __future__ import annotations
 
@@ -23,20 +23,23 @@ from .runtime import PipelineError, load_checkpoint
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-#: ViT-B/16 encoder + the MAE paper's light decoder (8 blocks, width 512)
-DEFAULT_CONFIG = dict(img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
-                      decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0)
-ENCODER_KEYS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
+#: the ``mae.model`` keys (workflow_config.yaml holds their values: ViT-B/16 + the light decoder)
+MODEL_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
+              "decoder_embed_dim", "decoder_depth", "decoder_num_heads")
 CHECKPOINT_FORMAT = "affect_pipeline.mae/1"
 
 
 def model_config(params: dict | None) -> dict:
-    """The ``mae.model`` section completed with the defaults (only known keys; typos are errors)."""
+    """The complete ``mae.model`` section, checked: a missing or unknown key is an error. Face
+    crops are RGB, so ``in_chans`` is 3 unless a checkpoint says otherwise."""
     params = dict(params or {})
-    unknown = sorted(set(params) - set(DEFAULT_CONFIG))
+    missing = [k for k in MODEL_KEYS if k not in params]
+    unknown = sorted(set(params) - set(MODEL_KEYS) - {"in_chans"})
+    if missing:
+        raise PipelineError(f"mae.model: missing key(s) {missing} (see workflow_config.yaml)")
     if unknown:
-        raise PipelineError(f"mae.model: unknown key(s) {unknown}; known: {sorted(DEFAULT_CONFIG)}")
-    cfg = {**DEFAULT_CONFIG, **params}
+        raise PipelineError(f"mae.model: unknown key(s) {unknown}; known: {sorted(MODEL_KEYS)}")
+    cfg = {"in_chans": 3, **params}
     if cfg["img_size"] % cfg["patch_size"]:
         raise PipelineError(f"mae.model: img_size {cfg['img_size']} is not a multiple of "
                             f"patch_size {cfg['patch_size']}")
@@ -100,14 +103,6 @@ def masked_pixel_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
         target = (target - mean) / (var + 1e-6) ** 0.5
     loss = (pred.float() - target.float()).pow(2).mean(-1)
     return (loss * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-def normalize(imgs_uint8: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-    """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) ImageNet-normalised float."""
-    x = imgs_uint8.permute(0, 3, 1, 2).to(dtype) / 255.0
-    mean = torch.tensor(IMAGENET_MEAN, dtype=dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 # ---------------------------------------------------------------- models
@@ -263,7 +258,7 @@ def load_encoder_state(encoder: ViTEncoder, sd: dict, source) -> None:
 _DROP_PREFIXES = ("decoder_", "decoder.", "mask_token", "head.", "fc_norm.")
 
 
-def import_mae_face(path, cfg: dict | None = None) -> dict:
+def import_mae_face(path, cfg: dict) -> dict:
     """Convert MAE-Face's ``mae_face_pretrain_vit_base.pth`` (or any timm-keyed ViT) to our format.
 
     The file is a dict whose ``model`` (or ``state_dict``, or the dict itself) holds timm

@@ -6,15 +6,23 @@
   media file, so they form one group and always land in the same fold — otherwise the same
   face and voice would sit on both sides of a fold.
 - ``test``: ids whose ``split_{task}`` is "test" in ``videos.tsv`` (they have no labels).
+
+Output ``folds/{task}.json``: ``{"task", "k", "seed", "test": [...], "folds": {"official":
+{"train", "validation"}, "fold1": {...}, ...}}``. ``--params`` carries ``{"k", "seed"}`` (the
+workflow's ``folds`` and ``seed``), both required.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from .index_dataset import read_index
 from .runtime import PipelineError, stage_parser, write_json
 from .stores import read_labels
 
 SIDE_SUFFIXES = ("_left", "_right")
+PARAM_KEYS = ("k", "seed")
 
 
 def group_id(video: str) -> str:
@@ -25,7 +33,7 @@ def group_id(video: str) -> str:
     return video
 
 
-def make_folds(splits: dict[str, str], k: int, seed: int) -> dict[str, dict[str, list[str]]]:
+def assign_folds(splits: dict[str, str], k: int, seed: int) -> dict[str, dict[str, list[str]]]:
     """splits: {video: "train" | "validation"} → {"official": {...}, "fold1": {...}, ...}.
 
     Groups are shuffled with ``seed``, then each goes to the fold with the fewest videos so far
@@ -49,33 +57,45 @@ def make_folds(splits: dict[str, str], k: int, seed: int) -> dict[str, dict[str,
     return out
 
 
+def read_test_ids(index_path, task: str) -> list[str]:
+    """Ids whose ``split_{task}`` is "test" in the index (videos.tsv)."""
+    index = read_index(index_path)
+    col = f"split_{task}"
+    if index and col not in next(iter(index.values())):
+        raise PipelineError(f"{index_path}: no column {col!r}")
+    return sorted(v for v, r in index.items() if r.get(col) == "test")
+
+
+def make_folds(task: str, labels_path, index_path, out, k: int, seed: int) -> dict:
+    """Write ``out`` (folds/{task}.json) from the label store and the index; returns the document."""
+    labels = read_labels(labels_path)
+    splits = {v: lab.split for v, lab in labels.items() if lab.split in ("train", "validation")}
+    if not any(s == "train" for s in splits.values()):
+        raise PipelineError(f"{labels_path}: no video of task {task} has split 'train'")
+    test = read_test_ids(index_path, task)
+    leaked = sorted(set(test) & set(splits))
+    if leaked:
+        raise PipelineError(f"{index_path}: videos {leaked[:5]} are 'test' in split_{task} but labelled "
+                            f"train/validation in {labels_path}")
+    try:
+        folds = assign_folds(splits, k, seed)
+    except ValueError as e:
+        raise PipelineError(f"{labels_path}: {e}") from e
+    doc = {"task": task, "k": k, "seed": seed, "test": test, "folds": folds}
+    write_json(out, doc)
+    return doc
+
+
 def main(argv: list[str]) -> int:
-    p = stage_parser("make_folds", __doc__)
+    p = stage_parser("make_folds", __doc__.split("\n\n")[0])
     p.add_argument("--task", required=True)
     p.add_argument("--labels", required=True, help="results/index/labels/{task}.h5")
     p.add_argument("--index", required=True, help="results/index/videos.tsv")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="results/folds/{task}.json")
     a = p.parse_args(argv)
-    from .dataset import read_index
-
-    k = int(a.params.get("k", 5))
-    seed = int(a.params.get("seed", a.seed))
-    labels = read_labels(a.labels)
-    splits = {v: lab.split for v, lab in labels.items() if lab.split in ("train", "validation")}
-    if not any(s == "train" for s in splits.values()):
-        raise PipelineError(f"{a.labels}: no video of task {a.task} has split 'train'")
-    index = read_index(a.index)
-    col = f"split_{a.task}"
-    if index and col not in next(iter(index.values())):
-        raise PipelineError(f"{a.index}: no column {col!r}")
-    test = sorted(v for v, r in index.items() if r.get(col) == "test")
-    leaked = sorted(set(test) & set(splits))
-    if leaked:
-        raise PipelineError(f"{a.index}: videos {leaked[:5]} are 'test' in {col} but labelled "
-                            f"train/validation in {a.labels}")
-    try:
-        folds = make_folds(splits, k, seed)
-    except ValueError as e:
-        raise PipelineError(f"{a.labels}: {e}") from e
-    write_json(a.out, {"task": a.task, "k": k, "seed": seed, "test": test, "folds": folds})
+    missing = [key for key in PARAM_KEYS if key not in a.params]
+    if missing:
+        raise PipelineError(f"make_folds: missing key(s) {missing} in --params (the rule passes "
+                            f"the workflow's folds and seed as k and seed)")
+    make_folds(a.task, Path(a.labels), Path(a.index), Path(a.out), int(a.params["k"]), int(a.params["seed"]))
     return 0

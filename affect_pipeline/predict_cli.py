@@ -4,34 +4,36 @@
                    [--tasks AU EXPR VA] [--config YAML]... [--workdir DIR] [--device auto] [--threads N]
 
 Per video it runs the workflow's own stage code, in memory or in a temporary folder (removed
-at the end): decode (``video.frame_info``), faces (``faces.crop_video`` with the run's
-``faces`` settings) into a face store, the fine-tuned MAE features (``mae_training.embed_crops``),
-the 16 kHz wav (``video.extract_audio``) and its HuBERT / wav2vec2 / VGGish features
-(``audio_features.extract``), every fold's temporal model (``temporal_training.predict_video``)
-and the fold ensemble exactly as the submission does it (``submission.fold_weights``,
+at the end): decode (``video.frame_info``), faces (``crop_faces.crop_faces`` with the run's
+``faces`` settings) into a face store, each fold's fine-tuned MAE features (``visual_features.embed_crops``),
+the wav (``video.extract_audio``) and its HuBERT / wav2vec2 / VGGish features
+(``audio_features.extract``), every fold's temporal model (``temporal_checkpoint.predict_video``)
+and the fold ensemble exactly as the submission does it (``ensemble.fold_weights``,
 ``average_folds``, ``interpolate_no_face``). Output: one CSV row per decoded frame —
 ``video, frame`` (1-based), ``timestamp`` (s, media clock), ``face_found``, the 12 AU
 probabilities, the 8 EXPR probabilities, ``valence, arousal`` (columns of tasks the run did not
 train are left out) — and optionally a timeline PNG.
 
 Where the settings come from:
-- models: ``{models}/mae/finetune_{T}.pt`` and ``{models}/models/{task}/fold{N}/dcl.pt`` (every
-  ``fold{N}`` folder there is an ensemble member); each checkpoint carries its model config and
-  the names + dims of the feature stores it was trained on;
-- faces / audio / ensemble settings: the workflow config of the run: the repo's
-  ``workflow_config.yaml`` with each ``--config`` file deep-merged over it (as snakemake's
-  ``--configfile`` does), then ``demo.overrides`` while the data keys point at the demo;
-  relative weight paths are resolved against ``--workdir`` (default: the parent of --models).
-Honesty: every store a temporal model was trained on must be computable here with the same
-dimension; when the run's own feature stores are still under ``{models}/features``, their
-recorded checkpoint digests must equal the weights used here (else: wrong --config).
+- the run's effective config, ``{models}/config.yaml`` (rule ``run_config``: workflow_config.yaml +
+  the run's overlays), with each ``--config`` file deep-merged over it (e.g. weights moved since
+  the run); every setting used here is read from it, a missing key is an error naming it.
+  Relative weight paths are resolved against ``--workdir`` (default: the parent of --models);
+- the ensemble: ``{models}/models/{task}/fold{1..k}/dcl.pt`` (k = config ``folds``, the folds the
+  submission ensembles), for the config's ``tasks``;
+- each temporal checkpoint records the feature shards it was trained on (``feature_sources``:
+  name, fold, checkpoint_digest per store). A visual store ``mae_X`` of fold F is recomputed with
+  ``{models}/mae/X/F/finetune.pt`` (per-fold encoders: each fold's model gets its own encoder's
+  features; each encoder is loaded once), an audio store with the configured weights.
+Honesty: every weight file used here must have the digest recorded in the checkpoint (and in the
+run's own audio shards ``{models}/features/{model}.h5``, when still there) and give the same
+dimension; else the error names the checkpoint, the shard and both digests.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import logging
-import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -40,71 +42,40 @@ from pathlib import Path
 import numpy as np
 
 from . import AU_NAMES, EXPR_NAMES, TASK_COLUMNS, VA_NAMES
+from .config import RUN_CONFIG as RUN_CONFIG_NAME
+from .ensemble import EnsembleSettings
+from .run_models import (AudioSource, TaskModels, ensemble_folds, find_fold_models, load_task_models,
+                         local_path, make_sources, setting)
 from .runtime import PipelineError, atomic_path, progress, run_stage
 
 log = logging.getLogger("affect_pipeline.predict")
 
-REPO_CONFIG = Path(__file__).resolve().parents[1] / "workflow_config.yaml"
 CSV_TASKS = ("AU", "EXPR", "VA")            # per-frame tasks (ERI is per video: not a CSV column)
-AUDIO_STORES = ("hubert", "wav2vec2", "vggish")
-FOLD_DIR = re.compile(r"^fold(\d+)$")
 
 
 # ---------------------------------------------------------------- config
-def deep_merge(base: dict, extra: dict) -> dict:
-    """Merge ``extra`` into ``base`` recursively (nested dicts merge, anything else replaces)."""
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            deep_merge(base[k], v)
-        else:
-            base[k] = copy.deepcopy(v)
-    return base
+def load_config(models_dir: Path, paths=()) -> dict:
+    """The run's effective config (``{models_dir}/config.yaml``) with ``paths`` merged in order."""
+    from .config import RUN_CONFIG, load_run_config
+
+    return load_run_config(Path(models_dir) / RUN_CONFIG, paths or ())
 
 
-def load_config(paths=()) -> dict:
-    """The run's effective config: repo defaults + ``paths`` merged in order + demo overrides."""
-    import yaml
-
-    from .layout import demo_is_input
-
-    files = ([REPO_CONFIG] if REPO_CONFIG.is_file() else []) + [Path(p) for p in paths or ()]
-    if not files:
-        raise PipelineError(f"{REPO_CONFIG}: workflow config not found; pass --config (the run's config)")
-    cfg: dict = {}
-    for f in files:
-        if not f.is_file():
-            raise PipelineError(f"{f}: workflow config not found")
-        try:
-            doc = yaml.safe_load(f.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise PipelineError(f"{f}: not valid YAML ({str(e).splitlines()[0]})") from e
-        if not isinstance(doc, dict):
-            raise PipelineError(f"{f}: a workflow config must be a mapping, got {type(doc).__name__}")
-        deep_merge(cfg, doc)
-    if demo_is_input(cfg):
-        deep_merge(cfg, cfg["demo"].get("overrides") or {})
-    cfg["_files"] = [str(f) for f in files]
-    return cfg
 
 
-def local_path(value, workdir: Path) -> Path | None:
-    """A weight path from the config; relative paths are relative to the run's working directory."""
-    if value in (None, "", "None", "null"):
-        return None
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else workdir / p
 
 
 def faces_params(cfg: dict, workdir: Path) -> dict:
     """The run's ``faces`` settings for detection (official crops do not exist for a new video)."""
-    from .faces import DEFAULTS
+    from .faces import FaceParams
 
-    p = deep_merge(copy.deepcopy(DEFAULTS), cfg.get("faces") or {})
-    if (cfg.get("affwild2") or {}).get("cropped_aligned") or p["backend"] == "cropped_aligned":
+    p = copy.deepcopy(setting(cfg, "faces"))
+    FaceParams.from_config(p)  # complete (workflow_config.yaml): a missing key names itself
+    if setting(cfg, "affwild2.cropped_aligned") or p["backend"] == "cropped_aligned":
         p["backend"] = "mtcnn" if p["backend"] == "cropped_aligned" else p["backend"]
         log.warning("the run used the official cropped_aligned faces; a new video has none: detecting "
                     "faces with %s instead (crops the models did not train on)", p["backend"])
-    fa = p.get("face_alignment") or {}
+    fa = p["face_alignment"]
     p["face_alignment"] = {k: (str(local_path(v, workdir)) if local_path(v, workdir) else None) for k, v in fa.items()}
     return p
 
@@ -126,150 +97,6 @@ def check_faces(faces_dir: Path, params: dict) -> None:
         log.warning("%s: the run detected faces with %s, the config here says %s", first, backend, params["backend"])
 
 
-# ---------------------------------------------------------------- models of the run
-@dataclass
-class TaskModels:
-    """One task's fold ensemble: predictors, their checkpoint paths and validation metrics."""
-    task: str
-    folds: list[str]
-    paths: list[Path]
-    models: list
-    metrics: list[dict]
-
-
-def find_fold_models(models_dir: Path, task: str, required: bool) -> list[Path] | None:
-    """``models/{task}/fold{N}/dcl.pt`` of every fold folder; None if the run did not train ``task``."""
-    root = models_dir / "models" / task
-    if not root.is_dir():
-        if required:
-            raise PipelineError(f"{root / 'fold1' / 'dcl.pt'}: model not found (task {task} was not "
-                                f"trained in this run; --models must be the run's results/ folder)")
-        return None
-    folds = sorted((d for d in root.iterdir() if d.is_dir() and FOLD_DIR.match(d.name)),
-                   key=lambda d: int(FOLD_DIR.match(d.name)[1]))
-    paths = [d / "dcl.pt" for d in folds] or [root / "fold1" / "dcl.pt"]
-    for p in paths:
-        if not p.is_file():
-            raise PipelineError(f"{p}: model not found (train_dcl of this fold has not finished)")
-    return paths
-
-
-def load_task_models(models_dir: Path, task: str, paths: list[Path], device) -> TaskModels:
-    from .runtime import read_json
-    from .temporal_training import load_temporal
-
-    models, metrics = [], []
-    for p in paths:
-        m = load_temporal(p, device)
-        if m.task != task:
-            raise PipelineError(f"{p}: a {m.task} model in the {task} folder")
-        models.append(m)
-        mp = p.with_name("dcl_metrics.json")
-        metrics.append(read_json(mp) if mp.is_file() else {})
-    return TaskModels(task, [p.parent.name for p in paths], paths, models, metrics)
-
-
-# ---------------------------------------------------------------- feature sources
-class VisualSource:
-    """``mae_{T}`` store: the fine-tuned MAE's pooled features of the found face crops."""
-
-    def __init__(self, name: str, path: Path, device, batch_size: int):
-        from .mae_training import load_finetuned
-        from .runtime import file_digest
-
-        if not path.is_file():
-            raise PipelineError(f"{path}: fine-tuned MAE not found (the temporal models use {name} features)")
-        self.name, self.path, self.device, self.batch_size = name, path, device, batch_size
-        self.model = load_finetuned(path, device)
-        self.dim, self.digest, self.layer = int(self.model.config["embed_dim"]), file_digest(path), None
-
-    def __call__(self, job: "VideoJob") -> tuple[np.ndarray, np.ndarray]:
-        from .mae_training import embed_crops, resize_crops
-        from .stores import FaceStore
-
-        size = self.model.config["img_size"]
-        with FaceStore(job.faces) as fs:
-            found = fs.found.astype(bool)
-            feats = np.zeros((fs.n_frames, self.dim), np.float32)
-            idx = np.flatnonzero(found)
-            for s in range(0, len(idx), self.batch_size):
-                rows = idx[s:s + self.batch_size]
-                crops = resize_crops(fs.read_crops(rows), size)
-                feats[rows] = embed_crops(self.model, crops, self.batch_size, self.device)[0]
-        # the workflow's stores keep float16 features: round the same way
-        return feats.astype(np.float16).astype(np.float32), found
-
-
-class AudioSource:
-    """hubert / wav2vec2 / vggish store: audio features at the video's frame timestamps."""
-
-    def __init__(self, name: str, cfg: dict, workdir: Path, device):
-        from .audio_features import load_audio_model
-
-        audio = cfg.get("audio") or {}
-        key = f"audio.{name}.weights"
-        weights = local_path((audio.get(name) or {}).get("weights"), workdir)
-        if weights is not None and not weights.exists():
-            raise PipelineError(f"{weights}: {name} weights not found (config key {key} of "
-                                f"{', '.join(cfg['_files'])}, relative to --workdir {workdir})")
-        self.name, self.params = name, audio
-        self.model = load_audio_model(name, weights, audio, device, weights_key=key)
-        self.dim, self.digest, self.layer = self.model.dim, self.model.digest, str(self.model.layer)
-
-    def __call__(self, job: "VideoJob") -> tuple[np.ndarray, np.ndarray]:
-        from .audio_features import extract
-
-        n = len(job.timestamps)
-        if not job.info["has_audio"]:
-            return np.zeros((n, self.dim), np.float32), np.zeros(n, bool)
-        p = self.params
-        f, v = extract(self.model, job.wav, None, job.timestamps, chunk_seconds=float(p.get("chunk_seconds", 30)),
-                       overlap_seconds=float(p.get("overlap_seconds", 1.0)), batch_size=int(p.get("batch_size", 2)))
-        return f.astype(np.float16).astype(np.float32), v
-
-
-def make_sources(tasks: dict[str, TaskModels], models_dir: Path, cfg: dict, workdir: Path, device) -> dict:
-    """One source per feature store any model uses; dims checked against every checkpoint."""
-    bs = int(((cfg.get("mae") or {}).get("features") or {}).get("batch_size", 128))
-    sources: dict = {}
-    for tm in tasks.values():
-        for path, m in zip(tm.paths, tm.models):
-            for name, dim in zip(m.feature_names, m.feature_dims):
-                if name not in sources:
-                    if re.fullmatch(r"mae_(AU|EXPR|VA)", name):
-                        sources[name] = VisualSource(name, models_dir / "mae" / f"finetune_{name[4:]}.pt", device, bs)
-                    elif name in AUDIO_STORES:
-                        sources[name] = AudioSource(name, cfg, workdir, device)
-                    else:
-                        raise PipelineError(f"{path}: trained on feature store {name!r}, which affect-predict "
-                                            f"cannot compute (known: mae_AU, mae_EXPR, mae_VA, {', '.join(AUDIO_STORES)})")
-                if sources[name].dim != dim:
-                    raise PipelineError(f"{path}: trained on {dim}-d {name!r} features, but "
-                                        f"{getattr(sources[name], 'path', None) or 'the configured ' + name + ' weights'} "
-                                        f"gives {sources[name].dim}-d (pass the --config the run used)")
-    for name, src in sources.items():
-        check_digest(models_dir / "features" / name, src)
-    return sources
-
-
-def check_digest(store_dir: Path, src) -> None:
-    """The run's own feature stores (if kept) record which weights made them: ours must match."""
-    import h5py
-
-    first = next(iter(sorted(store_dir.glob("*.h5"))), None) if store_dir.is_dir() else None
-    if first is None:
-        log.info("%s: no feature stores of the run to compare the %s weights with", store_dir, src.name)
-        return
-    with h5py.File(first, "r") as f:
-        digest, layer = str(f.attrs.get("checkpoint_digest", "")), f.attrs.get("layer")
-    if digest and digest != src.digest:
-        raise PipelineError(f"{first}: the run made its {src.name} features with weights of digest {digest}, "
-                            f"but the weights configured here have digest {src.digest} (pass the --config "
-                            f"and --workdir the run used)")
-    if src.layer is not None and layer is not None and str(layer) != src.layer:
-        raise PipelineError(f"{first}: the run took {src.name} layer {layer}, the config here says {src.layer}")
-
-
 # ---------------------------------------------------------------- one video
 @dataclass
 class VideoJob:
@@ -289,53 +116,65 @@ class VideoResult:
     preds: dict                     # task -> (n, C) ensembled outputs
 
 
-def prepare_video(path: Path, video_id: str, tmp: Path, cfg: dict, fparams: dict, need_audio: bool,
+def prepare_video(path: Path, video_id: str, tmp: Path, fparams: dict, sample_rate: int | None,
                   threads: int, device) -> VideoJob:
-    """Decode once for the timestamps, then the face store and (if needed) the wav, in ``tmp``."""
-    from .faces import crop_video
+    """Decode once for the timestamps, then the face store and (``sample_rate`` given) the wav, in ``tmp``."""
+    from .crop_faces import FaceJob, crop_faces
+    from .faces import FaceParams
     from .video import extract_audio, frame_info
 
     info = frame_info(path, threads)
-    job = VideoJob(path, video_id, info, tmp / "faces.h5", tmp / "audio.wav" if need_audio else None,
+    job = VideoJob(path, video_id, info, tmp / "faces.h5", tmp / "audio.wav" if sample_rate else None,
                    np.asarray(info["timestamps"], np.float64))
-    crop_video(path, info, job.faces, video_id=video_id, params=fparams, side="none", threads=threads, device=device)
-    if need_audio and info["has_audio"]:
-        sr = int((cfg.get("audio") or {}).get("sample_rate", 16000))
-        extract_audio(path, job.wav, sr, duration=float(info["duration"]), threads=threads)
+    crop_faces(FaceJob(path, info, job.faces, video_id), FaceParams.from_config(fparams), threads=threads, device=device)
+    if sample_rate and info["has_audio"]:
+        extract_audio(path, job.wav, sample_rate, duration=float(info["duration"]), threads=threads)
     return job
 
 
-def ensemble_task(tm: TaskModels, feats: dict, ens: dict, batch_size: int) -> np.ndarray:
-    """Every fold's prediction, averaged and no-face filled exactly as the submission's ensemble."""
-    from .clips import primary_stores
-    from .submission import FoldPreds, average_folds, fold_weights, interpolate_no_face
-    from .temporal_training import predict_video
+def ensemble_task(tm: TaskModels, feats: dict, ens, batch_size: int) -> np.ndarray:
+    """Every fold's prediction (its stores from its own sources, ``tm.keys``), averaged and
+    no-face filled exactly as the submission's ensemble (``ens``: ensemble.EnsembleSettings)."""
+    from .fold_data import primary_stores
+    from .ensemble import FoldPreds, average_folds, fold_weights, interpolate_no_face
+    from .temporal_checkpoint import predict_video
 
     folds = []
-    for fold, path, m in zip(tm.folds, tm.paths, tm.models):
-        x = np.concatenate([feats[n][0] for n in m.feature_names], 1)
-        valid = np.stack([feats[n][1] for n in m.feature_names], 1)
+    for fold, path, m, keys in zip(tm.folds, tm.paths, tm.models, tm.keys):
+        x = np.concatenate([feats[k][0] for k in keys], 1)
+        valid = np.stack([feats[k][1] for k in keys], 1)
         pred = predict_video(m, x, valid, batch_size)
         face = valid[:, primary_stores(m.feature_names)].all(1)
-        folds.append(FoldPreds(path, fold, float(m.meta.get("score") or np.nan), {"video": (pred, face)}))
-    weights = fold_weights(ens.get("weighting", "uniform"), tm.metrics, folds)
+        score = m.meta["score"]
+        folds.append(FoldPreds(path, fold, float(np.nan if score is None else score), {"video": (pred, face)}))
+    weights = fold_weights(ens.weighting, tm.metrics, folds)
     prob, valid = average_folds(folds, weights, "video", tm.task)
-    policy = ens.get("no_face", "interpolate")
-    if policy not in ("interpolate", "model"):
-        raise PipelineError(f"ensemble.no_face: {policy!r} is not interpolate | model")
-    if policy == "interpolate":
+    if ens.no_face == "interpolate":
         prob = interpolate_no_face(prob, valid)     # no face at all: the models' (audio) outputs stay
     return np.clip(prob, -1.0, 1.0) if tm.task == "VA" else prob
 
 
-def predict_video_file(path: Path, video_id: str, tasks: dict, sources: dict, cfg: dict, fparams: dict,
-                       threads: int, device, batch_size: int, tmp_root: Path) -> VideoResult:
-    with tempfile.TemporaryDirectory(prefix="video-", dir=tmp_root) as tmp:
-        need_audio = any(isinstance(s, AudioSource) for s in sources.values())
-        job = prepare_video(path, video_id, Path(tmp), cfg, fparams, need_audio, threads, device)
-        feats = {name: src(job) for name, src in sources.items()}
+@dataclass
+class Run:
+    """What every video of one affect-predict call goes through."""
+    tasks: dict
+    sources: dict
+    ens: object
+    fparams: dict
+    sample_rate: int | None
+    threads: int
+    device: object
+    batch_size: int
+    tmp_root: Path
+
+
+def predict_video_file(path: Path, video_id: str, run: Run) -> VideoResult:
+    tasks = run.tasks
+    with tempfile.TemporaryDirectory(prefix="video-", dir=run.tmp_root) as tmp:
+        job = prepare_video(path, video_id, Path(tmp), run.fparams, run.sample_rate, run.threads, run.device)
+        feats = {key: src(job) for key, src in run.sources.items()}
         found = _found(job.faces)
-        preds = {t: ensemble_task(tm, feats, cfg.get("ensemble") or {}, batch_size) for t, tm in tasks.items()}
+        preds = {t: ensemble_task(tm, feats, run.ens, run.batch_size) for t, tm in tasks.items()}
     n_found = int(found.sum())
     log.info("%s: %d frames, face in %d (%.1f %%), tasks %s", path, len(found), n_found,
              100 * n_found / max(len(found), 1), ", ".join(tasks))
@@ -438,7 +277,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", choices=CSV_TASKS, default=None,
                    help="tasks to predict (default: every frame task the run trained)")
     p.add_argument("--config", action="append", default=[], type=Path, metavar="YAML",
-                   help="a --configfile of the run, merged over the repo's workflow_config.yaml (repeatable)")
+                   help="a config overlay merged over the run's saved config, {models}/config.yaml (repeatable)")
     p.add_argument("--workdir", type=Path, default=None,
                    help="the run's working directory, for relative weight paths (default: parent of --models)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -455,16 +294,20 @@ def video_ids(paths: list[Path]) -> list[str]:
     return [s if stems.count(s) == 1 else str(p) for s, p in zip(stems, paths)]
 
 
-def select_tasks(models_dir: Path, requested) -> dict[str, list[Path]]:
-    found = {}
-    for t in requested or CSV_TASKS:
-        paths = find_fold_models(models_dir, t, required=requested is not None)
-        if paths is not None:
-            found[t] = paths
-    if not found:
-        raise PipelineError(f"{models_dir / 'models'}: no trained AU / EXPR / VA models "
-                            f"(expected {models_dir / 'models' / '{task}' / 'fold1' / 'dcl.pt'})")
-    return found
+def select_tasks(models_dir: Path, cfg: dict, requested) -> dict[str, list[Path]]:
+    """The ensembles to run: the requested tasks (default: every frame task of the run's
+    ``tasks``), each as its fold1..k checkpoints."""
+    trained = [t for t in CSV_TASKS if t in setting(cfg, "tasks")]
+    folds = ensemble_folds(cfg)
+    for t in requested or ():
+        if t not in trained:
+            raise PipelineError(f"{models_dir / 'models' / t / folds[0] / 'dcl.pt'}: model not found (task {t} "
+                                f"was not trained in this run: its frame tasks are {trained})")
+    tasks = list(requested or trained)
+    if not tasks:
+        raise PipelineError(f"{models_dir / RUN_CONFIG_NAME}: the run trained no AU / EXPR / VA models "
+                            f"(tasks {setting(cfg, 'tasks')})")
+    return {t: find_fold_models(models_dir, t, folds) for t in tasks}
 
 
 def predict(argv: list[str]) -> int:
@@ -477,8 +320,11 @@ def predict(argv: list[str]) -> int:
         if not v.is_file():
             raise PipelineError(f"{v}: video not found")
     workdir = a.workdir or models_dir.resolve().parent
-    cfg = load_config(a.config)
-    task_paths = select_tasks(models_dir, a.tasks)
+    cfg = load_config(models_dir, a.config)
+    task_paths = select_tasks(models_dir, cfg, a.tasks)
+    ens = EnsembleSettings.from_params(setting(cfg, "ensemble"))
+    fparams = faces_params(cfg, workdir)
+    check_faces(models_dir / "faces", fparams)
 
     import cv2
 
@@ -489,9 +335,9 @@ def predict(argv: list[str]) -> int:
     device = pick_device(a.device)
     tasks = {t: load_task_models(models_dir, t, p, device) for t, p in task_paths.items()}
     sources = make_sources(tasks, models_dir, cfg, workdir, device)
-    fparams = faces_params(cfg, workdir)
-    check_faces(models_dir / "faces", fparams)
-    log.info("tasks %s; folds %s; feature stores %s; faces %s (size %s); %d video(s); torch threads %d",
+    need_audio = any(isinstance(s, AudioSource) for s in sources.values())
+    sample_rate = int(setting(cfg, "audio.sample_rate")) if need_audio else None
+    log.info("tasks %s; folds %s; feature sources %s; faces %s (size %s); %d video(s); torch threads %d",
              list(tasks), {t: tm.folds for t, tm in tasks.items()}, list(sources), fparams["backend"],
              fparams["size"], len(videos), torch.get_num_threads())
 
@@ -500,8 +346,8 @@ def predict(argv: list[str]) -> int:
             atomic_path(a.out) as tmp_csv, open(tmp_csv, "w", encoding="utf-8") as fh:
         fh.write(",".join(csv_header(tasks)) + "\n")
         for path, vid in progress(list(zip(videos, video_ids(videos))), desc="videos", unit="video"):
-            r = predict_video_file(path, vid, tasks, sources, cfg, fparams, a.threads, device, a.batch_size,
-                                   Path(tmp_root))
+            run = Run(tasks, sources, ens, fparams, sample_rate, a.threads, device, a.batch_size, Path(tmp_root))
+            r = predict_video_file(path, vid, run)
             fh.write(csv_rows(r, tasks))
             if a.timeline:
                 results.append(r)

@@ -133,6 +133,7 @@ class Schedule:
     warmup_epochs: int = 0
     ema_decay: float = 0.0          # 0: no EMA, evaluate the raw weights
     min_lr: float = 0.0
+    clip_grad: float = 0.0          # max gradient norm; 0: no clipping
 
 
 @dataclass
@@ -168,6 +169,8 @@ def fit(model: torch.nn.Module, step: Callable[[object], torch.Tensor],
             loss = step(batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if sched.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), sched.clip_grad)
             opt.step()
             n += 1
             lr_sched.step_update(n)
@@ -184,7 +187,7 @@ def fit(model: torch.nn.Module, step: Callable[[object], torch.Tensor],
                           "val_score": float(ev["score"]), "lr": opt.param_groups[0]["lr"]})
         log.info("%s epoch %d: train loss %.4f, val loss %.4f, val score %.4f", desc, epoch + 1, train_loss,
                  res.curve[-1]["val_loss"], ev["score"])
-        if res.best_state is None or ev["score"] > res.best_score:
+        if res.best_state is None or ev["score"] > res.best_score or np.isnan(res.best_score):
             res.best_score, res.best_epoch = float(ev["score"]), epoch + 1
             res.best_state = {k: v.detach().cpu().clone() for k, v in judged.state_dict().items()}
     return res
@@ -195,3 +198,24 @@ def curve_csv(rows: list[dict]) -> str:
     cols = ["epoch", "train_loss", "val_loss", "val_score", "lr"]
     return ",".join(cols) + "\n" + "".join(",".join(f"{r[c]:.6g}" if c != "epoch" else str(r[c]) for c in cols) + "\n"
                                            for r in rows)
+
+
+# ---------------------------------------------------------------- config sections
+def settings(cls, values, where: str):
+    """The dataclass ``cls`` built from one config section, which the rule passes complete
+    (workflow_config.yaml is the only source of defaults): a missing or unknown key is a
+    PipelineError that names it and ``where`` (e.g. ``mae.finetune``)."""
+    import dataclasses
+
+    from .runtime import PipelineError
+
+    if not isinstance(values, dict):
+        raise PipelineError(f"{where}: config section missing from --params (got {values!r})")
+    names = [f.name for f in dataclasses.fields(cls)]
+    missing = [n for n in names if n not in values]
+    unknown = sorted(set(values) - set(names))
+    if missing:
+        raise PipelineError(f"{where}: missing key(s) {missing} in --params (see workflow_config.yaml)")
+    if unknown:
+        raise PipelineError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    return cls(**values)

@@ -1,11 +1,14 @@
 """Video decoding (PyAV/FFmpeg): probe, streaming frame iterators, the frames JSON, 16 kHz audio.
 
+The stage ``extract_frames`` (extract_frames.py) writes both per media file: the frames JSON
+(:func:`frame_info`) and the wav (:func:`extract_audio`).
+
 Conventions every later stage relies on:
 - Frame i of an annotation file (1-based) is the i-th frame the decoder outputs (presentation
   order), whatever the container says about frame counts.
 - Timestamps are seconds on the media clock (``pts x time_base``), not renumbered from 0; a
   variable-frame-rate (VFR) file keeps its irregular timestamps and is flagged ``vfr: true``.
-- The wav of ``extract_audio`` is on the same clock: sample k is media time k / sample_rate
+- The wav of :func:`extract_audio` is on the same clock: sample k is media time k / sample_rate
   (an audio stream that starts late is padded with leading silence), so a feature extractor
   finds frame i's audio at ``timestamps[i]``.
 - Decoded frames are never written to disk: ``extract_frames`` decodes once to count frames and
@@ -25,7 +28,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .runtime import PipelineError, atomic_path, progress, read_json, stage_parser, write_json
+from .runtime import PipelineError, atomic_path, progress, read_json
 
 log = logging.getLogger("affect_pipeline.video")
 
@@ -203,7 +206,7 @@ def frame_info(path, threads: int = 1, show_progress: bool = True) -> dict:
 
 
 def read_frames_json(path) -> dict:
-    """Load and check a frames JSON (what crop_faces / extract_audio / audio_features receive)."""
+    """Load and check a frames JSON (what crop_faces and audio_features receive)."""
     info = read_json(path)
     missing = [k for k in ("n_frames", "fps", "duration", "has_audio", "timestamps") if k not in info]
     if missing:
@@ -213,21 +216,8 @@ def read_frames_json(path) -> dict:
     return info
 
 
-def extract_frames_main(argv: list[str]) -> int:
-    p = stage_parser("extract_frames", "Decode a video once; write its frame count, timestamps and probe.")
-    p.add_argument("--video", required=True)
-    p.add_argument("--out", required=True, help="results/frames/{media}.json")
-    a = p.parse_args(argv)
-    info = frame_info(a.video, a.threads)
-    write_json(a.out, info)
-    log.info("%s: %d frames, %.3f fps%s, %dx%d, %s, audio=%s", a.video, info["n_frames"], info["fps"],
-             " (VFR)" if info["vfr"] else "", info["width"], info["height"], info["codec"], info["has_audio"])
-    return 0
-
-
 # ---------------------------------------------------------------- audio
-def extract_audio(video, out, sample_rate: int = 16000, duration: float | None = None,
-                  threads: int = 1) -> dict:
+def extract_audio(video, out, sample_rate: int, duration: float | None = None, threads: int = 1) -> dict:
     """Decode the first audio stream to mono PCM16 at ``sample_rate``, streaming, into ``out``.
 
     No audio stream (or no decodable audio): a silent wav of ``duration`` seconds. Returns a
@@ -275,22 +265,6 @@ def extract_audio(video, out, sample_rate: int = 16000, duration: float | None =
                 for s in range(0, n, 1 << 16):
                     wav.write(np.zeros(min(1 << 16, n - s), np.int16))
     return {"samples": n, "seconds": n / sample_rate, "silent": silent}
-
-
-def extract_audio_main(argv: list[str]) -> int:
-    p = stage_parser("extract_audio", "Extract the audio track as 16 kHz mono PCM16 wav (silent if none).")
-    p.add_argument("--video", required=True)
-    p.add_argument("--frames", required=True, help="frames JSON of the video (duration, has_audio)")
-    p.add_argument("--out", required=True, help="results/audio/{video}.wav")
-    p.add_argument("--sample-rate", type=int, default=16000)
-    a = p.parse_args(argv)
-    info = read_frames_json(a.frames)
-    r = extract_audio(a.video, a.out, a.sample_rate, duration=float(info["duration"]), threads=a.threads)
-    if r["silent"]:
-        log.warning("%s: no audio; wrote %.2f s of silence to %s", a.video, r["seconds"], a.out)
-    else:
-        log.info("%s: %.2f s of audio at %d Hz -> %s", a.video, r["seconds"], a.sample_rate, a.out)
-    return 0
 
 
 # ---------------------------------------------------------------- encoding (tests, benchmarks, demo)

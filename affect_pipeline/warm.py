@@ -20,7 +20,6 @@ Safe by construction, or not used:
 """
 from __future__ import annotations
 
-import array
 import hashlib
 import json
 import os

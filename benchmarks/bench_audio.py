@@ -3,14 +3,15 @@
 On the same synthetic audio (noise with a moving envelope and a sweeping tone) each model runs
 (1) forward only: the stage's own chunks, pre-read into memory, the same batches, and
 (2) the whole stage in-process: model load + weights digest, wav streaming, normalisation,
-chunked forward, alignment to the video's frames, HDF5 write.
+chunked forward, alignment to the video's frames, the feature-shard write.
 Throughput is video frames per second (audio seconds x fps / wall time); ``stage_over_model``
 = stage frames/s / forward frames/s (1 = the stage costs nothing beyond the model).
 
 ``run(...)`` returns the rows (a master benchmark calls it); ``memory(...)`` measures the
 stage's peak RSS in fresh processes for short and long audio (the streaming check).
 Models are the demo-sized random ones by default; ``--paper-size`` uses random models with the
-paper's shapes (HuBERT/wav2vec2 base configs, full VGGish: slow on CPU).
+paper's shapes (HuBERT/wav2vec2 base configs, full VGGish: slow on CPU). Settings are the
+``audio`` section of workflow_config.yaml (``params`` replaces keys of it).
 ``python benchmarks/bench_audio.py [--seconds S] [--fps F] [--threads T] [--memory]`` prints tables.
 """
 from __future__ import annotations
@@ -28,6 +29,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SR = 16000
+
+
+def audio_config() -> dict:
+    """The config's ``audio`` section: the one source of the stage's settings."""
+    import yaml
+
+    return yaml.safe_load((ROOT / "workflow_config.yaml").read_text())["audio"]
 
 
 def synth_audio(seconds: float, seed: int = 0) -> np.ndarray:
@@ -53,10 +61,11 @@ def write_inputs(tmp: Path, seconds: float, fps: float) -> tuple[Path, Path, int
 
 def make_models(out: Path, paper_size: bool = False) -> Path:
     """Demo models, or random ones with the paper's shapes (base HuBERT/wav2vec2, full VGGish)."""
-    from affect_pipeline import audio_features as af
+    from affect_pipeline.audio_models import make_vggish
+    from affect_pipeline.demo.audio_models import make_demo_audio_models
 
     if not paper_size:
-        return af.make_demo_models(out)
+        return make_demo_audio_models(out, seed=0)
     import torch
     from transformers import HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2Model
 
@@ -64,7 +73,7 @@ def make_models(out: Path, paper_size: bool = False) -> Path:
     torch.manual_seed(0)
     HubertModel(HubertConfig()).save_pretrained(out / "hubert")
     Wav2Vec2Model(Wav2Vec2Config()).save_pretrained(out / "wav2vec2")
-    torch.save(af.make_vggish().state_dict(), out / "vggish.pth")
+    torch.save(make_vggish().state_dict(), out / "vggish.pth")
     return out
 
 
@@ -73,10 +82,11 @@ def run(models=("hubert", "wav2vec2", "vggish"), seconds: float = 60.0, fps: flo
         weights_dir: str | None = None) -> list[dict]:
     """Rows per model: forward-only and whole-stage frames/s on the same audio, and their ratio."""
     from affect_pipeline import audio_features as af
-    from affect_pipeline.runtime import setup_torch
+    from affect_pipeline.audio_models import load_audio_model
+    from affect_pipeline.runtime import pick_device, setup_torch
 
     setup_torch(threads)
-    prm = {"chunk_seconds": 30, "overlap_seconds": 1.0, "batch_size": 2, **(params or {})}
+    acfg = {**audio_config(), **(params or {})}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -84,8 +94,9 @@ def run(models=("hubert", "wav2vec2", "vggish"), seconds: float = 60.0, fps: flo
         wav, frames, n = write_inputs(tmp, seconds, fps)
         audio = synth_audio(seconds)
         for name in models:
+            prm = af.model_params(acfg, name)
             w = wdir / ("vggish.pth" if name == "vggish" else name)
-            m = af.load_audio_model(name, w, prm, af.pick_device(device))
+            m = load_audio_model(name, w, prm[name], pick_device(device))
             plan, _ = af.chunk_plan(len(audio), m.stride, m.rf, int(prm["chunk_seconds"] * SR),
                                     int(prm["overlap_seconds"] * SR))
             groups = [np.stack([np.pad(audio[a:b], (0, max(0, b - len(audio))))[: b - a] for a, b, _, _ in g])
@@ -98,9 +109,9 @@ def run(models=("hubert", "wav2vec2", "vggish"), seconds: float = 60.0, fps: flo
 
             out = tmp / f"{name}.h5"
             t = time.perf_counter()
-            rc = af.main(["--model", name, "--weights", str(w), "--audio", str(wav), "--frames", str(frames),
-                          "--out", str(out), "--params", json.dumps(prm), "--threads", str(threads),
-                          "--device", device])
+            rc = af.main(["--model", name, "--weights", str(w), "--videos", json.dumps({"bench": "bench"}),
+                          "--audio", str(wav), "--frames", str(frames), "--out", str(out),
+                          "--params", json.dumps(prm), "--threads", str(threads), "--device", device])
             t_stage = time.perf_counter() - t
             assert rc == 0 and out.exists()
             n_params = sum(p.numel() for p in m.net.parameters())
@@ -126,7 +137,9 @@ print(json.dumps({"rc": rc, "peak_rss_mb": hwm / 1024}))
 
 def memory(lengths=(60.0, 600.0), model: str = "hubert", fps: float = 25.0, threads: int = 1) -> list[dict]:
     """Peak RSS of the stage (fresh process each) on audio of the given lengths (seconds)."""
-    rows = []
+    from affect_pipeline.audio_features import model_params
+
+    rows, prm = [], model_params(audio_config(), model)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         wdir = make_models(tmp / "models")
@@ -137,8 +150,9 @@ def memory(lengths=(60.0, 600.0), model: str = "hubert", fps: float = 25.0, thre
             w = wdir / ("vggish.pth" if model == "vggish" else model)
             t = time.perf_counter()
             r = subprocess.run([sys.executable, "-c", _MEM_SNIPPET, "--model", model, "--weights", str(w),
-                                "--audio", str(wav), "--frames", str(frames), "--out", str(d / "o.h5"),
-                                "--threads", str(threads), "--device", "cpu"],
+                                "--videos", json.dumps({"bench": "bench"}), "--audio", str(wav),
+                                "--frames", str(frames), "--out", str(d / "o.h5"),
+                                "--params", json.dumps(prm), "--threads", str(threads), "--device", "cpu"],
                                capture_output=True, text=True, cwd=ROOT)
             res = json.loads(r.stdout.strip().splitlines()[-1])
             rows.append({"model": model, "audio_s": s, "frames": n, "seconds": time.perf_counter() - t,

@@ -39,6 +39,13 @@ def face_frames(n: int, width: int, height: int | None = None):
         yield cv2.warpAffine(img, m, (width, h), borderMode=cv2.BORDER_REFLECT)
 
 
+def faces_config(**kw) -> dict:
+    """The ``faces`` section of workflow_config.yaml (the one source of defaults), with ``kw`` over it."""
+    import yaml
+
+    return {**yaml.safe_load((ROOT / "workflow_config.yaml").read_text())["faces"], **kw}
+
+
 def make_video(path, n_frames: int, size: int, height: int | None = None, fps: float = 25) -> dict:
     from affect_pipeline.video import frame_info, write_video
     from affect_pipeline.runtime import write_json
@@ -53,7 +60,7 @@ def run(n_frames: int = 200, size: int = 256, threads: int = 1, batch_size: int 
     """Frames/s of decode, detector and the whole crop_faces stage on one synthetic video."""
     import torch
 
-    from affect_pipeline import faces
+    from affect_pipeline import crop_faces, faces
     from affect_pipeline.runtime import setup_torch
     from affect_pipeline.video import iter_frame_batches, iter_frames
 
@@ -69,8 +76,8 @@ def run(n_frames: int = 200, size: int = 256, threads: int = 1, batch_size: int 
         t_dec = time.perf_counter() - t
 
         batches = [f for _, _, f in iter_frame_batches(video, batch_size, threads, prefetch=0)]
-        params = {**faces.DEFAULTS, "batch_size": batch_size}
-        det = faces.make_backend(params, torch.device("cpu"))
+        params = faces_config(batch_size=batch_size)
+        det = faces.make_backend(faces.FaceParams.from_config(params), torch.device("cpu"))
         det.detect(batches[0][:2])  # warm-up
         t = time.perf_counter()
         found = sum(len(b) > 0 for f in batches for b, _, _ in det.detect(f))
@@ -79,8 +86,8 @@ def run(n_frames: int = 200, size: int = 256, threads: int = 1, batch_size: int 
 
         out = Path(tmp) / "faces" / "bench.h5"
         t = time.perf_counter()
-        faces.main(["--video", str(video), "--frames", str(video.with_suffix(".json")), "--out", str(out),
-                    "--threads", str(threads), "--device", "cpu", "--params", json.dumps(params)])
+        crop_faces.main(["--video", str(video), "--frames", str(video.with_suffix(".json")), "--out", str(out),
+                         "--threads", str(threads), "--device", "cpu", "--params", json.dumps(params)])
         t_stage = time.perf_counter() - t
 
     rows = [{"part": "decode", "seconds": t_dec}, {"part": "detector", "seconds": t_det},
@@ -94,9 +101,9 @@ def run(n_frames: int = 200, size: int = 256, threads: int = 1, batch_size: int 
 
 _MEM_SNIPPET = """
 import json, resource, sys
-from affect_pipeline import faces
+from affect_pipeline import crop_faces
 from affect_pipeline.runtime import run_stage
-rc = run_stage("crop_faces", faces.main, sys.argv[1:])
+rc = run_stage("crop_faces", crop_faces.main, sys.argv[1:])
 print(json.dumps({"rc": rc, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -111,7 +118,7 @@ def memory(lengths=(100, 3000), width: int = 320, height: int = 240, threads: in
             t = time.perf_counter()
             r = subprocess.run([sys.executable, "-c", _MEM_SNIPPET, "--video", str(video), "--frames",
                                 str(video.with_suffix(".json")), "--out", str(Path(tmp) / f"mem{n}.h5"),
-                                "--threads", str(threads), "--device", "cpu"],
+                                "--threads", str(threads), "--device", "cpu", "--params", json.dumps(faces_config())],
                                capture_output=True, text=True, cwd=ROOT)
             res = json.loads(r.stdout.strip().splitlines()[-1])
             rows.append({"frames": n, "width": width, "height": height, "seconds": time.perf_counter() - t,

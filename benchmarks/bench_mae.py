@@ -3,8 +3,8 @@
 ``python benchmarks/bench_mae.py [--model tiny|base] [--frames N] [--batch B] [--threads T] [--device D]``
 
 Rows (``run(...) -> list[dict]``):
-- ``features_stage``: frames/s of :func:`mae_training.extract_features` on a real face store
-  (JPEG decode + resize + forward + HDF5 write), against ``model_forward``: the same model on
+- ``features_stage``: frames/s of :func:`visual_features.visual_features` on real face stores
+  (JPEG decode + resize + forward + HDF5 shard write), against ``model_forward``: the same model on
   random tensors of the same batch size in the same run; ``ratio`` = stage / forward (1.0 means
   decoding and I/O cost nothing).
 - ``pretrain_step`` / ``finetune_step``: optimizer steps/s (forward + backward + AdamW; fine-tune
@@ -21,19 +21,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
+from affect_pipeline import face_data as D  # noqa: E402
 from affect_pipeline import mae as M  # noqa: E402
-from affect_pipeline import mae_training as T  # noqa: E402
+from affect_pipeline import visual_features as VF  # noqa: E402
 from affect_pipeline.losses import task_loss  # noqa: E402
 from affect_pipeline.runtime import autocast, save_checkpoint  # noqa: E402
 from affect_pipeline.stores import write_face_store  # noqa: E402
+from affect_pipeline.training import param_groups  # noqa: E402
 
+_BASE = yaml.safe_load((REPO / "workflow_config.yaml").read_text())["mae"]["model"]   # ViT-B/16
 CONFIGS = {
-    "tiny": dict(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=3, decoder_embed_dim=64,
-                 decoder_depth=2, decoder_num_heads=2),  # the demo override
-    "base": dict(M.DEFAULT_CONFIG),
+    "tiny": {**_BASE, **dict(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=3, decoder_embed_dim=64,
+                             decoder_depth=2, decoder_num_heads=2)},  # the demo override
+    "base": dict(_BASE),
 }
 
 
@@ -82,17 +87,18 @@ def run(model: str = "tiny", frames: int = 512, batch: int = 64, threads: int = 
         torch.manual_seed(0)
         clf = M.ViTClassifier(12, **cfg)
         ckpt = tmp / "ft.pt"
-        save_checkpoint({"format": M.CHECKPOINT_FORMAT, "kind": "mae_finetune", "task": "AU", "config": cfg,
+        save_checkpoint({"format": M.CHECKPOINT_FORMAT, "kind": "mae_finetune", "task": "AU", "fold": "official",
+                         "config": cfg,
                          "outputs": 12, "pooling": "mean_patch_tokens", "model": clf.state_dict()}, ckpt)
         _face_store(tmp / "bench.h5", frames, crop_size)
-        params = {"features": {"batch_size": batch}}
-        T.extract_features("AU", ckpt, tmp / "bench.h5", tmp / "warm.h5", params, threads, str(dev))  # warm-up
+        params = {"batch_size": batch}
+        VF.visual_features(ckpt, [tmp / "bench.h5"], tmp / "warm.h5", params, threads, str(dev))  # warm-up
         t0 = time.perf_counter()
-        T.extract_features("AU", ckpt, tmp / "bench.h5", tmp / "out.h5", params, threads, str(dev))
+        VF.visual_features(ckpt, [tmp / "bench.h5"], tmp / "out.h5", params, threads, str(dev))
         _sync(dev)
         stage_fps = frames / (time.perf_counter() - t0)
 
-        model_ = T.load_finetuned(ckpt, dev)
+        model_ = VF.load_finetuned(ckpt, dev)
         x = torch.randn(batch, 3, cfg["img_size"], cfg["img_size"], device=dev)
 
         @torch.inference_mode()
@@ -106,7 +112,7 @@ def run(model: str = "tiny", frames: int = 512, batch: int = 64, threads: int = 
                          frames_per_s=round(fwd_fps, 1), ratio=round(stage_fps / fwd_fps, 3)))
 
         mae = M.MaskedAutoencoderViT(**cfg).to(dev)
-        opt = torch.optim.AdamW(T.param_groups(mae, 0.05), lr=1e-4)
+        opt = torch.optim.AdamW(param_groups(mae, 0.05), lr=1e-4)
         imgs = torch.randn(batch, 3, cfg["img_size"], cfg["img_size"], device=dev)
 
         def pre_step():
@@ -120,13 +126,13 @@ def run(model: str = "tiny", frames: int = 512, batch: int = 64, threads: int = 
                          steps_per_s=round(1 / dt, 2), frames_per_s=round(batch / dt, 1)))
 
         clf = clf.to(dev).train()
-        opt = torch.optim.AdamW(T.param_groups(clf, 0.05), lr=1e-4)
+        opt = torch.optim.AdamW(param_groups(clf, 0.05), lr=1e-4)
         u8 = torch.randint(0, 256, (batch, cfg["img_size"], cfg["img_size"], 3), dtype=torch.uint8)
         y = (torch.rand(batch, 12, device=dev) > 0.7).float()
         mask = torch.ones(batch, dtype=torch.bool, device=dev)
 
         def ft_step():
-            xx = T.standardize(T.augment(T.to_unit(u8, dev)))
+            xx = D.standardize(D.augment(D.to_unit(u8, dev)))
             with autocast(dev):
                 _, z = clf(xx)
             task_loss("AU", z.float(), y, mask).backward()
@@ -137,7 +143,7 @@ def run(model: str = "tiny", frames: int = 512, batch: int = 64, threads: int = 
                          steps_per_s=round(1 / dt, 2), frames_per_s=round(batch / dt, 1)))
 
     if dev.type == "cuda":
-        vit = M.ViTClassifier(12, **M.DEFAULT_CONFIG).to(dev).eval()
+        vit = M.ViTClassifier(12, **M.model_config(_BASE)).to(dev).eval()
         xb = torch.randn(256, 3, 224, 224, device=dev)
 
         @torch.inference_mode()

@@ -1,7 +1,7 @@
 """Temporal training throughput: is a BLB / DCL step bound by clip loading or by the model?
 
 Rows (median over ``steps`` timed repetitions after ``warmup``):
-- ``read_hdf5``: reading + standardising all feature stores once per job (per video);
+- ``read_hdf5``: reading + standardising all feature shards once per job (per video);
 - ``gather``: assembling one batch of clips from the in-memory per-video tensors;
 - ``blb_step``: gather + forward + backward + AdamW step (what ``train_blb`` does per batch);
 - ``blb_model_only``: forward + backward + step on a random tensor of the same shape;
@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from affect_pipeline.clips import gather, load_features, train_clips
+from affect_pipeline.clips import gather, train_clips
+from affect_pipeline.fold_data import BranchHP, load_features
 from affect_pipeline.losses import task_loss
-from affect_pipeline.stores import write_features
+from affect_pipeline.stores import FeatureShardWriter
 from affect_pipeline.temporal import build_model, model_config
-from affect_pipeline.temporal_training import dcl_step
+from affect_pipeline.train_dcl import dcl_step
 
 STORE_NAMES = ["mae_AU", "hubert", "wav2vec2", "vggish"]
 
@@ -52,18 +53,21 @@ def run(dims=(96, 64, 64, 128), n_videos=8, frames=600, clip_len=50, stride=25, 
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as tmp:
-        dirs = [Path(tmp) / n for n in STORE_NAMES[: len(dims)]]
+        shards = [Path(tmp) / f"{n}.h5" for n in STORE_NAMES[: len(dims)]]
         vids = [f"v{i}" for i in range(n_videos)]
-        for d, D in zip(dirs, dims):
+        for path, D in zip(shards, dims):
+            w = FeatureShardWriter(path, extractor=path.stem, fingerprint="bench")
             for v in vids:
-                write_features(d / f"{v}.h5", rng.normal(size=(frames, D)), np.ones(frames, bool),
-                               extractor=d.name, checkpoint_digest="bench", fps=25.0)
+                w.write(v, rng.normal(size=(frames, D)), np.ones(frames, bool), fps=25.0)
+            w.close(vids)
         t0 = time.perf_counter()
-        fs = load_features(dirs, vids)
+        fs = load_features(shards, vids)
         t_read = (time.perf_counter() - t0) / n_videos
     labels = {v: (torch.randint(0, 2, (frames, 12)).float(), torch.ones(frames, dtype=torch.bool)) for v in vids}
     clips = train_clips({v: frames for v in vids}, clip_len, stride)
-    cfg = model_config("AU", fs.dim, {"d_model": d_model, "nhead": nhead, "layers": layers}, clip_len)
+    branch = BranchHP(d_model=d_model, nhead=nhead, layers=layers, dropout=0.3, lr=1e-4, weight_decay=0.01,
+                      batch_size=batch_size, epochs=1, warmup_epochs=0, ema_decay=0.0)
+    cfg = model_config("AU", fs.dim, branch, clip_len)
     model, clb = build_model(cfg).to(dev), build_model(cfg).to(dev)
     blb = build_model(cfg).to(dev).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -6,7 +6,9 @@ Each stage benchmark runs in a fresh process (so its peak RSS is its own) and re
 stage's throughput next to a model-only reference measured on the same inputs in the same
 run; the ratio is what the targets are about (≥ 0.9 of the model-only limit, data loading
 ≤ 5 % of a training step). Then: `snakemake -n submission` and a no-op rerun over an
-Aff-Wild2-shaped tree of 600 videos, and (with --demo) the whole demo from empty results.
+Aff-Wild2-shaped tree of 600 videos (job count, dry-run and no-op times), and (with --demo) the
+whole demo from empty results (wall time, jobs, CPU use; --demo-cold: again without the warm
+launcher, as the reference).
 """
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -86,8 +87,13 @@ def bench_stages(quick: bool, threads: int) -> list[dict]:
     return out
 
 
+def _job_counts(text: str) -> dict[str, int]:
+    rows = [ln.split() for ln in text.splitlines()]
+    return {r[0]: int(r[1]) for r in rows if len(r) == 2 and r[1].isdigit()}
+
+
 def bench_dag(n_videos: int = 600) -> list[dict]:
-    """Dry run and no-op rerun of `submission` over an Aff-Wild2-shaped tree of n_videos."""
+    """Job count, dry run and no-op rerun of `submission` over an Aff-Wild2-shaped tree."""
     sys.path.insert(0, str(ROOT / "tests"))
     import yaml
     from aff_tree import make_tree
@@ -105,8 +111,12 @@ def bench_dag(n_videos: int = 600) -> list[dict]:
         base = [SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(cfg),
                 "--directory", str(tmp / "run"), "--cores", "1"]
         t = time.perf_counter()
-        p = subprocess.run(base + ["-n", "submission", "--quiet", "all"], capture_output=True, text=True)
-        rows.append(row(f"snakemake -n submission ({n_videos} videos)", time.perf_counter() - t, "s",
+        p = subprocess.run(base + ["-n", "submission", "--quiet", "rules"], capture_output=True, text=True)
+        dry = time.perf_counter() - t
+        counts = _job_counts(p.stdout + p.stderr)
+        rows.append(row(f"jobs for submission ({n_videos} videos, per-fold CV)", float(counts.get("total", 0)), "jobs",
+                        note=", ".join(f"{k} {v}" for k, v in counts.items() if k != "total" and v > 1)))
+        rows.append(row(f"snakemake -n submission ({n_videos} videos)", dry, "s",
                         note="ok" if p.returncode == 0 else p.stderr[-300:]))
         # mark every output as done (--touch creates nothing, so first create the files)
         p = subprocess.run(base + ["-n", "submission", "--summary"], capture_output=True, text=True)
@@ -123,13 +133,33 @@ def bench_dag(n_videos: int = 600) -> list[dict]:
     return rows
 
 
-def bench_demo() -> list[dict]:
-    with tempfile.TemporaryDirectory() as tmp:
-        t = time.perf_counter()
-        p = subprocess.run([SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", tmp,
-                            "--cores", "2", "submission", "--quiet", "all"], capture_output=True, text=True)
-        return [row("demo: snakemake --cores 2 submission (empty results)", time.perf_counter() - t, "s",
-                    note="ok" if p.returncode == 0 else p.stderr[-300:])]
+def _cpu_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine: what every process used, the forked jobs of
+    the warm server included (they are not Snakemake's children, so rusage would miss them)."""
+    f = [float(x) for x in open("/proc/stat").readline().split()[1:]]
+    idle = f[3] + f[4]
+    return sum(f) - idle, sum(f)
+
+
+def bench_demo(cold: bool = False) -> list[dict]:
+    """The demo from empty results, warm launcher on (the default) and, with cold, off."""
+    out = []
+    for warm in ([True, False] if cold else [True]):
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {**os.environ, "AFFECT_WARM": "1" if warm else "0"}
+            b0, t0 = _cpu_busy()
+            t = time.perf_counter()
+            p = subprocess.run([SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", tmp,
+                                "--cores", "2", "submission"], capture_output=True, text=True, env=env)
+            wall = time.perf_counter() - t
+            b1, t1 = _cpu_busy()
+            jobs = (p.stdout + p.stderr).count("Finished job")
+            use = 100 * (b1 - b0) / max(1.0, t1 - t0) * (os.cpu_count() or 1)
+            out.append(row(f"demo from empty: --cores 2 submission ({'warm' if warm else 'AFFECT_WARM=0'})",
+                           wall, "s", ref=out[0]["value"] if out else None, ref_name="warm run" if out else "",
+                           note=(f"{jobs} jobs, CPU {use:.0f} % of {100 * (os.cpu_count() or 1)} %"
+                                 if p.returncode == 0 else p.stderr[-300:])))
+    return out
 
 
 def machine() -> str:
@@ -157,12 +187,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller inputs (a smoke run)")
     ap.add_argument("--demo", action="store_true", help="also time the whole demo from empty results")
+    ap.add_argument("--demo-cold", action="store_true", help="and once more with the warm launcher off")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="write a Markdown report here")
     a = ap.parse_args(argv)
     rows = bench_stages(a.quick, a.threads) + bench_dag(100 if a.quick else 600)
     if a.demo:
-        rows += bench_demo()
+        rows += bench_demo(a.demo_cold)
     text = table(rows)
     print(machine())
     print(text)

@@ -1,87 +1,121 @@
-# Helpers shared by every rule file — config validation, demo overrides, the dataset layout
-# (listed once at parse time, nothing decoded), per-stage code digests, path helpers.
-import copy
+# Shared by every rule file: config validation, the dataset layout (scanned once, nothing
+# decoded), per-stage code digests, path helpers. Settings come from workflow_config.yaml
+# (the paper's) overlaid by --configfile files (demo_config.yaml for the embedded demo).
+import ast
 import hashlib
 import json
-import shlex
 import os
+import shlex
 import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
-from affect_pipeline.layout import LayoutError, demo_is_input, scan_dataset
+from affect_pipeline.__main__ import STAGES
+from affect_pipeline.layout import LayoutError, enabled_tasks, scan_dataset
 
 
-validate(config, os.path.join(workflow.basedir, "workflow_config.schema.yaml"), set_default=True)
+validate(config, os.path.join(workflow.basedir, "workflow_config.schema.yaml"))
 
-
-def _deep_merge(base, extra):
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _deep_merge(base[k], v)
-        else:
-            base[k] = copy.deepcopy(v)
-    return base
-
-
-DEMO = demo_is_input(config)
-# what the demo dataset is made of (its `overrides` only shape the models trained on it)
-DEMO_SPEC = {k: v for k, v in config["demo"].items() if k != "overrides"}
-if DEMO:
-    _deep_merge(config, config["demo"]["overrides"])
-
-try:
-    LAYOUT = scan_dataset(config)
-except LayoutError as e:
-    raise WorkflowError(f"dataset layout: {e}")
-
-TASKS = list(LAYOUT.tasks)
+TASKS = list(enabled_tasks(config))
 FRAME_TASKS = [t for t in TASKS if t != "ERI"]
 FOLDS = ["official"] + [f"fold{i}" for i in range(1, config["folds"] + 1)]
 ENSEMBLE_FOLDS = FOLDS[1:]
-VIDEOS = LAYOUT.ids()
-MEDIA = LAYOUT.media_paths()
+PER_FOLD = config["mae"]["finetune"]["per_fold"]
 ERI_VISUAL = config["temporal"]["eri_visual_task"]
-AUDIO_MODELS = list(config["audio"]["models"])
+THREADS = config["resources"]["threads"]
+CONDA_ENV = "../envs/affect.yaml"
 
-# Jobs run `python -m affect_pipeline` with the interpreter running Snakemake (the project venv)
-# first on PATH; under --sdm conda the activated env's python comes first instead.
+# Jobs run the package with the interpreter running Snakemake (the project venv) first on PATH;
+# under --sdm conda the activated env's python comes first instead.
 if "conda" not in str(workflow.deployment_settings.deployment_method).lower():
-    shell.prefix(f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:\"$PATH\"; ")
+    shell.prefix(f'export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; ')
+
+# A stage runs through the warm launcher (affect_pipeline/warm.py): a local job forks from a
+# process that has imported torch & co. once, instead of paying 5-10 s of imports; inside a
+# Slurm job, or with AFFECT_WARM=0, it is a plain `python -m affect_pipeline`.
+LAUNCH = "python -m affect_pipeline.warm"
 
 
-def _check_weights():
-    """Every local weight the run will load must exist (the demo makes its own by a rule)."""
-    keys = [f"audio.{m}.weights" for m in AUDIO_MODELS if m in config["temporal"]["features"]]
-    keys += ["mae.checkpoint"] if config["mae"]["checkpoint"] else []
-    keys += [f"faces.face_alignment.{k}" for k in ("s3fd", "fan") if config["faces"]["backend"] == "face_alignment"
-             and config["faces"]["face_alignment"][k]]
-    for key in keys:
-        node = config
-        for part in key.split("."):
-            node = node[part]
-        if not node:
-            raise WorkflowError(f"config {key} is not set: give the local path of the weights "
-                                f"(nothing is downloaded at run time)")
-        if not (DEMO and str(node).startswith(config["demo"]["root"])) and not os.path.exists(node):
-            raise WorkflowError(f"config {key}: {node} does not exist")
+_LAYOUT = []
 
 
-_check_weights()
+def layout():
+    """The dataset as the scanner sees it. The demo tree is made by the `make_demo` checkpoint,
+    so with a `demo:` section the scan waits for it; any other tree is scanned at once."""
+    if not _LAYOUT:
+        if "demo" in config:
+            checkpoints.make_demo.get()
+        try:
+            _LAYOUT.append(scan_dataset(config))
+        except LayoutError as e:
+            raise WorkflowError(f"dataset layout: {e}")
+    return _LAYOUT[0]
 
 
+def as_json(obj):
+    return json.dumps(obj, sort_keys=True)
 
-def video_path(video):
-    return LAYOUT.videos[video].path
+
+# ---------------------------------------------------------------- code digests
+_PKG = Path(workflow.basedir, "affect_pipeline")
+_DIGESTS = {}
+
+
+def _module_file(module):
+    path = _PKG.joinpath(*module.split(".")[1:])
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def _package_imports(module):
+    """affect_pipeline modules that `module` imports (anywhere in its source, lazily or not)."""
+    path, found = _module_file(module), set()
+    if not path.exists():
+        return path, found
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("affect_pipeline"))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            if base.startswith("affect_pipeline"):
+                found.add(base)
+                found.update(f"{base}.{a.name}" for a in node.names if _module_file(f"{base}.{a.name}").exists())
+    return path, found
+
+
+def code_digest(stage):
+    """Digest of every package module the stage's code imports, followed transitively, so that
+    editing a module reruns exactly the stages that run it (Snakemake tracks a rule's own code,
+    not the package it calls; this param makes `--rerun-triggers params` catch the rest)."""
+    if stage not in _DIGESTS:
+        todo, seen, h = [STAGES[stage].split(":")[0]], set(), hashlib.sha256()
+        while todo:
+            m = todo.pop()
+            if m in seen or m == "affect_pipeline.warm":
+                continue
+            seen.add(m)
+            path, deps = _package_imports(m)
+            h.update(m.encode() + (path.read_bytes() if path.exists() else b"missing"))
+            todo.extend(sorted(deps))
+        _DIGESTS[stage] = h.hexdigest()[:16]
+    return _DIGESTS[stage]
+
+
+# ---------------------------------------------------------------- paths
+def task_videos(task, splits=("train", "validation", "test")):
+    return layout().ids(task, splits)
 
 
 def frames_json(video):
-    return f"results/frames/{LAYOUT.videos[video].media}.json"
+    return f"results/frames/{layout().videos[video].media}.json"
 
 
-def task_videos(task, splits=("train", "validation", "test")):
-    return LAYOUT.ids(task, splits)
+def face_stores(videos):
+    return [f"results/faces/{v}.h5" for v in videos]
 
 
 def visual_task(task):
@@ -89,36 +123,42 @@ def visual_task(task):
     return ERI_VISUAL if task == "ERI" else task
 
 
-def feature_dirs(task):
-    dirs = []
-    for name in config["temporal"]["features"]:
-        dirs.append(f"results/features/mae_{visual_task(task)}" if name == "mae" else f"results/features/{name}")
-    return dirs
+def encoder(task, fold):
+    """The fine-tuned encoder behind a task x fold: the fold's own (per_fold), else the official
+    one. ERI's videos (Hume) are outside every Aff-Wild2 fold: the official EXPR encoder."""
+    if task == "ERI":
+        return f"results/mae/{ERI_VISUAL}/official/finetune.pt"
+    return f"results/mae/{task}/{fold if PER_FOLD else 'official'}/finetune.pt"
 
 
-def feature_files(task, splits=("train", "validation", "test")):
-    return [f"{d}/{v}.h5" for d in feature_dirs(task) for v in task_videos(task, splits)]
+def visual_shard(task, fold):
+    shared = task == "ERI" or not PER_FOLD
+    return f"results/features/mae/{task}/{'official' if shared else fold}.h5"
 
 
-def as_json(obj):
-    return json.dumps(obj, sort_keys=True)
+def feature_shards(task, fold):
+    """The feature shards a task x fold's temporal models read, in concatenation order."""
+    return [visual_shard(task, fold) if name == "mae" else f"results/features/{name}.h5"
+            for name in config["temporal"]["features"]]
 
 
-_DIGESTS = {}
+def fold_inputs(wc):
+    return dict(
+        folds=f"results/folds/{wc.task}.json",
+        labels=f"results/index/labels/{wc.task}.h5",
+        features=feature_shards(wc.task, wc.fold),
+    )
 
 
-def code_digest(*modules):
-    """Digest of the package modules that a stage runs, so that a code change reruns the stage.
-
-    Snakemake tracks a rule's own code, not the package it imports; passing this as a param
-    makes `--rerun-triggers params` (on by default) catch edits to the stage's modules."""
-    h = hashlib.sha256()
-    for m in ("runtime", "stores") + modules:
-        if m not in _DIGESTS:
-            src = Path(workflow.basedir, "affect_pipeline", f"{m}.py")
-            _DIGESTS[m] = hashlib.sha256(src.read_bytes()).hexdigest() if src.exists() else "missing"
-        h.update(_DIGESTS[m].encode())
-    return h.hexdigest()[:16]
+def weights(key):
+    """A local weight file the job loads: checked where a job needs it, not at parse time."""
+    node = config
+    for part in key.split("."):
+        node = node[part]
+    if not node:
+        raise WorkflowError(f"config {key} is not set: give the local path of the weights "
+                            f"(nothing is downloaded at run time)")
+    return node
 
 
 def res(rule_name):
@@ -128,55 +168,9 @@ def res(rule_name):
     return dict(gpu=gpu, mem_mb=config["resources"]["mem_mb"])
 
 
-def cropped_dir(wc):
-    """The official crops of this video, when the cropped_aligned backend is chosen."""
-    base = config["affwild2"].get("cropped_aligned")
-    return os.path.join(base, wc.video) if base and "ERI" not in LAYOUT.videos[wc.video].splits else ""
-
-
-def faces_params(wc):
-    """faces config; Aff-Wild2 videos with official crops use them instead of detecting."""
-    backend = "cropped_aligned" if cropped_dir(wc) else config["faces"]["backend"]
-    return as_json({**config["faces"], "backend": backend})
-
-
-def pretrain_faces(wc=None):
-    """Faces the MAE learns from: every training video of every enabled task."""
-    vids = sorted({v for t in TASKS for v in task_videos(t, ("train",))})
-    return [f"results/faces/{v}.h5" for v in vids]
-
-
 def torch_launcher(gpus):
     """One process, or torchrun with one process per GPU (DDP) inside the same job."""
-    return "python -m affect_pipeline" if gpus <= 1 else f"python -m torch.distributed.run --standalone --nproc_per_node {gpus} -m affect_pipeline"
-
-
-def audio_weights(model):
-    w = config["audio"][model]["weights"]
-    if not w:
-        raise WorkflowError(f"config audio.{model}.weights is not set: give the local path of the "
-                            f"{model} weights (a save_pretrained folder / state dict), or remove "
-                            f"{model!r} from audio.models and temporal.features")
-    return w
-
-
-def fold_inputs(wc):
-    return dict(
-        folds=f"results/folds/{wc.task}.json",
-        labels=f"results/index/labels/{wc.task}.h5",
-        features=f"results/features/{wc.task}.manifest.json",
-    )
-
-
-def features_arg(wc):
-    return " ".join(shlex.quote(d) for d in feature_dirs(wc.task))
-
-
-
-def demo_test_labels_arg(wc):
-    """The demo's held-back test labels (outside the pipeline's inputs) score its submission."""
-    return f"--test-labels {shlex.quote(os.path.join(config['demo']['root'], 'test_labels'))}" if DEMO else ""
-
+    return LAUNCH if gpus <= 1 else f"python -m torch.distributed.run --standalone --nproc_per_node {gpus} -m affect_pipeline"
 
 
 def temporal_params(*sections):
@@ -186,11 +180,12 @@ def temporal_params(*sections):
     return as_json({k: config["temporal"][k] for k in keep})
 
 
-
 def mae_params(*sections):
     """The model config + a stage's own MAE sections (a fine-tune change keeps the pretraining)."""
     return as_json({k: config["mae"][k] for k in ("model",) + sections})
 
 
-THREADS = config["resources"]["threads"]
-CONDA_ENV = "../envs/affect.yaml"
+def test_labels_arg(wc=None):
+    """Held-back test labels (the demo's), used only for scoring."""
+    d = config["scoring"]["test_labels"]
+    return f"--test-labels {shlex.quote(d)}" if d else ""

@@ -1,16 +1,23 @@
-# Acoustic features per video and model, aligned to the video's frames.
+# Acoustic features: one job per model streams every video's audio through it.
+
+
+def audio_media(wc=None):
+    """media stem of every video that has features (X_left / X_right share X's audio)."""
+    return sorted({layout().videos[v].media for v in layout().ids()})
 
 
 rule audio_features:
     input:
-        audio="results/audio/{video}.wav",
-        frames=lambda wc: frames_json(wc.video),
-        weights=lambda wc: audio_weights(wc.model),
+        audio=lambda wc: [f"results/audio/{m}.wav" for m in audio_media()],
+        frames=lambda wc: [f"results/frames/{m}.json" for m in audio_media()],
+        weights=lambda wc: weights(f"audio.{wc.model}.weights"),
     output:
-        "results/features/{model}/{video}.h5",
+        "results/features/{model}.h5",
     params:
-        audio=as_json(config["audio"]),
-        key=lambda wc: f"audio.{wc.model}.weights",
+        videos=lambda wc: as_json({v: layout().videos[v].media for v in layout().ids()}),
+        # only this model's settings: a VGGish change does not rerun HuBERT
+        audio=lambda wc: as_json({**{k: config["audio"][k] for k in ("sample_rate", "chunk_seconds",
+                                  "overlap_seconds", "batch_size")}, wc.model: config["audio"][wc.model]}),
         code=code_digest("audio_features"),
     threads: THREADS
     resources:
@@ -18,8 +25,11 @@ rule audio_features:
     conda:
         CONDA_ENV
     log:
-        "results/logs/audio_features/{model}/{video}.log",
+        "results/logs/audio_features/{model}.log",
+    benchmark:
+        "results/benchmarks/audio_features/{model}.tsv"
     shell:
-        "python -m affect_pipeline audio_features --model {wildcards.model} --weights {input.weights:q}"
-        " --weights-key {params.key} --audio {input.audio:q} --frames {input.frames:q}"
-        " --out {output:q} --params {params.audio:q} --threads {threads} > {log:q} 2>&1"
+        "{LAUNCH} audio_features --model {wildcards.model} --weights {input.weights:q}"
+        " --weights-key audio.{wildcards.model}.weights --videos {params.videos:q}"
+        " --audio {input.audio:q} --frames {input.frames:q} --out {output:q}"
+        " --params {params.audio:q} --threads {threads} > {log:q} 2>&1"

@@ -1,18 +1,24 @@
-# The visual backbone: MAE pretraining (or import), frame-wise fine-tuning, per-frame features.
+# The visual backbone: MAE pretraining (or import), per-fold frame-wise fine-tuning, features.
+
+
+def pretrain_faces(wc=None):
+    """Faces the MAE learns from: every training video of every enabled frame task."""
+    return face_stores(sorted({v for t in FRAME_TASKS for v in task_videos(t, ("train",))}))
 
 
 rule pretrain_mae:
     input:
-        faces=[] if config["mae"]["checkpoint"] else pretrain_faces(),
-        checkpoint=[config["mae"]["checkpoint"]] if config["mae"]["checkpoint"] else [],
+        faces=[] if config["mae"]["checkpoint"] else pretrain_faces,
+        checkpoint=lambda wc: [weights("mae.checkpoint")] if config["mae"]["checkpoint"] else [],
     output:
         model="results/mae/pretrain.pt",
-        curve=report("results/mae/pretrain_curve.csv", category="Training", subcategory="MAE pretraining"),
+        curve=report("results/mae/pretrain_curve.csv", category="Training", subcategory="MAE pretraining",
+                     caption="../report/pretrain.rst"),
     params:
         seed=config["seed"],
         mae=mae_params("checkpoint", "pretrain", "gpus"),
         launch=torch_launcher(config["mae"]["gpus"]),
-        code=code_digest("mae", "mae_training"),
+        code=code_digest("pretrain_mae"),
     threads: THREADS
     resources:
         **res("pretrain_mae"),
@@ -20,6 +26,8 @@ rule pretrain_mae:
         CONDA_ENV
     log:
         "results/logs/pretrain_mae.log",
+    benchmark:
+        "results/benchmarks/pretrain_mae.tsv"
     shell:
         "{params.launch} pretrain_mae --faces {input.faces:q} --out {output.model:q} --curve {output.curve:q}"
         " --params {params.mae:q} --threads {threads} --seed {params.seed} > {log:q} 2>&1"
@@ -28,48 +36,53 @@ rule pretrain_mae:
 rule finetune_mae:
     input:
         pretrained="results/mae/pretrain.pt",
+        folds="results/folds/{task}.json",
         labels="results/index/labels/{task}.h5",
-        faces=lambda wc: [f"results/faces/{v}.h5" for v in task_videos(wc.task, ("train", "validation"))],
+        # every fold's train + validation videos are among these; the job reads its fold's only
+        faces=lambda wc: face_stores(task_videos(wc.task, ("train", "validation"))),
     output:
-        model="results/mae/finetune_{task}.pt",
-        metrics="results/mae/finetune_{task}_metrics.json",
-        curve="results/mae/finetune_{task}_curve.csv",
+        model="results/mae/{task}/{fold}/finetune.pt",
+        metrics="results/mae/{task}/{fold}/finetune_metrics.json",
+        curve="results/mae/{task}/{fold}/finetune_curve.csv",
     params:
         seed=config["seed"],
         mae=mae_params("finetune", "gpus"),
         launch=torch_launcher(config["mae"]["gpus"]),
-        code=code_digest("mae", "mae_training", "losses", "metrics"),
+        code=code_digest("finetune_mae"),
     threads: THREADS
     resources:
         **res("finetune_mae"),
     conda:
         CONDA_ENV
     log:
-        "results/logs/finetune_mae/{task}.log",
+        "results/logs/finetune_mae/{task}/{fold}.log",
+    benchmark:
+        "results/benchmarks/finetune_mae/{task}/{fold}.tsv"
     shell:
-        "{params.launch} finetune_mae --task {wildcards.task} --pretrained {input.pretrained:q}"
-        " --labels {input.labels:q} --faces-dir results/faces --out {output.model:q}"
-        " --metrics {output.metrics:q} --curve {output.curve:q} --params {params.mae:q}"
-        " --threads {threads} --seed {params.seed} > {log:q} 2>&1"
+        "{params.launch} finetune_mae --task {wildcards.task} --fold {wildcards.fold} --folds {input.folds:q}"
+        " --pretrained {input.pretrained:q} --labels {input.labels:q} --faces {input.faces:q}"
+        " --out {output.model:q} --metrics {output.metrics:q} --curve {output.curve:q}"
+        " --params {params.mae:q} --threads {threads} --seed {params.seed} > {log:q} 2>&1"
 
 
 rule visual_features:
     input:
-        model="results/mae/finetune_{task}.pt",
-        faces="results/faces/{video}.h5",
+        model=lambda wc: encoder(wc.task, wc.fold),
+        faces=lambda wc: face_stores(task_videos(wc.task)),
     output:
-        "results/features/mae_{task}/{video}.h5",
+        "results/features/mae/{task}/{fold}.h5",
     params:
-        mae=mae_params("features"),
-        code=code_digest("mae", "mae_training"),
+        mae=as_json(config["mae"]["features"]),
+        code=code_digest("visual_features"),
     threads: THREADS
     resources:
         **res("visual_features"),
     conda:
         CONDA_ENV
     log:
-        "results/logs/visual_features/{task}/{video}.log",
+        "results/logs/visual_features/{task}/{fold}.log",
+    benchmark:
+        "results/benchmarks/visual_features/{task}/{fold}.tsv"
     shell:
-        "python -m affect_pipeline visual_features --task {wildcards.task} --model {input.model:q}"
-        " --faces {input.faces:q} --out {output:q} --params {params.mae:q} --threads {threads}"
-        " > {log:q} 2>&1"
+        "{LAUNCH} visual_features --model {input.model:q} --faces {input.faces:q} --out {output:q}"
+        " --params {params.mae:q} --threads {threads} > {log:q} 2>&1"

@@ -1,9 +1,10 @@
-# The product: fold ensembles, official submission files, metrics summary, report figures.
+# The product: fold ensembles, official submission files, metrics summary, report figures, and
+# the run's settings (read back by affect-predict). Figure categories / captions come from
+# affect_pipeline.report, which imports no matplotlib at parse time.
 
-from affect_pipeline.report import REPORT_FILES
+from affect_pipeline.report import FIGURES
 
-CAPTIONS = {"curves": "curves", "confusion": "confusion", "au": "au_f1", "va": "va_scatter", "eri": "eri_pcc",
-            "timelines": "timelines", "faces": "faces", "ablation": "ablation"}
+FINETUNE_FOLDS = FOLDS if PER_FOLD else ["official"]   # per_fold false: one (official) encoder per task
 
 
 rule ensemble:
@@ -11,66 +12,106 @@ rule ensemble:
         preds=expand("results/predictions/{{task}}/{fold}.h5", fold=ENSEMBLE_FOLDS),
         metrics=expand("results/models/{{task}}/{fold}/dcl_metrics.json", fold=ENSEMBLE_FOLDS),
         index="results/index/videos.tsv",
+        index_report="results/index/index_report.json",
     output:
         submission="results/submission/{task}/predictions.txt",
         probs="results/submission/{task}/ensemble.h5",
     params:
         ensemble=as_json(config["ensemble"]),
-        code=code_digest("submission", "metrics"),
+        code=code_digest("ensemble"),
+    threads: 1
     conda:
         CONDA_ENV
     log:
         "results/logs/ensemble/{task}.log",
     shell:
-        "python -m affect_pipeline ensemble --task {wildcards.task} --preds {input.preds:q}"
-        " --metrics {input.metrics:q} --index {input.index:q} --out {output.submission:q}"
-        " --params {params.ensemble:q} > {log:q} 2>&1"
+        "{LAUNCH} ensemble --task {wildcards.task} --preds {input.preds:q} --metrics {input.metrics:q}"
+        " --index {input.index:q} --index-report {input.index_report:q} --out {output.submission:q}"
+        " --h5 {output.probs:q} --params {params.ensemble:q} > {log:q} 2>&1"
 
 
 rule summarize:
     input:
-        finetune=expand("results/mae/finetune_{task}_metrics.json", task=FRAME_TASKS),
-        metrics=expand("results/models/{task}/{fold}/{stage}_metrics.json", task=TASKS, fold=FOLDS, stage=["blb", "dcl"]),
+        finetune=expand("results/mae/{task}/{fold}/finetune_metrics.json", task=FRAME_TASKS, fold=FINETUNE_FOLDS),
+        metrics=expand("results/models/{task}/{fold}/{stage}_metrics.json", task=TASKS, fold=FOLDS,
+                       stage=["blb", "dcl"]),
         submissions=expand("results/submission/{task}/predictions.txt", task=TASKS),
         labels=expand("results/index/labels/{task}.h5", task=TASKS),
+        index="results/index/videos.tsv",
     output:
         summary="results/metrics/summary.json",
         ablation=report("results/metrics/ablation.tsv", category="Metrics", caption="../report/ablation.rst"),
     params:
         tasks=TASKS,
         folds=FOLDS,
-        test_labels=demo_test_labels_arg,
-        code=code_digest("submission", "metrics"),
+        test_labels=test_labels_arg,
+        shared="" if PER_FOLD else "--shared-encoder",
+        code=code_digest("summarize"),
+    threads: 1
     conda:
         CONDA_ENV
     log:
         "results/logs/summarize.log",
     shell:
-        "python -m affect_pipeline summarize --results results --tasks {params.tasks} --folds {params.folds}"
-        " {params.test_labels} --out {output.summary:q} --ablation {output.ablation:q} > {log:q} 2>&1"
+        "{LAUNCH} summarize --tasks {params.tasks} --folds {params.folds}"
+        " --finetune-metrics {input.finetune:q} --stage-metrics {input.metrics:q}"
+        " --submissions {input.submissions:q} --labels {input.labels:q} --index {input.index:q}"
+        " {params.test_labels} {params.shared} --out {output.summary:q} --ablation {output.ablation:q}"
+        " > {log:q} 2>&1"
+
+
+def report_faces(wc):
+    """A few test videos' face stores for the contact sheet."""
+    return face_stores(sorted({v for t in TASKS for v in task_videos(t, ("test",))})[:4])
 
 
 rule report_plots:
     input:
         summary="results/metrics/summary.json",
+        curves=["results/mae/pretrain_curve.csv"]
+        + expand("results/mae/{task}/{fold}/finetune_curve.csv", task=FRAME_TASKS, fold=FINETUNE_FOLDS)
+        + expand("results/models/{task}/{fold}/{stage}_curve.csv", task=TASKS, fold=FOLDS, stage=["blb", "dcl"]),
+        predictions=expand("results/predictions/VA/{fold}.h5", fold=ENSEMBLE_FOLDS) if "VA" in TASKS else [],
+        labels=["results/index/labels/VA.h5"] if "VA" in TASKS else [],
+        ensembles=expand("results/submission/{task}/ensemble.h5", task=FRAME_TASKS),
+        faces=report_faces,
     output:
-        [report(f"results/report/{name}", category="Figures", caption=f"../report/{CAPTIONS[name.split('_')[0].split('.')[0]]}.rst")
-         for name in REPORT_FILES],
+        [report(f"results/report/{f.name}", category=f.category, caption=f"../report/{f.caption}.rst")
+         for f in FIGURES],
     params:
         tasks=TASKS,
-        test_labels=demo_test_labels_arg,
-        code=code_digest("report"),
+        test_labels=test_labels_arg,
+        out_dir="results/report",
+        code=code_digest("report_plots"),
+    threads: 1
     conda:
         CONDA_ENV
     log:
         "results/logs/report_plots.log",
     shell:
-        "python -m affect_pipeline report_plots --results results --out-dir results/report --tasks {params.tasks}"
-        " {params.test_labels} > {log:q} 2>&1"
+        "{LAUNCH} report_plots --summary {input.summary:q} --curves {input.curves:q}"
+        " --predictions {input.predictions:q} --labels {input.labels:q} --ensembles {input.ensembles:q}"
+        " --faces {input.faces:q} --tasks {params.tasks} {params.test_labels} --out-dir {params.out_dir:q}"
+        " > {log:q} 2>&1"
+
+
+rule run_config:
+    output:
+        "results/config.yaml",
+    params:
+        config=as_json(config),
+    threads: 1
+    log:
+        "results/logs/run_config.log",
+    run:
+        from affect_pipeline.config import write_run_config
+
+        write_run_config(json.loads(params.config), output[0])
 
 
 rule submission:
     input:
         expand("results/submission/{task}/predictions.txt", task=TASKS),
+        "results/config.yaml",
         "results/metrics/summary.json",
-        [f"results/report/{name}" for name in REPORT_FILES],
+        [f"results/report/{f.name}" for f in FIGURES],

@@ -1,27 +1,7 @@
 # Temporal learning per task and fold: folds, BLB, hard-clip mining (D_CLB), DCL, prediction.
 
 
-TEMPORAL_CODE = ("clips", "temporal", "temporal_training", "losses", "metrics")
-
-
-rule gather_features:
-    input:
-        lambda wc: feature_files(wc.task),
-    output:
-        "results/features/{task}.manifest.json",
-    params:
-        features=features_arg,
-        videos=lambda wc: as_json(task_videos(wc.task)),
-        code=code_digest(),
-    conda:
-        CONDA_ENV
-    log:
-        "results/logs/gather_features/{task}.log",
-    shell:
-        "python -m affect_pipeline gather_features --features {params.features}"
-        " --videos {params.videos:q} --out {output:q} > {log:q} 2>&1"
-
-
+# a local rule (it runs where Snakemake runs, e.g. a login node): a plain, light process
 rule make_folds:
     input:
         labels="results/index/labels/{task}.h5",
@@ -30,7 +10,8 @@ rule make_folds:
         "results/folds/{task}.json",
     params:
         folds=as_json({"k": config["folds"], "seed": config["seed"]}),
-        code=code_digest("folds", "dataset"),
+        code=code_digest("make_folds"),
+    threads: 1
     conda:
         CONDA_ENV
     log:
@@ -50,8 +31,7 @@ rule train_blb:
     params:
         seed=config["seed"],
         temporal=temporal_params(),
-        features=features_arg,
-        code=code_digest(*TEMPORAL_CODE),
+        code=code_digest("train_blb"),
     threads: THREADS
     resources:
         **res("train_blb"),
@@ -59,9 +39,11 @@ rule train_blb:
         CONDA_ENV
     log:
         "results/logs/train_blb/{task}/{fold}.log",
+    benchmark:
+        "results/benchmarks/train_blb/{task}/{fold}.tsv"
     shell:
-        "python -m affect_pipeline train_blb --task {wildcards.task} --fold {wildcards.fold}"
-        " --folds {input.folds:q} --labels {input.labels:q} --features {params.features}"
+        "{LAUNCH} train_blb --task {wildcards.task} --fold {wildcards.fold}"
+        " --folds {input.folds:q} --labels {input.labels:q} --features {input.features:q}"
         " --out {output.model:q} --metrics {output.metrics:q} --curve {output.curve:q}"
         " --params {params.temporal:q} --threads {threads} --seed {params.seed} > {log:q} 2>&1"
 
@@ -75,8 +57,7 @@ rule mine_hard_clips:
     params:
         seed=config["seed"],
         temporal=temporal_params("mining"),
-        features=features_arg,
-        code=code_digest("mining", *TEMPORAL_CODE),
+        code=code_digest("mine_hard_clips"),
     threads: THREADS
     resources:
         **res("mine_hard_clips"),
@@ -84,9 +65,11 @@ rule mine_hard_clips:
         CONDA_ENV
     log:
         "results/logs/mine_hard_clips/{task}/{fold}.log",
+    benchmark:
+        "results/benchmarks/mine_hard_clips/{task}/{fold}.tsv"
     shell:
-        "python -m affect_pipeline mine_hard_clips --task {wildcards.task} --fold {wildcards.fold}"
-        " --folds {input.folds:q} --labels {input.labels:q} --features {params.features}"
+        "{LAUNCH} mine_hard_clips --task {wildcards.task} --fold {wildcards.fold}"
+        " --folds {input.folds:q} --labels {input.labels:q} --features {input.features:q}"
         " --blb {input.blb:q} --out {output:q} --params {params.temporal:q} --threads {threads}"
         " --seed {params.seed} > {log:q} 2>&1"
 
@@ -103,8 +86,7 @@ rule train_dcl:
     params:
         seed=config["seed"],
         temporal=temporal_params("dcl"),
-        features=features_arg,
-        code=code_digest(*TEMPORAL_CODE),
+        code=code_digest("train_dcl"),
     threads: THREADS
     resources:
         **res("train_dcl"),
@@ -112,9 +94,11 @@ rule train_dcl:
         CONDA_ENV
     log:
         "results/logs/train_dcl/{task}/{fold}.log",
+    benchmark:
+        "results/benchmarks/train_dcl/{task}/{fold}.tsv"
     shell:
-        "python -m affect_pipeline train_dcl --task {wildcards.task} --fold {wildcards.fold}"
-        " --folds {input.folds:q} --labels {input.labels:q} --features {params.features}"
+        "{LAUNCH} train_dcl --task {wildcards.task} --fold {wildcards.fold}"
+        " --folds {input.folds:q} --labels {input.labels:q} --features {input.features:q}"
         " --blb {input.blb:q} --clb-clips {input.clb_clips:q} --out {output.model:q}"
         " --metrics {output.metrics:q} --curve {output.curve:q} --params {params.temporal:q}"
         " --threads {threads} --seed {params.seed} > {log:q} 2>&1"
@@ -129,8 +113,7 @@ rule predict:
         "results/predictions/{task}/{fold}.h5",
     params:
         temporal=temporal_params("dcl"),
-        features=features_arg,
-        code=code_digest(*TEMPORAL_CODE),
+        code=code_digest("predict"),
     threads: THREADS
     resources:
         **res("predict"),
@@ -138,8 +121,10 @@ rule predict:
         CONDA_ENV
     log:
         "results/logs/predict/{task}/{fold}.log",
+    benchmark:
+        "results/benchmarks/predict/{task}/{fold}.tsv"
     shell:
-        "python -m affect_pipeline predict --task {wildcards.task} --fold {wildcards.fold}"
+        "{LAUNCH} predict --task {wildcards.task} --fold {wildcards.fold}"
         " --model {input.model:q} --folds {input.folds:q} --labels {input.labels:q}"
-        " --features {params.features} --index {input.index:q} --out {output:q}"
+        " --features {input.features:q} --index {input.index:q} --out {output:q}"
         " --params {params.temporal:q} --threads {threads} > {log:q} 2>&1"

@@ -1,5 +1,4 @@
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,24 +17,36 @@ def workflow_defaults() -> dict:
     return yaml.safe_load((REPO / "workflow_config.yaml").read_text())
 
 
-#: a cut-down demo (VA only, 2 folds, 6 short videos, tiny models) for workflow-level tests
+#: a cut-down demo (VA only, 3 folds, per-fold encoders, 6 short videos, tiny models) for
+#: workflow-level tests:
+#: an overlay for ``--configfile demo_config.yaml cut.yaml`` (see :func:`cut_demo_configs`)
 CUT_DEMO = {
     "tasks": ["VA"],
-    "folds": 2,
+    "folds": 3,
     "demo": {
         "frames": [50, 60], "size": 160,
         "n_videos": {"train": 3, "validation": 2, "test": 1},
         "hume": {"train": 2, "validation": 1, "test": 1, "frames": 30},
-        "overrides": {
-            "mae": {"pretrain": {"epochs": 1, "frames_per_video": 16},
-                    "finetune": {"epochs": 1, "frames_per_video": 16}},
-            "audio": {"models": ["vggish"]},
-            "temporal": {"features": ["mae", "vggish"], "clip_len": 20, "stride": 10,
-                         "blb": {"d_model": 32, "nhead": 2, "layers": 1, "epochs": 2, "batch_size": 4},
-                         "dcl": {"epochs": 2}},
-        },
     },
+    "mae": {"pretrain": {"epochs": 1, "frames_per_video": 16},
+            "finetune": {"epochs": 1, "frames_per_video": 16, "per_fold": True}},
+    "audio": {"models": ["vggish"]},
+    "temporal": {"features": ["mae", "vggish"], "clip_len": 20, "stride": 10,
+                 "blb": {"d_model": 32, "nhead": 2, "layers": 1, "epochs": 2, "batch_size": 4},
+                 "dcl": {"epochs": 2}},
 }
+
+
+def cut_demo_configs(tmp_path, extra: dict | None = None) -> list[str]:
+    """``--configfile`` arguments for the cut-down demo: demo_config.yaml, then CUT_DEMO (+ extra)."""
+    import yaml
+    from snakemake.utils import update_config
+
+    cfg = yaml.safe_load(yaml.safe_dump(CUT_DEMO))
+    update_config(cfg, extra or {})
+    path = Path(tmp_path) / "cut_demo.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return [str(REPO / "demo_config.yaml"), str(path)]
 
 
 def run_snakemake(*args, cwd=None, timeout=600, check=True):
@@ -56,3 +67,18 @@ def _one_thread():
     except ImportError:  # pragma: no cover
         pass
     yield
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """The cut-down demo (CUT_DEMO) run to `submission` once; shared by the tests that need a
+    finished run (affect-predict, per-fold encoders, a 3-fold report)."""
+    import time
+
+    work = Path(os.environ.get("AFFECT_PREDICT_RUN") or tmp_path_factory.mktemp("predict_run"))
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    run_snakemake("submission", "--cores", "2", "--directory", str(work / "run"),
+                  "--configfile", *cut_demo_configs(work), timeout=1200)
+    print(f"\ncut-down workflow (VA, 3 folds) to submission: {time.time() - t0:.0f} s")
+    return work

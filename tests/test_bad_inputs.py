@@ -28,6 +28,7 @@ import torch
 import yaml
 
 from conftest import REPO, SNAKEMAKE
+from test_temporal import SMALL
 from affect_pipeline.runtime import write_json
 
 torch.set_num_threads(1)
@@ -84,27 +85,20 @@ def fold_args(d, fold="official"):
     return ["--task", "AU", "--fold", fold, "--folds", d["folds"], "--labels", d["labels"], "--features", *d["features"]]
 
 
-SMALL = {"features": ["mae", "hubert"], "clip_len": 8, "stride": 4,
-         "blb": {"d_model": 16, "nhead": 2, "layers": 1, "epochs": 1, "batch_size": 8}}
-
 
 # ---------------------------------------------------------------- stage rows
-def test_truncated_feature_store_gather_and_train_blb(synthetic, tmp_path):
+def test_truncated_feature_shard_train_blb(synthetic, tmp_path):
+    """A feature shard copied half-way (a full disk, an interrupted rsync): one clean error naming
+    the shard, and no model, metrics or curve written."""
     d = dict(synthetic)
-    feats = [tmp_path / Path(f).name for f in d["features"]]
+    feats = [tmp_path / "features" / Path(f).name for f in d["features"]]
     for src, dst in zip(d["features"], feats):          # private copies: the fixture stays intact
-        dst.mkdir()
-        for f in Path(src).glob("*.h5"):
-            (dst / f.name).write_bytes(f.read_bytes())
-    bad = feats[1] / "tr0.h5"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(Path(src).read_bytes())
+    bad = feats[1]
     data = bad.read_bytes()
-    bad.write_bytes(data[: len(data) // 2])              # a copy interrupted half-way
+    bad.write_bytes(data[: len(data) // 2])
     d["features"] = [str(f) for f in feats]
-    videos = json.dumps(sorted(d["n"]))
-    out = tmp_path / "manifest.json"
-    p = stage("gather_features", "--features", *d["features"], "--videos", videos, "--out", out)
-    assert_clean_error(p, "gather_features", bad, "truncated or corrupt")
-    assert not out.exists()
     m = tmp_path / "blb"
     p = stage("train_blb", *fold_args(d), "--out", m / "blb.pt", "--metrics", m / "blb_metrics.json",
               "--curve", m / "blb_curve.csv", "--params", json.dumps(SMALL))
@@ -121,7 +115,8 @@ def test_truncated_face_store_or_checkpoint_visual_features(broken, tmp_path):
     data = paths[broken].read_bytes()
     paths[broken].write_bytes(data[: len(data) // 2])
     out = tmp_path / "mae_AU" / "v 1.h5"
-    p = stage("visual_features", "--task", "AU", "--model", paths["model"], "--faces", paths["faces"], "--out", out)
+    p = stage("visual_features", "--model", paths["model"], "--faces", paths["faces"], "--out", out,
+              "--params", json.dumps({"batch_size": 8}))
     assert_clean_error(p, "visual_features", paths[broken], "truncated or corrupt")
     assert not out.exists()
 
@@ -133,9 +128,10 @@ def test_corrupt_video_extract_frames(tmp_path):
     good = write_video(tmp_path / "ok.mp4", [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(20)], 25)
     bad = tmp_path / "cut short.mp4"                     # a download that stopped at 30 %
     bad.write_bytes(good.read_bytes()[: good.stat().st_size * 3 // 10])
-    out = tmp_path / "frames" / "cut short.json"
-    assert_clean_error(stage("extract_frames", "--video", bad, "--out", out), "extract_frames", bad)
-    assert not out.exists()
+    out, wav = tmp_path / "frames" / "cut short.json", tmp_path / "audio" / "cut short.wav"
+    assert_clean_error(stage("extract_frames", "--video", bad, "--out", out, "--audio-out", wav, "--sample-rate", 16000),
+                       "extract_frames", bad)
+    assert not out.exists() and not wav.exists()
 
 
 def test_pickled_code_checkpoint_payload_is_live(tmp_path):
@@ -158,12 +154,13 @@ def test_pickled_code_checkpoint_is_refused(name, synthetic, tmp_path):
         with write_face_store(faces, video_id="v", size=32, backend="test", fps=25.0) as w:
             w.append([np.zeros((32, 32, 3), np.uint8)] * 3, np.ones(3, bool), np.ones(3), np.zeros((3, 4)),
                      np.zeros((3, 5, 2)), np.arange(3) / 25)
-        args = ["--task", "AU", "--model", ck, "--faces", faces, "--out", out / "v.h5"]
+        args = ["--model", ck, "--faces", faces, "--out", out / "v.h5", "--params", json.dumps({"batch_size": 8})]
     elif name == "train_dcl":
         clb = tmp_path / "clb.json"
         write_json(clb, {"clips": [{"video": "tr0", "start": 0, "length": 8}]})
         args = fold_args(synthetic) + ["--blb", ck, "--clb-clips", clb, "--out", out / "dcl.pt",
-                                       "--metrics", out / "m.json", "--curve", out / "c.csv"]
+                                       "--metrics", out / "m.json", "--curve", out / "c.csv",
+                                       "--params", json.dumps(SMALL)]
     else:
         args = fold_args(synthetic) + ["--model", ck, "--index", synthetic["index"], "--out", out / "p.h5"]
     line = assert_clean_error(stage(name, *args), name, ck, "refused")
@@ -175,12 +172,16 @@ def test_pickled_code_checkpoint_is_refused(name, synthetic, tmp_path):
 def test_missing_audio_weights_folder(tmp_path):
     frames = tmp_path / "v.json"
     write_json(frames, {"n_frames": 5, "fps": 25.0, "has_audio": True, "timestamps": [i / 25 for i in range(5)]})
+    from conftest import workflow_defaults
+    from affect_pipeline.audio_features import model_params
+
     absent = tmp_path / "models" / "hubert"
-    out = tmp_path / "hubert" / "v.h5"
+    out = tmp_path / "features" / "hubert.h5"
     p = stage("audio_features", "--model", "hubert", "--weights", absent, "--weights-key", "audio.hubert.weights",
-              "--audio", tmp_path / "v.wav", "--frames", frames, "--out", out)
+              "--videos", json.dumps({"v": "v"}), "--audio", tmp_path / "v.wav", "--frames", frames, "--out", out,
+              "--params", json.dumps(model_params(workflow_defaults()["audio"], "hubert")))
     assert_clean_error(p, "audio_features", absent, "audio.hubert.weights")
-    assert not out.exists()
+    assert not out.exists() and not Path(f"{out}.partial").exists()
 
 
 def test_face_lost_mid_video_is_masked_not_shifted(tmp_path):
@@ -220,7 +221,7 @@ def test_unsafe_id_characters_are_refused_at_parse_time(tmp_path):
 
 
 # ---------------------------------------------------------------- security: grep the code
-SOURCES = sorted([*(REPO / "affect_pipeline").glob("*.py"), *(REPO / "benchmarks").glob("*.py")])
+SOURCES = sorted([*(REPO / "affect_pipeline").rglob("*.py"), *(REPO / "benchmarks").glob("*.py")])
 RULES = sorted([REPO / "Snakefile", *(REPO / "rules").glob("*.smk")])
 
 
@@ -305,9 +306,9 @@ def rename(vid: str) -> str:
 
 def odd_tree(root: Path) -> Path:
     """The demo generator's tree with every id renamed (videos, annotation files, test lists)."""
-    from affect_pipeline.demo import generate
+    from affect_pipeline.demo.generate import make_demo
 
-    generate(root, DEMO_PARAMS, seed=0, threads=1)
+    make_demo(root, DEMO_PARAMS, threads=1)
     aff = root / "affwild2"
     for f in [*(aff / "videos").iterdir(), *(aff / "annotations").rglob("*.txt")]:
         f.rename(f.with_name(rename(f.stem) + f.suffix))
@@ -378,7 +379,7 @@ def odd_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_odd_ids_run_end_to_end(odd_run):
-    from affect_pipeline.dataset import read_index
+    from affect_pipeline.index_dataset import read_index
     from affect_pipeline.stores import FaceStore
 
     work = odd_run["work"]

@@ -71,32 +71,42 @@ def test_visual_features_killed_midway_then_rerun(tmp_path):
     ck = finetuned_checkpoint(tmp_path / "ft.pt")
     faces = face_store(tmp_path / "faces" / "v.h5", 1500)
     out, log = tmp_path / "mae_AU" / "v.h5", tmp_path / "killed.log"
-    args = ["visual_features", "--task", "AU", "--model", ck, "--faces", faces, "--out", out,
-            "--params", json.dumps({"features": {"batch_size": 32}})]
+    args = ["visual_features", "--model", ck, "--faces", faces, "--out", out,
+            "--params", json.dumps({"batch_size": 32})]
     proc = start(log, *args)
     kill_when(proc, lambda: "mae_AU v:" in log.read_text(), grace=1.0)   # the batch loop is running
     assert_unfinished(log)
-    only_tmp_left(out.parent, out.name)
+    assert not out.exists()                       # a shard job leaves only {out}.partial (resumed by the rerun)
+    assert {p.name for p in out.parent.iterdir()} <= {f"{out.name}.partial"}
     rerun(*args)
     with h5py.File(out) as f:
-        assert f["features"].shape[0] == 1500 and f["valid"][:].sum() == 1350
+        assert f["v"]["features"].shape[0] == 1500 and f["v"]["valid"][:].sum() == 1350
 
 
 # ---------------------------------------------------------------- training jobs
-PRE = dict(model=dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, decoder_embed_dim=32,
-                      decoder_depth=1, decoder_num_heads=2),
-           pretrain=dict(epochs=6, batch_size=32, accum_steps=2, base_lr=2e-3, base_batch=64, warmup_epochs=1,
-                         mask_ratio=0.75, frames_per_video=30))
+def _pre() -> dict:
+    from conftest import workflow_defaults
+
+    mae = workflow_defaults()["mae"]
+    return dict(model={**mae["model"], **dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3,
+                                              decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)},
+                checkpoint=None, gpus=1,
+                pretrain={**mae["pretrain"], **dict(epochs=6, batch_size=32, accum_steps=2, base_lr=2e-3,
+                                                    base_batch=64, warmup_epochs=1, mask_ratio=0.75,
+                                                    frames_per_video=30)})
+
+
+PRE = _pre()
 
 
 def test_pretrain_mae_killed_resumes_and_equals_an_uninterrupted_run(tmp_path):
     from test_mae import build_dataset, stores
 
-    from affect_pipeline import mae_training as T
+    from affect_pipeline import pretrain_mae as T
 
     faces = stores(build_dataset(tmp_path / "data"))
     full = tmp_path / "full" / "pretrain.pt"
-    T.pretrain(faces, full, full.with_suffix(".csv"), PRE, threads=1, device="cpu")
+    T.pretrain_mae(faces, full, full.with_suffix(".csv"), PRE, threads=1, device="cpu")
 
     out, log = tmp_path / "mae" / "pretrain.pt", tmp_path / "killed.log"
     args = ["pretrain_mae", "--faces", *faces, "--out", out, "--curve", out.with_suffix(".csv"),

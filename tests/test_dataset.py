@@ -1,12 +1,14 @@
 """Ingestion: annotation parsing, invalid markers, the length policy, layout scanning, index."""
+import copy
 import json
 
 import numpy as np
 import pytest
 
 from aff_tree import HEADERS, make_tree
-from affect_pipeline.dataset import build_index, fit_to_frames, parse_annotation, read_index, write_index_tsv
-from affect_pipeline.layout import LayoutError, demo_is_input, scan_dataset
+from affect_pipeline.__main__ import main as cli
+from affect_pipeline.index_dataset import build_index, fit_to_frames, parse_annotation, read_index, write_index_tsv
+from affect_pipeline.layout import LayoutError, scan_dataset
 from affect_pipeline.runtime import PipelineError
 from affect_pipeline.stores import read_labels, write_labels
 
@@ -63,7 +65,10 @@ def test_scan_left_right_and_test_lists(tmp_path):
     assert lay.videos["1-30-640x360"].splits["VA"] == "validation"
     assert lay.videos["2-30-640x360"].splits["EXPR"] == "train"
     assert set(lay.ids("AU", ("test",))) == {"0-30-640x360_left", "0-30-640x360_right", "5-30-640x360"}
-    assert not demo_is_input(data)
+    assert lay.test_order["AU"] == ["0-30-640x360_left", "0-30-640x360_right", "5-30-640x360"]
+    # a `demo:` section is only what make_demo generates: it switches nothing in the scan
+    with_demo = scan_dataset({**data, "demo": {"root": str(tmp_path), "n_videos": {"train": 1}}})
+    assert with_demo.videos == lay.videos and with_demo.tasks == lay.tasks
 
 
 def test_expr_recognition_folder_name_accepted(tmp_path):
@@ -82,6 +87,10 @@ def test_annotation_for_missing_video(tmp_path):
         scan_dataset(data)
 
 
+def probes(root):
+    return sorted((root / "frames").glob("*.json"))
+
+
 def _probe(frames_dir, media, n):
     write(frames_dir / f"{media}.json", json.dumps({"n_frames": n, "fps": 30.0, "width": 640, "height": 360,
                                                     "duration": n / 30, "has_audio": True, "timestamps": []}))
@@ -93,7 +102,7 @@ def test_index_applies_length_policy_and_reports(tmp_path):
     lay = scan_dataset(data)
     for i, n in enumerate((5, 4, 7)):            # exact, one row too many, two rows missing
         _probe(tmp_path / "frames", f"{i}-30-640x360", n)
-    rows, labels, report = build_index(lay, tmp_path / "frames")
+    rows, labels, report = build_index(lay, probes(tmp_path))
     assert len(rows) == 3
     lab = labels["VA"]["2-30-640x360"]
     assert lab.y.shape == (7, 2) and lab.mask.tolist() == [True] * 5 + [False] * 2
@@ -117,7 +126,7 @@ def test_all_invalid_task_is_an_error(tmp_path):
     for i in range(2):
         _probe(tmp_path / "frames", f"{i}-30-640x360", 3)
     with pytest.raises(PipelineError, match="every training label is invalid"):
-        build_index(scan_dataset(data), tmp_path / "frames")
+        build_index(scan_dataset(data), probes(tmp_path))
 
 
 def test_hume_csv(tmp_path):
@@ -130,6 +139,49 @@ def test_hume_csv(tmp_path):
     data = {"affwild2": {"videos": None}, "hume": {"root": str(root)}, "tasks": ["ERI"]}
     lay = scan_dataset(data)
     assert {v: e.splits["ERI"] for v, e in lay.videos.items()} == {"00001": "train", "00002": "validation", "00003": "test"}
-    _, labels, _ = build_index(lay, tmp_path / "frames")
+    _, labels, _ = build_index(lay, probes(tmp_path))
     assert np.allclose(labels["ERI"]["00001"].y, [[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]])
     assert "00003" not in labels["ERI"]
+
+
+def test_missing_probe_names_the_video(tmp_path):
+    data = make_tree(tmp_path / "aff", 2, rows=3, test_every=0)
+    data["tasks"] = ["AU"]
+    _probe(tmp_path / "frames", "0-30-640x360", 3)
+    with pytest.raises(PipelineError, match=r"1-30-640x360\.mp4: no frames probe 1-30-640x360\.json"):
+        build_index(scan_dataset(data), probes(tmp_path))
+
+
+def test_config_keys_are_required_and_data_must_be_given(tmp_path):
+    data = make_tree(tmp_path, 2, test_every=0)
+    data["tasks"] = ["AU"]
+    no_lists = copy.deepcopy(data)
+    del no_lists["affwild2"]["test_lists"]             # no default: null must be written out
+    with pytest.raises(LayoutError, match="missing key 'affwild2.test_lists'"):
+        scan_dataset(no_lists)
+    with pytest.raises(LayoutError, match="missing key 'tasks'"):
+        scan_dataset({k: v for k, v in data.items() if k != "tasks"})
+    nothing = {"affwild2": {"videos": None, "annotations": None, "test_lists": None, "cropped_aligned": None},
+               "hume": {"root": None}, "tasks": ["AU", "ERI"]}
+    with pytest.raises(LayoutError, match="no data for tasks.*demo_config.yaml"):
+        scan_dataset(nothing)
+
+
+def test_index_dataset_cli(tmp_path):
+    """The stage as the rule runs it: data keys as JSON, explicit probe files, one output folder."""
+    data = make_tree(tmp_path / "aff", 5, rows=4, pair_every=3, test_every=4)
+    data["tasks"] = ["AU", "VA"]
+    for media in ("0-30-640x360", "1-30-640x360", "2-30-640x360", "3-30-640x360", "4-30-640x360"):
+        _probe(tmp_path / "frames", media, 4)
+    out = tmp_path / "index"
+    assert cli(["index_dataset", "--data", json.dumps(data), "--frames", *map(str, probes(tmp_path)),
+                "--out-dir", str(out)]) == 0
+    idx = read_index(out / "videos.tsv")
+    assert sorted(idx) == ["0-30-640x360_left", "0-30-640x360_right", "1-30-640x360", "2-30-640x360",
+                           "3-30-640x360_left", "3-30-640x360_right", "4-30-640x360"]
+    assert idx["0-30-640x360_left"]["split_AU"] == "test" and idx["1-30-640x360"]["split_VA"] == "validation"
+    report = json.loads((out / "index_report.json").read_text())
+    assert report["test_order"]["VA"] == ["0-30-640x360_left", "0-30-640x360_right", "4-30-640x360"]
+    assert report["AU"] == {"train": 3, "validation": 1, "test": 3} and report["n_videos"] == 7
+    assert sorted(read_labels(out / "labels" / "VA.h5")) == ["1-30-640x360", "2-30-640x360",
+                                                             "3-30-640x360_left", "3-30-640x360_right"]

@@ -1,8 +1,9 @@
 """The embedded demo generator: layout, formats, determinism, real faces, learnable labels.
 
-One small demo (4 train + 2 validation + 1 test videos of 30–40 frames, the pair, 3 Hume videos)
-is generated once per session through the real CLI; checks read it back with PyAV and detect
-faces with facenet_pytorch's MTCNN (weights ship with the package).
+One small demo (demo_config.yaml's demo section shrunk: 4 train + 2 validation + 1 test videos
+of 30–40 frames, the pair, 3 Hume videos) is generated once per session through the real CLI;
+checks read it back with PyAV, detect faces with facenet_pytorch's MTCNN (weights ship with the
+package), and scan and index it with the same scanner as Aff-Wild2 (layout.scan_dataset).
 """
 from __future__ import annotations
 
@@ -16,18 +17,27 @@ import numpy as np
 import pytest
 import torch
 
+import yaml
+
+from conftest import REPO
 from affect_pipeline import AU_NAMES, ERI_NAMES, EXPR_NAMES
 from affect_pipeline.__main__ import main as cli
-from affect_pipeline.demo import CHALLENGE_DIRS, HEADERS, SPLIT_DIRS, generate
-from affect_pipeline.demo_manifest import AFFWILD2_TEST_LISTS, demo_manifest
+from affect_pipeline.demo.generate import (CHALLENGE_DIRS, HUME_SPLITS, SPLIT_DIRS, TEST_LISTS, DemoSpec,
+                                           build_plan, make_demo, plan_tree)
+from affect_pipeline.demo.labels import HEADERS, eri_intensities
 from affect_pipeline.runtime import PipelineError
 
 torch.set_num_threads(1)
 
-PARAMS = {"seed": 3, "size": 256, "fps": 25, "frames": [30, 40],
+DEMO_CONFIG = yaml.safe_load((REPO / "demo_config.yaml").read_text())
+PARAMS = {**DEMO_CONFIG["demo"], "seed": 3, "frames": [30, 40],
           "n_videos": {"train": 4, "validation": 2, "test": 1},
-          "hume": {"train": 1, "validation": 1, "test": 1, "frames": 30},
-          "root": "ignored", "overrides": {"faces": {"size": 112}}}
+          "hume": {"train": 1, "validation": 1, "test": 1, "frames": 30}}
+
+
+def planned():
+    """The generator's own plan of the tree (ids, media, splits, tasks)."""
+    return plan_tree(DemoSpec.from_params(PARAMS))
 
 
 @pytest.fixture(scope="session")
@@ -63,8 +73,8 @@ def _labels(demo: Path, task: str, vid: str, split: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- layout and formats
-def test_tree_matches_manifest_function(demo, man):
-    m = demo_manifest(PARAMS)
+def test_tree_matches_the_plan(demo, man):
+    m = planned()
     for media in m.media_files:
         assert (demo / "affwild2" / "videos" / media).is_file(), media
     for v in m.videos:
@@ -115,15 +125,15 @@ def test_annotation_rows_headers_and_invalid_rows(demo, man):
 
 
 def test_test_lists_and_hume_csv(demo, man):
-    m = demo_manifest(PARAMS)
-    for task, name in AFFWILD2_TEST_LISTS.items():
+    m = planned()
+    for task, name in TEST_LISTS.items():
         ids = (demo / "affwild2" / "test_lists" / name).read_text().split()
         assert ids == [v.video_id for v in m.videos if v.split == "test" and task in v.tasks]
-    assert (demo / "affwild2" / "test_lists" / AFFWILD2_TEST_LISTS["VA"]).read_text() == "demo_006\n"
+    assert (demo / "affwild2" / "test_lists" / TEST_LISTS["VA"]).read_text() == "demo_006\n"
     with open(demo / "hume" / "data_info.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["File_ID", "Split", *ERI_NAMES]
-    assert [(r["File_ID"], r["Split"]) for r in rows] == m.hume
+    assert [(r["File_ID"], r["Split"]) for r in rows] == [(f, HUME_SPLITS[s]) for f, s in m.hume]
     for r in rows:
         vals = [r[k] for k in ERI_NAMES]
         if r["Split"] == "Test":
@@ -132,7 +142,7 @@ def test_test_lists_and_hume_csv(demo, man):
             assert all(0 <= float(v) <= 1 for v in vals)
     with open(demo / "test_labels" / "ERI.csv", newline="") as fh:
         truth = list(csv.DictReader(fh))
-    assert [t["File_ID"] for t in truth] == [f for f, s in m.hume if s == "Test"]
+    assert [t["File_ID"] for t in truth] == [f for f, s in m.hume if s == "test"]
     assert list(truth[0]) == ["File_ID", *ERI_NAMES]
 
 
@@ -165,12 +175,103 @@ def test_pair_sides_have_different_labels(demo, man):
     assert man["videos"]["demo_pair_left"]["segments"] != man["videos"]["demo_pair_right"]["segments"]
 
 
+# ---------------------------------------------------------------- the real scanner reads it
+def demo_data_keys(demo: Path) -> dict:
+    """demo_config.yaml's data keys, moved from resources/demo to this session's tree."""
+    root = DEMO_CONFIG["demo"]["root"]
+
+    def moved(p):
+        assert p.startswith(root + "/"), p                     # the data keys name the generated tree
+        return str(demo / p[len(root) + 1:])
+
+    aff = {k: moved(v) if v else v for k, v in DEMO_CONFIG["affwild2"].items()}
+    return {"affwild2": aff, "hume": {"root": moved(DEMO_CONFIG["hume"]["root"])},
+            "tasks": ["AU", "EXPR", "VA", "ERI"]}
+
+
+def test_scanner_finds_what_the_generator_planned(demo, man):
+    from affect_pipeline.layout import scan_dataset
+
+    lay = scan_dataset(demo_data_keys(demo))
+    assert lay.tasks == ("AU", "EXPR", "VA", "ERI")
+    m = planned()
+    assert set(lay.videos) == {v.video_id for v in m.videos} | {f for f, _ in m.hume}
+    for v in m.videos:
+        e = lay.videos[v.video_id]
+        assert Path(e.path) == demo / "affwild2" / "videos" / v.media and e.side == v.side
+        assert e.splits == {t: v.split for t in v.tasks}, v.video_id
+        expected = {} if v.split == "test" else {
+            t: str(demo / "affwild2" / "annotations" / CHALLENGE_DIRS[t] / SPLIT_DIRS[v.split] / f"{v.video_id}.txt")
+            for t in v.tasks}
+        assert e.annotations == expected, v.video_id
+    for fid, split in m.hume:
+        e = lay.videos[fid]
+        assert e.splits == {"ERI": split} and Path(e.path) == demo / "hume" / "videos" / f"{fid}.mp4"
+    assert Path(lay.hume_csv) == demo / "hume" / "data_info.csv"
+    for task, name in TEST_LISTS.items():              # test ids come from the name lists, in order
+        listed = (demo / "affwild2" / "test_lists" / name).read_text().split()
+        assert lay.test_order[task] == listed and lay.ids(task, ("test",)) == sorted(listed)
+    assert not any("test_labels" in p for e in lay.videos.values() for p in e.annotations.values())
+    no_lists = demo_data_keys(demo)
+    no_lists["affwild2"]["test_lists"] = None          # without the lists: no test videos at all
+    bare = scan_dataset(no_lists)
+    assert not bare.ids("AU", ("test",)) and "demo_006" not in bare.videos
+    assert bare.ids("AU", ("train", "validation")) == lay.ids("AU", ("train", "validation"))
+
+
+def test_index_of_the_demo_reports_its_planned_mismatches(demo, man, tmp_path):
+    """index_dataset over the demo tree (probes from the manifest, whose frame counts
+    test_videos_decode_to_planned_frames_and_audio checks against decoding)."""
+    from affect_pipeline.index_dataset import read_index
+    from affect_pipeline.runtime import write_json
+    from affect_pipeline.stores import read_labels
+
+    for vid, info in man["videos"].items():
+        write_json(tmp_path / "frames" / f"{Path(info['media']).stem}.json",
+                   {"n_frames": info["n_frames"], "fps": float(info["fps"]), "width": info["width"],
+                    "height": info["height"], "duration": info["n_frames"] / info["fps"],
+                    "has_audio": info["has_audio"], "timestamps": []})
+    for fid, info in man["hume"].items():
+        write_json(tmp_path / "frames" / f"{fid}.json",
+                   {"n_frames": info["n_frames"], "fps": float(info["fps"]), "width": PARAMS["size"],
+                    "height": PARAMS["size"], "duration": info["n_frames"] / info["fps"],
+                    "has_audio": True, "timestamps": []})
+    out = tmp_path / "index"
+    probes = sorted((tmp_path / "frames").glob("*.json"))
+    assert cli(["index_dataset", "--data", json.dumps(demo_data_keys(demo)), "--frames", *map(str, probes),
+                "--out-dir", str(out)]) == 0
+    report = json.loads((out / "index_report.json").read_text())
+    mism = {f"{d['video']}/{d['task']}": d["rows"] - d["frames"] for d in report["length_mismatch"]}
+    assert mism == man["annotation_length_mismatch"]
+    index = read_index(out / "videos.tsv")
+    assert set(index) == set(man["videos"]) | set(man["hume"])
+    assert index["demo_002"]["has_audio"] is False and index["demo_pair_left"]["media"] == "demo_pair"
+    assert report["test_order"] == {t: (demo / "affwild2" / "test_lists" / n).read_text().split()
+                                    for t, n in TEST_LISTS.items()}
+    for task in ("AU", "EXPR", "VA"):
+        labels = read_labels(out / "labels" / f"{task}.h5")
+        assert {v: l.split for v, l in labels.items()} == {
+            v: i["split"] for v, i in man["videos"].items() if task in i["tasks"] and i["split"] != "test"}
+        assert sum(man["invalid_rows"][f"{v}/{task}"] for v in labels) > 0
+        for v, l in labels.items():                  # invalid markers and the length policy
+            delta = man["annotation_length_mismatch"].get(f"{v}/{task}", 0)
+            assert len(l.mask) == man["videos"][v]["n_frames"]
+            if delta == 0:
+                assert int((~l.mask).sum()) == man["invalid_rows"][f"{v}/{task}"], (v, task)
+            elif delta < 0:
+                assert not l.mask[delta:].any()
+    eri = read_labels(out / "labels" / "ERI.h5")
+    assert {v: l.split for v, l in eri.items()} == {f: i["split"] for f, i in man["hume"].items() if i["split"] != "test"}
+    for f, l in eri.items():
+        np.testing.assert_allclose(l.y[0], [man["hume"][f]["eri"][k] for k in ERI_NAMES], atol=1e-4)
+
+
 # ---------------------------------------------------------------- determinism
 def test_same_seed_same_bytes_other_seed_other_labels(demo, tmp_path):
-    again = generate(tmp_path / "a", PARAMS, threads=2)         # parallel == serial
+    again = make_demo(tmp_path / "a", PARAMS, threads=2)        # parallel == serial
     ref = _digests(demo)
     assert _digests(tmp_path / "a") == ref                       # labels, videos, manifest
-    other = generate(tmp_path / "b", {**PARAMS, "seed": 4})
+    other = make_demo(tmp_path / "b", {**PARAMS, "seed": 4})
     assert other["seed"] == 4 and again["seed"] == 3
     lab = _digests(tmp_path / "b", "**/*.txt")
     same = [k for k in lab if k in ref and lab[k] == ref[k] and "test_lists" not in k]
@@ -179,9 +280,15 @@ def test_same_seed_same_bytes_other_seed_other_labels(demo, tmp_path):
 
 def test_bad_params_are_pipeline_errors(tmp_path):
     with pytest.raises(PipelineError, match="frames"):
-        generate(tmp_path, {**PARAMS, "frames": [40, 30]})
+        make_demo(tmp_path, {**PARAMS, "frames": [40, 30]})
     with pytest.raises(PipelineError, match="size"):
-        generate(tmp_path, {**PARAMS, "size": 64})
+        make_demo(tmp_path, {**PARAMS, "size": 64})
+    with pytest.raises(PipelineError, match="missing key 'hume.frames'"):      # no defaults in code
+        make_demo(tmp_path, {**PARAMS, "hume": {"train": 1, "validation": 1, "test": 1}})
+    with pytest.raises(PipelineError, match="missing key 'seed'"):
+        make_demo(tmp_path, {k: v for k, v in PARAMS.items() if k != "seed"})
+    with pytest.raises(PipelineError, match="unknown key.*overrides"):       # the old demo.overrides
+        make_demo(tmp_path, {**PARAMS, "overrides": {"faces": {"size": 112}}})
     assert not (tmp_path / "manifest.json").exists()
 
 
@@ -257,11 +364,9 @@ def test_label_statistics(man):
 
 
 def test_full_size_class_balance():
-    """The paper-sized demo's plan (labels only, no rendering): every class in every split."""
-    from affect_pipeline.demo import _params, build_jobs
-
-    p = _params({}, 0)
-    m, plans, hume, _ = build_jobs(p, Path("unused"))
+    """The full demo's plan (demo_config.yaml; labels only, no rendering): every class in every split."""
+    plan = build_plan(DemoSpec.from_params(DEMO_CONFIG["demo"]), Path("unused"))
+    m, plans, hume = plan.tree, plan.plans, plan.hume_plans
     for split in ("train", "validation", "test"):
         expr = np.concatenate([plans[v.video_id].expr for v in m.videos if v.split == split])
         counts = np.bincount(expr, minlength=8)
@@ -271,8 +376,7 @@ def test_full_size_class_balance():
     assert c.max() / c.min() < 2.5, c
     au = np.concatenate([plans[v.video_id].au >= 0.5 for v in m.videos if v.split == "train"]).mean(0)
     assert (au > 0.03).all(), dict(zip(AU_NAMES, au.round(3)))
-    eri = np.array([__import__("affect_pipeline.demo", fromlist=["x"]).eri_intensities(
-        hume[f], np.random.default_rng(0)) for f, _ in m.hume])
+    eri = np.array([eri_intensities(hume[f], np.random.default_rng(0)) for f, _ in m.hume])
     assert (eri.std(0) > 0.03).all(), eri.std(0)              # every ERI dimension varies
 
 
@@ -284,7 +388,8 @@ def _f0(x: np.ndarray, sr: int) -> float:
 
 
 def test_voice_pitch_and_loudness_rise_with_arousal():
-    from affect_pipeline.demo import SAMPLE_RATE, Plan, synth_voice
+    from affect_pipeline.demo.labels import Plan
+    from affect_pipeline.demo.media import SAMPLE_RATE, synth_voice
 
     n = 100
     out = {}

@@ -33,13 +33,14 @@ VIT = dict(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=3)   # th
 def finetuned_checkpoint(path: Path, task: str = "AU", cfg: dict = VIT, seed: int = 0) -> Path:
     """A finetune_mae-format checkpoint of a randomly initialised ViT (what visual_features loads)."""
     from affect_pipeline import TASK_OUTPUTS
+    from conftest import workflow_defaults
     from affect_pipeline.mae import CHECKPOINT_FORMAT, ViTClassifier, model_config
     from affect_pipeline.runtime import save_checkpoint
 
     torch.manual_seed(seed)
-    cfg = model_config(cfg)
+    cfg = model_config({**workflow_defaults()["mae"]["model"], **cfg})
     model = ViTClassifier(TASK_OUTPUTS[task], **cfg)
-    save_checkpoint({"format": CHECKPOINT_FORMAT, "kind": "mae_finetune", "task": task, "config": cfg,
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "kind": "mae_finetune", "task": task, "fold": "official", "config": cfg,
                      "outputs": TASK_OUTPUTS[task], "pooling": "mean_patch_tokens", "model": model.state_dict(),
                      "metrics": "{}"}, path)
     return path
@@ -72,9 +73,11 @@ def sha(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def h5_arrays(path) -> dict:
+def h5_arrays(path, group: str = "/") -> dict:
     with h5py.File(path) as f:
-        return {k: f[k][:] for k in f} | {f"attr:{k}": v for k, v in f.attrs.items()}
+        g = f[group]
+        return {k: g[k][:] for k in g} | {f"attr:{k}": v for k, v in g.attrs.items()} | \
+            {f"root:{k}": v for k, v in f.attrs.items()}
 
 
 # ---------------------------------------------------------------- tests
@@ -84,12 +87,12 @@ def test_visual_features_twice_are_byte_identical(tmp_path):
     outs = []
     for rep in ("a", "b"):
         out = tmp_path / rep / "v.h5"
-        p = subprocess.run(stage_cmd("visual_features", "--task", "AU", "--model", ck, "--faces", faces, "--out", out,
-                                     "--params", json.dumps({"features": {"batch_size": 16}})),
+        p = subprocess.run(stage_cmd("visual_features", "--model", ck, "--faces", faces, "--out", out,
+                                     "--params", json.dumps({"batch_size": 16})),
                            env=ENV, capture_output=True, text=True, timeout=180)
         assert p.returncode == 0, p.stderr[-3000:]
         outs.append(out)
-    a, b = h5_arrays(outs[0]), h5_arrays(outs[1])
+    a, b = h5_arrays(outs[0], "v"), h5_arrays(outs[1], "v")     # the shard's group of video v
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert a["features"][a["valid"]].std() > 0          # real, varying features, not zeros
     assert sha(outs[0]) == sha(outs[1])                  # HDF5 bytes too (no timestamps inside)
@@ -98,24 +101,30 @@ def test_visual_features_twice_are_byte_identical(tmp_path):
 def test_audio_features_twice_are_byte_identical(tmp_path):
     import soundfile as sf
 
-    from affect_pipeline.audio_features import make_demo_models
+    from conftest import workflow_defaults
+    from affect_pipeline.audio_features import model_params
+    from affect_pipeline.demo.audio_models import make_demo_audio_models
     from affect_pipeline.runtime import write_json
+    from affect_pipeline.stores import FeatureShard
 
-    models = make_demo_models(tmp_path / "models", seed=0)
+    models = make_demo_audio_models(tmp_path / "models", seed=0)
     rng = np.random.default_rng(0)
     sf.write(tmp_path / "a.wav", (0.2 * rng.standard_normal(3 * 16000)).astype(np.float32), 16000, subtype="PCM_16")
-    write_json(tmp_path / "f.json", {"n_frames": 75, "fps": 25.0, "has_audio": True,
+    write_json(tmp_path / "a.json", {"n_frames": 75, "fps": 25.0, "has_audio": True,
                                      "timestamps": [i / 25 for i in range(75)]})
     outs = []
     for rep in ("a", "b"):
-        out = tmp_path / rep / "v.h5"
+        out = tmp_path / rep / "vggish.h5"
         p = subprocess.run(stage_cmd("audio_features", "--model", "vggish", "--weights", models / "vggish.pth",
-                                     "--audio", tmp_path / "a.wav", "--frames", tmp_path / "f.json", "--out", out),
+                                     "--videos", json.dumps({"v": "a"}), "--audio", tmp_path / "a.wav",
+                                     "--frames", tmp_path / "a.json", "--out", out,
+                                     "--params", json.dumps(model_params(workflow_defaults()["audio"], "vggish"))),
                            env=ENV, capture_output=True, text=True, timeout=180)
         assert p.returncode == 0, p.stderr[-3000:]
         outs.append(out)
     assert sha(outs[0]) == sha(outs[1])
-    assert h5_arrays(outs[0])["features"].std() > 0
+    with FeatureShard(outs[0]) as sh:
+        assert sh.read("v").features.std() > 0
 
 
 def test_eri_train_and_predict_twice_are_identical(tmp_path):

@@ -22,12 +22,18 @@ def test_dry_run_600_videos_is_fast(tmp_path):
     p = run_snakemake("-n", "submission", "--quiet", "rules", "--configfile", str(cfg), "--directory", str(tmp_path / "run"))
     elapsed = time.time() - t0
     out = p.stdout + p.stderr
-    # 600 media + 12 _left/_right ids: frames per media, faces per id, 3 tasks x 6 folds of BLB
+    # 600 media + 12 _left/_right ids: a decode job per media (probe + audio), faces per id,
+    # 3 tasks x 6 folds of BLB
     assert "crop_faces" in out and "train_blb" in out
-    counts = {l.split()[0]: int(l.split()[1]) for l in out.splitlines() if len(l.split()) == 2 and l.split()[1].isdigit()}
+    counts = {ln.split()[0]: int(ln.split()[1]) for ln in out.splitlines()
+              if len(ln.split()) == 2 and ln.split()[1].isdigit()}
     assert counts["extract_frames"] == 600
     assert counts["crop_faces"] == 612
     assert counts["train_blb"] == 18 and counts["predict"] == 15
+    # model stages stream many videos: an encoder per task x fold, a job per audio model
+    assert counts["finetune_mae"] == 18 and counts["visual_features"] == 18
+    assert counts["audio_features"] == 3
+    assert counts["total"] <= 1500, counts["total"]
     assert "make_demo" not in counts          # real data: the demo is not generated
     print(f"dry run over 600 videos: {elapsed:.1f} s")
     assert elapsed < 60  # generous bound for a loaded CI machine; the benchmark reports the real time
@@ -53,3 +59,21 @@ def test_unknown_video_in_test_list(tmp_path):
     assert p.returncode != 0
     out = p.stdout + p.stderr
     assert "no_such_video" in out and "Action_Unit_Detection_Challenge_test_set_release.txt" in out
+
+
+def test_shared_encoder_for_cheap_runs(tmp_path):
+    """mae.finetune.per_fold: false trains one encoder per task (official split) for every fold."""
+    data = make_tree(tmp_path / "aff", 12)
+    data["tasks"] = ["AU", "VA"]
+    (tmp_path / "vggish.pth").write_bytes(b"")
+    data["audio"] = {"models": ["vggish"], "vggish": {"weights": str(tmp_path / "vggish.pth")}}
+    data["temporal"] = {"features": ["mae", "vggish"]}
+    data["mae"] = {"finetune": {"per_fold": False}}
+    cfg = tmp_path / "data.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    p = run_snakemake("-n", "submission", "--quiet", "rules", "--configfile", str(cfg), "--directory", str(tmp_path / "run"))
+    out = p.stdout + p.stderr
+    counts = {ln.split()[0]: int(ln.split()[1]) for ln in out.splitlines()
+              if len(ln.split()) == 2 and ln.split()[1].isdigit()}
+    assert counts["finetune_mae"] == 2 and counts["visual_features"] == 2, counts
+    assert counts["train_blb"] == 12, counts

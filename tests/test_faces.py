@@ -14,12 +14,20 @@ from skimage.transform import SimilarityTransform
 
 from affect_pipeline import faces
 from affect_pipeline.__main__ import main as cli
+from affect_pipeline.crop_faces import FaceJob, crop_faces
 from affect_pipeline.runtime import PipelineError, write_json
 from affect_pipeline.stores import FaceStore
 from affect_pipeline.video import frame_info, write_video
+from conftest import workflow_defaults
 
 torch.set_num_threads(1)
 FPS = 25
+#: the faces section a run gets by default (workflow_config.yaml), crops shrunk to 112 px
+FACES = {**workflow_defaults()["faces"], "size": 112, "batch_size": 16}
+
+
+def face_params(**kw) -> faces.FaceParams:
+    return faces.FaceParams.from_config({**FACES, **kw})
 
 
 def face_img(size):
@@ -44,7 +52,7 @@ def make(d: Path, name: str, frames, **kw):
 
 def crop(video, fj, out, *extra, params=None):
     args = ["crop_faces", "--video", str(video), "--frames", str(fj), "--out", str(out), "--threads", "1",
-            "--device", "cpu", "--params", json.dumps({"size": 112, "batch_size": 16, **(params or {})})]
+            "--device", "cpu", "--params", json.dumps({**FACES, **(params or {})})]
     return cli(args + list(extra))
 
 
@@ -72,14 +80,52 @@ def face_store(media):
 
 
 # ---------------------------------------------------------------- geometry
-def test_similarity_transform_matches_skimage():
+def umeyama_reference(src, dst):
+    """The package's former hand-written Umeyama (numpy), kept as an independent reference."""
+    ms, md = src.mean(0), dst.mean(0)
+    s, d = src - ms, dst - md
+    u, sig, vt = np.linalg.svd(d.T @ s / len(src))
+    e = np.diag([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt))])
+    scale = np.trace(np.diag(sig) @ e) / max((s ** 2).sum() / len(src), 1e-12)
+    r = u @ e @ vt
+    return np.hstack([scale * r, (md - scale * r @ ms)[:, None]])
+
+
+def test_similarity_transform_matches_umeyama_reference():
+    """skimage's estimate equals the former formula on random and face-like landmarks."""
     rng = np.random.default_rng(0)
-    src = rng.uniform(0, 200, (5, 2))
-    dst = faces.template(224) + rng.normal(0, 3, (5, 2))
-    ref = SimilarityTransform.from_estimate(src, dst)
-    np.testing.assert_allclose(faces.similarity_transform(src, dst), ref.params[:2], atol=1e-8)
+    for i in range(200):
+        src = rng.uniform(0, 400, (5, 2))
+        if i % 2:  # a face: the template under a random similarity, with detector noise
+            a = rng.uniform(-1, 1)
+            rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+            src = rng.uniform(0.3, 4) * faces.ARCFACE_112 @ rot.T + rng.uniform(0, 300, 2) + rng.normal(0, 2, (5, 2))
+        dst = faces.template(224, rng.uniform(0, 0.3))
+        np.testing.assert_allclose(faces.similarity_transform(src, dst), umeyama_reference(src, dst), atol=1e-8)
     true = SimilarityTransform(scale=0.7, rotation=0.3, translation=(5, -8))
     np.testing.assert_allclose(faces.similarity_transform(src, true(src)), true.params[:2], atol=1e-9)
+
+
+def test_similarity_transform_hand_computed():
+    """Least squares by hand: a cross stretched 2x along x and 1x along y is, as a similarity,
+    scale (2+2+1+1)/(1+1+1+1) = 1.5, no rotation (symmetry), translation md - 1.5 ms."""
+    cross = np.array([[-1, 0], [1, 0], [0, -1], [0, 1], [0, 0]], float)
+    src, dst = cross + (10, 20), cross * (2, 1) + (100, 50)
+    np.testing.assert_allclose(faces.similarity_transform(src, dst), [[1.5, 0, 85], [0, 1.5, 20]], atol=1e-12)
+    # exact: 90 degrees, scale 2, shift (3, 4): x' = -2y + 3, y' = 2x + 4
+    np.testing.assert_allclose(faces.similarity_transform(cross, cross[:, ::-1] * (-2, 2) + (3, 4)),
+                               [[0, -2, 3], [2, 0, 4]], atol=1e-12)
+    # coincident points (skimage: no estimate): scale 0 onto the template's centre, as the former formula
+    np.testing.assert_allclose(faces.similarity_transform(np.zeros((5, 2)), faces.template(112)),
+                               umeyama_reference(np.zeros((5, 2)), faces.template(112)))
+    np.testing.assert_allclose(faces.similarity_transform(np.zeros((5, 2)), faces.template(112)),
+                               np.hstack([np.zeros((2, 2)), faces.template(112).mean(0)[:, None]]))
+
+
+def test_box_iou_hand_computed():
+    boxes = np.array([[0, 0, 10, 10], [5, 5, 15, 15], [20, 20, 30, 30], [3, 3, 3, 3]], float)
+    np.testing.assert_allclose(faces.box_iou(boxes, np.array([0, 0, 10, 10.0])), [1, 25 / 175, 0, 0])
+    assert faces.box_iou(np.array([[4, 4, 4, 4.0]]), np.array([4, 4, 4, 4.0])).tolist() == [0.0]  # empty union
 
 
 def test_template_and_margin():
@@ -137,7 +183,7 @@ def test_crops_are_aligned(face_store):
     """
     with FaceStore(face_store) as s:
         crops = s.read_crops(np.flatnonzero(s.found))
-    det = faces.MTCNNBackend({**faces.DEFAULTS, "min_face_size": 30}, "cpu").detect(crops)
+    det = faces.MTCNNBackend(face_params(min_face_size=30), "cpu").detect(crops)
     assert all(len(b) >= 1 for b, _, _ in det)
     err = np.stack([np.linalg.norm(p[0] - faces.template(112), axis=1) for _, _, p in det]) / 112
     eyes = err[:, :2].max(1)
@@ -149,7 +195,7 @@ def test_margin_shrinks_the_face(media, tmp_path):
     video, fj = media["tiny"]
     a, b = tmp_path / "a.h5", tmp_path / "b.h5"
     assert crop(video, fj, a) == 0 and crop(video, fj, b, params={"margin": 0.25}) == 0
-    det = faces.MTCNNBackend({**faces.DEFAULTS, "min_face_size": 15}, "cpu")
+    det = faces.MTCNNBackend(face_params(min_face_size=15), "cpu")
     eyes = []
     for p in (a, b):
         with FaceStore(p) as s:
@@ -233,9 +279,52 @@ def test_cropped_aligned_backend(media, tmp_path):
     ref = cv2.resize(img, (112, 112), interpolation=cv2.INTER_AREA)
     assert np.abs(c[0].astype(float) - ref).mean() < 6 and not c[1].any()
     (d / "00001.jpg").write_bytes(b"not a jpeg")
+    info = json.loads(fj.read_text())
+    job = FaceJob(video, info, tmp_path / "y.h5", "tiny", cropped_dir=tmp_path / "cropped_aligned")
     with pytest.raises(PipelineError, match="00001.jpg"):
-        faces.crop_from_official(tmp_path / "cropped_aligned", json.loads(fj.read_text()), tmp_path / "y.h5",
-                                 video_id="tiny", params=faces.DEFAULTS)
+        crop_faces(job, face_params(backend="cropped_aligned"))
+    with pytest.raises(PipelineError, match="needs --cropped-dir"):
+        crop_faces(FaceJob(video, job.info, tmp_path / "y.h5", "tiny"), face_params(backend="cropped_aligned"))
+    assert not (tmp_path / "y.h5").exists()
+
+
+def test_official_crops_need_no_torch(media, tmp_path):
+    """The stage imports torch / the detectors only when it detects."""
+    import subprocess
+    import sys
+
+    video, fj = media["tiny"]
+    d = tmp_path / "ca" / "tiny"
+    d.mkdir(parents=True)
+    cv2.imwrite(str(d / "00001.jpg"), face_img(112))
+    argv = ["crop_faces", "--video", str(video), "--frames", str(fj), "--out", str(tmp_path / "tiny.h5"),
+            "--cropped-dir", str(tmp_path / "ca"), "--params", json.dumps(FACES)]
+    code = ("import sys; from affect_pipeline.__main__ import main; "
+            f"rc = main({argv!r}); "
+            "heavy = [m for m in ('torch', 'torchvision', 'facenet_pytorch', 'face_alignment') if m in sys.modules]; "
+            "print('HEAVY', heavy); sys.exit(rc)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert p.returncode == 0, p.stderr
+    assert "HEAVY []" in p.stdout, p.stdout
+    with FaceStore(tmp_path / "tiny.h5") as s:
+        assert s.found.tolist() == [True, False, False]
+
+
+def test_faces_config_must_be_complete(media, tmp_path, capsys):
+    """No defaults in the package: a missing or unknown key of the faces section names itself."""
+    video, fj = media["tiny"]
+    args = ["crop_faces", "--video", str(video), "--frames", str(fj), "--out", str(tmp_path / "x.h5"), "--params"]
+    partial = {k: v for k, v in FACES.items() if k != "margin"}
+    assert cli(args + [json.dumps(partial)]) == 1
+    assert "faces.margin" in capsys.readouterr().err
+    no_fan = {**FACES, "face_alignment": {"s3fd": None}}
+    assert cli(args + [json.dumps(no_fan)]) == 1
+    assert "faces.face_alignment.fan" in capsys.readouterr().err
+    assert cli(args + [json.dumps({**FACES, "backend": "dlib"})]) == 1
+    assert "unknown backend 'dlib'" in capsys.readouterr().err
+    assert cli(args + [json.dumps({**FACES, "marign": 0.1})]) == 1
+    assert "marign" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
 
 
 @pytest.fixture(scope="module")

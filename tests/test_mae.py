@@ -1,13 +1,16 @@
-"""MAE model, pretraining (resume, DDP), MAE-Face import, fine-tuning, soup, visual features.
+"""MAE model, pretraining (resume, DDP), MAE-Face import, per-fold fine-tuning, soup, visual features.
 
 Everything runs on tiny ViTs (32-px inputs from 48-px face-store crops) built and saved here, on
 face stores made from skimage's astronaut photo with a learnable synthetic signal: each frame has
 one of 4 "types" (red/blue tint × white bar at the top/bottom) that fix its AU, EXPR and VA labels.
+Stage settings start from workflow_config.yaml (conftest.workflow_defaults) and are shrunk here.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,15 +20,20 @@ import numpy as np
 import pytest
 import torch
 
+from affect_pipeline import face_data as D
+from affect_pipeline import finetune_mae as FT
 from affect_pipeline import mae as M
-from affect_pipeline import mae_training as T
-from affect_pipeline.runtime import PipelineError, save_checkpoint
-from affect_pipeline.stores import Labels, read_features, write_face_store, write_labels
+from affect_pipeline import pretrain_mae as P
+from affect_pipeline import visual_features as VF
+from affect_pipeline.runtime import PipelineError, file_digest, save_checkpoint, write_json
+from affect_pipeline.stores import FaceStore, FeatureShard, Labels, write_face_store, write_labels
+from conftest import workflow_defaults
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, decoder_embed_dim=32,
-            decoder_depth=1, decoder_num_heads=2)
+MAE_DEFAULTS = workflow_defaults()["mae"]
+TINY = {**MAE_DEFAULTS["model"], **dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3,
+                                        decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)}
 CROP = 48
 EXPR_OF_TYPE = [0, 4, 5, 6]
 
@@ -87,7 +95,13 @@ def build_dataset(root):
             labels[task][vid] = Labels(y, mask, split)
     for task, lab in labels.items():
         write_labels(root / f"labels_{task}.h5", task, lab)
+    write_json(root / "folds.json", {"k": 4, "seed": 0, "test": [], "folds": FOLDS})
     return root
+
+
+#: official = the label stores' splits; fold1 validates on two videos the stores call "train"
+FOLDS = {"official": {"train": [f"vid{v}" for v in range(6)], "validation": ["vid6", "vid7"]},
+         "fold1": {"train": ["vid0", "vid1", "vid2", "vid3", "vid6", "vid7"], "validation": ["vid4", "vid5"]}}
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +168,10 @@ def test_mae_forward_shapes():
 
 
 # ---------------------------------------------------------------- pretraining
-PRE = dict(model=TINY, pretrain=dict(epochs=4, batch_size=32, accum_steps=2, base_lr=2e-3, base_batch=64,
-                                     warmup_epochs=1, mask_ratio=0.75, frames_per_video=30))
+PRE = dict(model=TINY, checkpoint=None, gpus=1,
+           pretrain={**MAE_DEFAULTS["pretrain"], **dict(epochs=4, batch_size=32, accum_steps=2, base_lr=2e-3,
+                                                        base_batch=64, warmup_epochs=1, mask_ratio=0.75,
+                                                        frames_per_video=30)})
 
 
 def _enc(path):
@@ -165,13 +181,13 @@ def _enc(path):
 def test_pretrain_resume_is_identical_and_loss_falls(dataset, tmp_path):
     faces = stores(dataset)
     full, resumed = tmp_path / "full" / "pretrain.pt", tmp_path / "res" / "pretrain.pt"
-    T.pretrain(faces, full, full.with_suffix(".csv"), PRE, threads=1, device="cpu")
-    assert T.pretrain(faces, resumed, resumed.with_suffix(".csv"), PRE, 1, "cpu", stop_after=2) is None
-    assert T.resume_path(resumed).exists() and not resumed.exists()
-    state = torch.load(T.resume_path(resumed), weights_only=True)
+    P.pretrain_mae(faces, full, full.with_suffix(".csv"), PRE, threads=1, device="cpu")
+    assert P.pretrain_mae(faces, resumed, resumed.with_suffix(".csv"), PRE, 1, "cpu", stop_after=2) is None
+    assert P.resume_path(resumed).exists() and not resumed.exists()
+    state = torch.load(P.resume_path(resumed), weights_only=True)
     assert state["epoch"] == 2
-    T.pretrain(faces, resumed, resumed.with_suffix(".csv"), PRE, 1, "cpu")
-    assert not T.resume_path(resumed).exists()
+    P.pretrain_mae(faces, resumed, resumed.with_suffix(".csv"), PRE, 1, "cpu")
+    assert not P.resume_path(resumed).exists()
     a, b = _enc(full), _enc(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows_full = full.with_suffix(".csv").read_text().splitlines()
@@ -181,10 +197,10 @@ def test_pretrain_resume_is_identical_and_loss_falls(dataset, tmp_path):
     ck = torch.load(full, weights_only=True)
     assert ck["kind"] == "mae_pretrain" and ck["n_crops"] == 8 * 30 and "decoder" in ck
     # different settings: the stale resume file is ignored, not continued
-    T.pretrain(faces, resumed, resumed.with_suffix(".csv"), PRE, 1, "cpu", stop_after=1)
+    P.pretrain_mae(faces, resumed, resumed.with_suffix(".csv"), PRE, 1, "cpu", stop_after=1)
     other = json.loads(json.dumps(PRE))
     other["pretrain"]["epochs"] = 1
-    T.pretrain(faces, resumed, resumed.with_suffix(".csv"), other, 1, "cpu")
+    P.pretrain_mae(faces, resumed, resumed.with_suffix(".csv"), other, 1, "cpu")
     assert len(resumed.with_suffix(".csv").read_text().splitlines()) == 2
 
 
@@ -200,7 +216,7 @@ def test_pretrain_ddp_gloo_two_processes(dataset, tmp_path):
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "DDP rank 1/2" in r.stderr and "effective batch 64 (=32 x 1 x 2)" in r.stderr
-    assert out.exists() and not T.resume_path(out).exists()
+    assert out.exists() and not P.resume_path(out).exists()
     assert len((tmp_path / "ddp" / "curve.csv").read_text().splitlines()) == 2
     assert set(_enc(out)) == set(M.ViTEncoder(**M.model_config(TINY)).state_dict())
 
@@ -219,7 +235,7 @@ def test_import_mae_face_vit_base(tmp_path):
                "decoder_pred.bias": torch.zeros(768)})
     src = tmp_path / "mae_face_pretrain_vit_base.pth"
     torch.save({"model": sd, "epoch": 799}, src)
-    ck = M.import_mae_face(src)  # the default config is ViT-B/16
+    ck = M.import_mae_face(src, MAE_DEFAULTS["model"])  # the default config is ViT-B/16
     assert ck["kind"] == "mae_import" and ck["config"]["embed_dim"] == 768 and ck["config"]["depth"] == 12
     enc = M.ViTEncoder(**ck["config"]).eval()
     M.load_encoder_state(enc, ck["encoder"], src)
@@ -236,8 +252,9 @@ def test_pretrain_stage_imports_checkpoint(tmp_path):
     sd = M.ViTEncoder(**M.model_config(TINY)).state_dict()
     torch.save({"model": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "src.pth")
     out = tmp_path / "pretrain.pt"
-    assert T.pretrain_main(["--out", str(out), "--curve", str(tmp_path / "c.csv"), "--device", "cpu",
-                            "--params", json.dumps({"checkpoint": str(tmp_path / "src.pth"), "model": TINY})]) == 0
+    params = {**PRE, "checkpoint": str(tmp_path / "src.pth")}
+    assert P.main(["--out", str(out), "--curve", str(tmp_path / "c.csv"), "--device", "cpu",
+                   "--params", json.dumps(params)]) == 0
     cfg, enc_sd = M.read_encoder_checkpoint(out)
     assert cfg == M.model_config(TINY) and all(torch.equal(enc_sd[k], sd[k]) for k in sd)
     assert (tmp_path / "c.csv").read_text() == "epoch,step,loss,lr\n"
@@ -266,19 +283,25 @@ def test_import_refuses_pickled_objects(tmp_path):
 
 
 # ---------------------------------------------------------------- fine-tuning
-FT = dict(model=TINY, finetune=dict(epochs=8, batch_size=32, lr=5e-3, weight_decay=0.01, warmup_epochs=1,
-                                    ema_decay=0.9, augment=True, frames_per_video=0, soup="none"))
+FT_PARAMS = dict(model=TINY, gpus=1,
+                 finetune={**MAE_DEFAULTS["finetune"], **dict(epochs=8, batch_size=32, lr=5e-3, weight_decay=0.01,
+                                                              warmup_epochs=1, ema_decay=0.9, augment=True,
+                                                              frames_per_video=0, soup="none")})
 
 
-def _finetune(task, dataset, enc, tmp_path, **over):
-    params = json.loads(json.dumps(FT))
+def finetune_args(task, dataset, enc, d, fold="official", faces=None, **over):
+    params = json.loads(json.dumps(FT_PARAMS))
     params["finetune"].update(over)
-    d = tmp_path / task
-    rc = T.finetune_main(["--task", task, "--pretrained", str(enc), "--labels", str(dataset / f"labels_{task}.h5"),
-                          "--faces-dir", str(dataset / "faces"), "--out", str(d / "ft.pt"), "--metrics",
-                          str(d / "m.json"), "--curve", str(d / "c.csv"), "--params", json.dumps(params),
-                          "--device", "cpu"])
-    assert rc == 0
+    faces = stores(dataset) if faces is None else faces
+    return ["--task", task, "--fold", fold, "--folds", str(dataset / "folds.json"), "--pretrained", str(enc),
+            "--labels", str(dataset / f"labels_{task}.h5"), "--faces", *faces, "--out", str(d / "ft.pt"),
+            "--metrics", str(d / "m.json"), "--curve", str(d / "c.csv"), "--params", json.dumps(params),
+            "--device", "cpu"]
+
+
+def _finetune(task, dataset, enc, tmp_path, fold="official", **over):
+    d = tmp_path / task / fold
+    assert FT.main(finetune_args(task, dataset, enc, d, fold, **over)) == 0
     return d, json.loads((d / "m.json").read_text())
 
 
@@ -292,19 +315,56 @@ def test_finetune_beats_constant_baseline(task, dataset, random_encoder, tmp_pat
     rows = (d / "c.csv").read_text().splitlines()
     assert rows[0] == "epoch,train_loss,val_loss,val_score,lr" and len(rows) == 9
     assert float(rows[m["best_epoch"]].split(",")[3]) == pytest.approx(m["score"], abs=1e-5)
+    ck = torch.load(d / "ft.pt", weights_only=True)
+    assert ck["kind"] == "mae_finetune" and ck["task"] == task and ck["fold"] == "official"
+
+
+def test_finetune_fold_trains_on_its_train_videos_only(dataset, random_encoder, tmp_path):
+    """fold1: no validation video's labels are trained on, whatever split the label store says."""
+    d, m = _finetune("EXPR", dataset, random_encoder, tmp_path, fold="fold1", epochs=2)
+    val = FOLDS["fold1"]["validation"]
+    assert m["fold"] == "fold1" and m["validation_videos"] == sorted(val)
+    assert not set(m["train_videos"]) & set(val)
+    assert m["train_videos"] == sorted(FOLDS["fold1"]["train"])          # vid6/vid7 are "validation" in the store
+    assert m["n_train_frames"] == 6 * 36 and m["n_val_frames"] == 2 * 36
+    ck = torch.load(d / "ft.pt", weights_only=True)
+    assert ck["kind"] == "mae_finetune" and (ck["task"], ck["fold"]) == ("EXPR", "fold1")
+    assert json.loads(ck["metrics"])["train_videos"] == m["train_videos"]
+    # the constant baseline comes from the fold's train videos: vid4/vid5 out, vid6/vid7 in
+    labels = FT.read_labels(dataset / "labels_EXPR.h5")
+    found = np.ones(40, bool)
+    found[[5, 17]] = False
+    y_tr = np.concatenate([labels[v].y[labels[v].mask] for v in FOLDS["fold1"]["train"]])
+    y_val = np.concatenate([labels[v].y[labels[v].mask & found] for v in val])
+    assert m["baseline"] == pytest.approx(FT.constant_baseline("EXPR", y_tr, y_val))
+
+
+def test_finetune_names_missing_face_store_and_missing_key(dataset, random_encoder, tmp_path):
+    faces = [f for f in stores(dataset) if Path(f).stem != "vid4"]
+    with pytest.raises(PipelineError, match=r"no face store for video 'vid4' among --faces"):
+        FT.main(finetune_args("VA", dataset, random_encoder, tmp_path / "a", "fold1", faces=faces))
+    params = json.loads(json.dumps(FT_PARAMS))
+    del params["finetune"]["ema_decay"]
+    args = finetune_args("VA", dataset, random_encoder, tmp_path / "b")
+    args[args.index("--params") + 1] = json.dumps(params)
+    with pytest.raises(PipelineError, match=r"mae.finetune: missing key\(s\) \['ema_decay'\]"):
+        FT.main(args)
+    with pytest.raises(PipelineError, match=r"no fold 'fold9'"):
+        FT.main(finetune_args("VA", dataset, random_encoder, tmp_path / "c", "fold9"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_model_soup_recipes():
     states = [{"w": torch.tensor([0.0])}, {"w": torch.tensor([4.0])}, {"w": torch.tensor([1.0])}]
     evaluate = lambda sd: -abs(float(sd["w"]) - 1.5)  # noqa: E731  best at w = 1.5
     scores = [evaluate(s) for s in states]  # -1.5, -2.5, -0.5
-    sd, s, members = T.model_soup("uniform", states, scores, evaluate)
+    sd, s, members = FT.model_soup("uniform", states, scores, evaluate)
     assert float(sd["w"]) == pytest.approx(5 / 3) and members == [0, 1, 2]
     # greedy: start from w=1 (best); +w=0 -> 0.5 (score -1, worse); +w=4 -> 2.5 (-1, worse)
-    sd, s, members = T.model_soup("greedy", states, scores, evaluate)
+    sd, s, members = FT.model_soup("greedy", states, scores, evaluate)
     assert members == [2] and s == pytest.approx(-0.5)
     states[1]["w"] = torch.tensor([2.0])  # now adding it gives w = 1.5: better, kept
-    sd, s, members = T.model_soup("greedy", states, [evaluate(x) for x in states], evaluate)
+    sd, s, members = FT.model_soup("greedy", states, [evaluate(x) for x in states], evaluate)
     assert members == [1, 2] and float(sd["w"]) == pytest.approx(1.5)
 
 
@@ -319,32 +379,105 @@ def test_finetune_soup_end_to_end(recipe, dataset, random_encoder, tmp_path):
 
 
 # ---------------------------------------------------------------- features
-def test_visual_features(dataset, random_encoder, tmp_path):
-    d, _ = _finetune("VA", dataset, random_encoder, tmp_path, epochs=1)
-    faces = dataset / "faces" / "vid6.h5"
-    out = tmp_path / "mae_VA" / "vid6.h5"
-    assert T.features_main(["--task", "VA", "--model", str(d / "ft.pt"), "--faces", str(faces), "--out", str(out),
-                            "--params", json.dumps({"features": {"batch_size": 7}}), "--device", "cpu"]) == 0
-    f = read_features(out, extra=("logits",))
-    with h5py.File(faces) as h:
-        found = h["found"][:]
-    assert f.features.shape == (40, 48) and f.extra["logits"].shape == (40, 2)
-    assert np.array_equal(f.valid, found) and not f.valid[[5, 17]].any()
-    assert np.all(f.features[~found] == 0) and np.all(f.extra["logits"][~found] == 0)
-    from affect_pipeline.runtime import file_digest
+@pytest.fixture(scope="module")
+def va_encoder(dataset, random_encoder, tmp_path_factory):
+    """A VA encoder fine-tuned for one epoch (official fold)."""
+    d, _ = _finetune("VA", dataset, random_encoder, tmp_path_factory.mktemp("va"), epochs=1)
+    return d / "ft.pt"
 
-    assert f.attrs["checkpoint_digest"] == file_digest(d / "ft.pt") and f.attrs["extractor"] == "mae_VA"
-    model = T.load_finetuned(d / "ft.pt")
+
+def features_args(model, faces, out, batch_size=7):
+    return ["--model", str(model), "--faces", *map(str, faces), "--out", str(out),
+            "--params", json.dumps({"batch_size": batch_size}), "--device", "cpu"]
+
+
+def test_visual_features(dataset, va_encoder, tmp_path):
+    faces = [dataset / "faces" / f"vid{v}.h5" for v in (5, 6, 7)]
+    out = tmp_path / "features" / "mae" / "VA" / "official.h5"
+    assert VF.main(features_args(va_encoder, faces, out)) == 0
+    assert out.exists() and not Path(f"{out}.partial").exists()
+    model = VF.load_finetuned(va_encoder)
     w, b = model.head.weight.detach().numpy(), model.head.bias.detach().numpy()
-    np.testing.assert_allclose(f.extra["logits"][found], f.features[found] @ w.T + b, atol=2e-2)
-    from affect_pipeline.stores import FaceStore
+    with FeatureShard(out) as shard:
+        assert shard.name == "mae_VA" and sorted(shard.videos()) == ["vid5", "vid6", "vid7"]
+        assert shard.attrs["task"] == "VA" and shard.attrs["fold"] == "official" and shard.dim() == 48
+        assert shard.attrs["checkpoint_digest"] == file_digest(va_encoder)
+        for path in faces:
+            video = path.stem
+            f = shard.read(video, extra=("logits",))
+            with h5py.File(path) as h:
+                found = h["found"][:]
+            assert shard.n_frames(video) == 40 and shard.has(video, "logits")
+            assert f.features.shape == (40, 48) and f.extra["logits"].shape == (40, 2)
+            assert np.array_equal(f.valid, found) and not f.valid[[5, 17]].any()
+            assert np.all(f.features[~found] == 0) and np.all(f.extra["logits"][~found] == 0)
+            assert f.attrs["checkpoint_digest"] == file_digest(va_encoder) and f.attrs["extractor"] == "mae_VA"
+            np.testing.assert_allclose(f.extra["logits"][found], f.features[found] @ w.T + b, atol=2e-2)
+            with FaceStore(path) as fs:
+                feats, logits = VF.embed_crops(model, fs.read_crops(np.flatnonzero(found)), 16)
+            np.testing.assert_allclose(f.extra["logits"][found], logits, atol=1e-5)
+            np.testing.assert_allclose(f.features[found], feats, atol=1e-2, rtol=1e-3)  # stored as float16
 
-    with FaceStore(faces) as fs:
-        feats, logits = T.embed_crops(model, fs.read_crops(np.flatnonzero(found)), 16)
-    np.testing.assert_allclose(f.extra["logits"][found], logits, atol=1e-5)
-    np.testing.assert_allclose(f.features[found], feats, atol=1e-2, rtol=1e-3)  # stored as float16
+
+def test_visual_features_resume_after_a_bad_face_store(dataset, va_encoder, tmp_path, caplog):
+    """The last video's store is corrupt: the job fails naming it, the finished videos stay in the
+    partial shard, and the rerun (store fixed) computes only the missing video."""
+    caplog.set_level(logging.INFO, logger="affect_pipeline")
+    faces = [tmp_path / "faces" / f"vid{v}.h5" for v in (0, 1, 2)]
+    faces[0].parent.mkdir()
+    for f in faces:
+        shutil.copy(dataset / "faces" / f.name, f)
+    good = faces[2].read_bytes()
+    faces[2].write_bytes(good[: len(good) // 2])                      # an interrupted copy
+    out = tmp_path / "shard.h5"
+    partial = Path(f"{out}.partial")
+    with pytest.raises(PipelineError) as e:
+        VF.main(features_args(va_encoder, faces, out))
+    assert "'vid2'" in str(e.value) and str(faces[2]) in str(e.value) and "truncated or corrupt" in str(e.value)
+    assert not out.exists() and partial.exists()                      # the shard appears only after success
+    with h5py.File(partial) as h:
+        assert sorted(h) == ["vid0", "vid1"] and all(h[v].attrs["complete"] for v in h)
+        kept = {v: h[v]["features"][:] for v in h}
+    caplog.clear()
+    faces[2].write_bytes(good)
+    assert VF.main(features_args(va_encoder, faces, out)) == 0
+    log = caplog.text
+    assert "3 videos, 2 already in" in log and "video vid2: 40 frames, 38 with a face" in log
+    assert "video vid0:" not in log and "video vid1:" not in log     # not recomputed
+    assert out.exists() and not partial.exists()
+    with FeatureShard(out) as shard:
+        assert sorted(shard.videos()) == ["vid0", "vid1", "vid2"] and shard.n_frames("vid2") == 40
+        for v, feats in kept.items():
+            assert np.array_equal(shard.read(v).features, feats.astype(np.float32))
+    # a face store that changed since its group was written is recomputed, not reused
+    shutil.copy(dataset / "faces" / "vid3.h5", faces[1])
+    out.rename(partial)
+    caplog.clear()
+    assert VF.main(features_args(va_encoder, faces, out)) == 0
+    assert "3 videos, 2 already in" in caplog.text and "video vid1:" in caplog.text
 
 
-def test_features_reject_wrong_checkpoint(dataset, random_encoder, tmp_path):
+def test_features_reject_wrong_checkpoint_and_missing_key(dataset, random_encoder, va_encoder, tmp_path):
+    faces = [dataset / "faces" / "vid0.h5"]
     with pytest.raises(PipelineError, match="not a finetune_mae checkpoint"):
-        T.extract_features("AU", random_encoder, dataset / "faces" / "vid0.h5", tmp_path / "x.h5", {}, 1, "cpu")
+        VF.visual_features(random_encoder, faces, tmp_path / "x.h5", {"batch_size": 8}, 1, "cpu")
+    with pytest.raises(PipelineError, match=r"mae.features: missing key\(s\) \['batch_size'\]"):
+        VF.visual_features(va_encoder, faces, tmp_path / "x.h5", {}, 1, "cpu")
+    assert not (tmp_path / "x.h5").exists()
+
+
+# ---------------------------------------------------------------- face data
+def test_labelled_frames_and_loader(dataset):
+    labels = FT.read_labels(dataset / "labels_VA.h5", ["vid0", "vid1"])
+    faces = {Path(f).stem: f for f in stores(dataset)}
+    fs = D.labelled_frames("VA", labels, faces, 32)
+    assert len(fs.y) == 2 * 36 and fs.videos == ["vid0", "vid1"] and fs.ds[0][0].shape == (32, 32, 3)
+    with FaceStore(faces["vid0"]) as store:
+        assert np.array_equal(fs.y[:36], labels["vid0"].y[labels["vid0"].mask & store.found])
+    sub = D.labelled_frames("VA", labels, faces, 32, per_video=10, seed=3)
+    assert len(sub.y) == 20
+    loader, _ = D.make_loader(fs.ds, cache_gb=1.0, threads=1)
+    streamed = D.Loader(fs.ds, None, 0)
+    order = np.arange(len(fs.y))[::-1].copy()
+    for (a, ia), (b, ib) in zip(loader.batches(order, 16), streamed.batches(order, 16)):
+        assert torch.equal(a, b) and torch.equal(ia, ib)

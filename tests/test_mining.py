@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from affect_pipeline.mining import select_hard_clips
+from affect_pipeline.mine_hard_clips import select_hard_clips
 from test_temporal import SMALL, fold_args, make_folds, make_synthetic, run, train_blb
 
 torch.set_num_threads(1)
@@ -35,11 +35,12 @@ def test_selection_edges():
 
 @pytest.mark.parametrize("task", ["EXPR", "ERI"])
 def test_mining_stage_recomputes_clip_losses(tmp_path, task):
-    from affect_pipeline.clips import Clip, gather, load_features
+    from affect_pipeline.clips import Clip, gather
+    from affect_pipeline.fold_data import load_features
     from affect_pipeline.losses import task_loss
     from affect_pipeline.runtime import load_checkpoint
     from affect_pipeline.stores import read_labels
-    from affect_pipeline.temporal_training import load_temporal
+    from affect_pipeline.temporal_checkpoint import load_temporal
 
     eri = task == "ERI"
     d = make_synthetic(tmp_path, task, n_train=8, n_val=2, n_test=0)

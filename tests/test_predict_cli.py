@@ -1,14 +1,13 @@
 """``affect-predict``: a finished run's models on new videos -> per-frame CSV + timeline PNG.
 
-Fast tests cover the CSV / PNG writers, the config merge and the missing-model errors without
-a trained run. The slow ones train a cut-down demo run with snakemake (VA, 2 folds, tiny models;
+Fast tests cover the CSV / PNG writers, the run-config and missing-model errors and the choice
+of each fold's encoder from the checkpoints' feature_sources record, without a trained run. The slow ones train a cut-down demo run with snakemake (VA, 2 folds, tiny models;
 session fixture, ~3-4 min on 2 cores; set AFFECT_PREDICT_RUN=DIR to keep and reuse it), then
 call the console script on new videos and on the run's own test video, whose predictions must
 equal the workflow's ensemble (crop_faces -> feature stores -> predict -> ensemble: the same
 models through the stages' files instead of this command's in-memory path).
 """
 import csv
-import os
 import subprocess
 import sys
 import time
@@ -18,17 +17,16 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import CUT_DEMO, REPO, run_snakemake
 
 from affect_pipeline import AU_NAMES, EXPR_NAMES
-from affect_pipeline.predict_cli import (VideoResult, csv_header, csv_rows, load_config, plot_timeline,
-                                         predict)
+from affect_pipeline.run_models import TaskModels, make_sources
+from affect_pipeline.predict_cli import (VideoResult, csv_header, csv_rows,
+                                         plot_timeline, predict)
 from affect_pipeline.runtime import PipelineError
 
 CLI = str(Path(sys.executable).with_name("affect-predict"))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-CUT = CUT_DEMO
 
 
 def read_csv(path):
@@ -76,18 +74,6 @@ def test_timeline_png_all_tasks(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))      # written atomically, nothing left behind
 
 
-def test_config_merge_and_demo_overrides(tmp_path):
-    cfg = load_config()
-    assert cfg["faces"]["size"] == 112                     # demo.overrides applied (data = demo)
-    mine = tmp_path / "mine.yaml"
-    mine.write_text(yaml.safe_dump({"affwild2": {"videos": "/data/aff/videos"}, "faces": {"margin": 0.1}}))
-    cfg = load_config([mine])
-    assert cfg["faces"]["size"] == 224 and cfg["faces"]["margin"] == 0.1   # paper defaults, merged key
-    assert cfg["faces"]["batch_size"] == 32 and cfg["audio"]["hubert"]["weights"] is None
-    with pytest.raises(PipelineError, match="nope.yaml: workflow config not found"):
-        load_config([tmp_path / "nope.yaml"])
-
-
 def test_missing_models_dir_is_one_line_without_traceback(tmp_path):
     video = tmp_path / "v.mp4"
     video.write_bytes(b"")
@@ -104,31 +90,119 @@ def test_missing_fold_model_names_the_file(tmp_path):
     (res / "models" / "VA" / "fold1").mkdir(parents=True)
     video = tmp_path / "v.mp4"
     video.write_bytes(b"")
-    with pytest.raises(PipelineError, match=r"fold1/dcl\.pt: model not found"):
-        predict([str(video), "--models", str(res), "--out", str(tmp_path / "o.csv")])
-    with pytest.raises(PipelineError, match=r"models/AU/fold1/dcl\.pt: model not found"):
-        predict([str(video), "--models", str(res), "--out", str(tmp_path / "o.csv"), "--tasks", "AU"])
+    args = [str(video), "--models", str(res), "--out", str(tmp_path / "o.csv")]
+    with pytest.raises(PipelineError, match=r"config\.yaml: the run's saved config not found"):
+        predict(args)
+    (res / "config.yaml").write_text(yaml.safe_dump({"tasks": ["VA", "ERI"], "folds": 2}))
+    with pytest.raises(PipelineError, match=r"models/VA/fold1/dcl\.pt: model not found"):
+        predict(args)
+    with pytest.raises(PipelineError, match=r"models/AU/fold1/dcl\.pt: model not found \(task AU was not trained"):
+        predict(args + ["--tasks", "AU"])
     with pytest.raises(PipelineError, match=r"missing\.mp4: video not found"):
         predict([str(tmp_path / "missing.mp4"), "--models", str(res), "--out", str(tmp_path / "o.csv")])
 
 
+def test_missing_config_key_is_named_not_defaulted(tmp_path):
+    """Every setting comes from the run's saved config: an absent key is an error naming it."""
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "config.yaml").write_text(yaml.safe_dump({"tasks": ["VA"]}))     # no "folds"
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"")
+    with pytest.raises(PipelineError, match=r"config\.yaml: missing key 'folds'"):
+        predict([str(video), "--models", str(res), "--out", str(tmp_path / "o.csv")])
+
+
+def test_shards_sources_are_what_a_checkpoint_records(tmp_path):
+    """load_features keeps, per store, the shard's extractor, fold and weights digest (root attrs):
+    temporal_checkpoint.checkpoint_meta writes them as feature_sources."""
+    from test_temporal import make_synthetic
+
+    from affect_pipeline.fold_data import load_features
+
+    d = make_synthetic(tmp_path, "VA", n_train=2, n_val=1, n_test=0, frames=(10, 12))
+    fs = load_features(d["features"], ["pair_left"])
+    assert [(s["name"], s["fold"], s["checkpoint_digest"]) for s in fs.sources] == \
+        [("mae_VA", "official", "x"), ("hubert", None, "y")]
+    assert [s["shard"] for s in fs.sources] == [str(p) for p in d["features"]]
+
+
+def test_temporal_checkpoint_records_its_shards_and_older_ones_are_refused(tmp_path):
+    from test_temporal import SMALL, make_folds, make_synthetic, train_blb
+
+    from affect_pipeline.run_models import load_task_models
+    from affect_pipeline.runtime import load_checkpoint, save_checkpoint
+    from affect_pipeline.temporal_checkpoint import load_temporal
+
+    d = make_synthetic(tmp_path / "data", "VA", n_train=4, n_val=2, n_test=0, frames=(20, 24))
+    make_folds(d, "VA")
+    train_blb(d, "VA", tmp_path / "m", params={**SMALL, "blb": {**SMALL["blb"], "epochs": 1}})
+    ck = tmp_path / "m" / "blb.pt"
+    m = load_temporal(ck)
+    assert [(s["name"], s["fold"], s["checkpoint_digest"], s["shard"]) for s in m.feature_sources] == \
+        [("mae_VA", "official", "x", str(d["features"][0])), ("hubert", None, "y", str(d["features"][1]))]
+    old = {k: v for k, v in load_checkpoint(ck).items() if k != "feature_sources"}
+    save_checkpoint(old, tmp_path / "old" / "dcl.pt")
+    with pytest.raises(PipelineError, match=r"old/dcl\.pt: the checkpoint does not record the feature shards"):
+        load_task_models(tmp_path, "VA", [tmp_path / "old" / "dcl.pt"], "cpu")
+
+
+class FakeModel:
+    """What make_sources reads of a TemporalPredictor: stores, dims and their recorded sources."""
+
+    def __init__(self, sources, dim):
+        self.feature_sources = sources
+        self.feature_names = [s["name"] for s in sources]
+        self.feature_dims = [dim] * len(sources)
+
+
+def test_each_fold_model_gets_its_own_encoder(tmp_path):
+    """mae_X of fold F -> {models}/mae/X/F/finetune.pt, loaded once per encoder; a digest that
+    differs from the one the shard recorded is refused, naming the checkpoint, shard and both."""
+    from test_determinism import VIT, finetuned_checkpoint
+
+    from affect_pipeline.runtime import file_digest, load_checkpoint, save_checkpoint
+
+    res = tmp_path / "results"
+    enc = {f: finetuned_checkpoint(res / "mae" / "VA" / f / "finetune.pt", "VA", seed=i)
+           for i, f in enumerate(["fold1", "fold2"])}
+    for f, p in enc.items():        # the helper writes fold "official": make each its own fold's
+        save_checkpoint({**load_checkpoint(p), "fold": f}, p)
+    dig = {f: file_digest(p) for f, p in enc.items()}
+
+    def src(fold, digest):
+        return {"name": "mae_VA", "fold": fold, "checkpoint_digest": digest, "layer": None,
+                "shard": f"results/features/mae/VA/{fold}.h5"}
+
+    cfg = {"mae": {"features": {"batch_size": 4}}, "_files": ["config.yaml"]}
+    ckpts = [res / "models" / "VA" / f / "dcl.pt" for f in ("fold1", "fold2", "fold2")]
+    tm = TaskModels("VA", ["fold1", "fold2", "fold2"], ckpts,
+                    [FakeModel([src(f, dig[f])], VIT["embed_dim"]) for f in ("fold1", "fold2", "fold2")],
+                    [{}, {}, {}])
+    sources = make_sources({"VA": tm}, res, cfg, tmp_path, "cpu")
+    assert sorted(sources) == ["mae_VA@fold1", "mae_VA@fold2"]            # one encoder each, loaded once
+    assert tm.keys == [["mae_VA@fold1"], ["mae_VA@fold2"], ["mae_VA@fold2"]]
+    assert {k: s.path for k, s in sources.items()} == {"mae_VA@fold1": enc["fold1"], "mae_VA@fold2": enc["fold2"]}
+
+    bad = TaskModels("VA", ["fold1"], ckpts[:1], [FakeModel([src("fold1", dig["fold2"])], VIT["embed_dim"])], [{}])
+    with pytest.raises(PipelineError) as e:
+        make_sources({"VA": bad}, res, cfg, tmp_path, "cpu")
+    msg = str(e.value)
+    assert str(ckpts[0]) in msg and "features/mae/VA/fold1.h5" in msg and dig["fold2"] in msg and dig["fold1"] in msg
+
+    gone = TaskModels("VA", ["fold3"], ckpts[:1], [FakeModel([src("fold3", "z")], VIT["embed_dim"])], [{}])
+    with pytest.raises(PipelineError, match=r"mae/VA/fold3/finetune\.pt: fine-tuned MAE not found"):
+        make_sources({"VA": gone}, res, cfg, tmp_path, "cpu")
+
+
 # ---------------------------------------------------------------- slow: a trained run
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory):
-    work = Path(os.environ.get("AFFECT_PREDICT_RUN") or tmp_path_factory.mktemp("predict_run"))
-    work.mkdir(parents=True, exist_ok=True)
-    cut = work / "cut.yaml"
-    cut.write_text(yaml.safe_dump(CUT))
-    t0 = time.time()
-    run_snakemake("results/submission/VA/ensemble.h5", "--cores", "2", "--directory", str(work / "run"),
-                  "--configfile", str(REPO / "workflow_config.yaml"), str(cut), timeout=900)
-    print(f"\ncut-down workflow (VA, 2 folds) to the ensemble: {time.time() - t0:.0f} s")
-    return work
+# (the session fixture `trained_run` in conftest.py: the cut-down demo to `submission`)
 
 
 def make_video(path, n, audio=True, seed=7):
     """A new clip of the demo's animated face (not in the run), real H.264/AAC or MPEG-4/AVI."""
-    from affect_pipeline.demo import MediaJob, _class_stream, _rng, plan_track, render_media
+    from affect_pipeline.demo.labels import class_stream as _class_stream, keyed_rng as _rng, plan_track
+    from affect_pipeline.demo.media import MediaJob, render_media
 
     cls = _class_stream(_rng(seed, "classes"))
     plan = plan_track(Path(path).stem, n, 25, seed, lambda: next(cls))
@@ -156,7 +230,7 @@ def test_predict_new_videos_and_match_the_workflow(trained_run, tmp_path):
     test_vid = next((run / "resources/demo/affwild2/videos").glob(f"{ref_id}.*"))
     out, png = tmp_path / "pred.csv", tmp_path / "timeline.png"
     t0 = time.time()
-    p = run_cli(new, silent, test_vid, "--models", run / "results", "--config", trained_run / "cut.yaml",
+    p = run_cli(new, silent, test_vid, "--models", run / "results",     # the run's config.yaml only
                 "--out", out, "--timeline", png, "--threads", "2")
     print(f"affect-predict on 3 videos: {time.time() - t0:.1f} s")
     assert p.returncode == 0, p.stderr[-3000:]
@@ -193,15 +267,15 @@ def test_predict_new_videos_and_match_the_workflow(trained_run, tmp_path):
 def test_wrong_or_missing_weights_are_refused(trained_run, tmp_path):
     import torch
 
-    from affect_pipeline.audio_features import DEMO_VGGISH, make_vggish
+    from affect_pipeline.audio_models import make_vggish
+    from affect_pipeline.demo.audio_models import DEMO_VGGISH
 
     run = trained_run / "run"
     video = make_video(tmp_path / "clip.mp4", 30)
-    base = [str(video), "--models", str(run / "results"), "--out", str(tmp_path / "o.csv"),
-            "--config", str(trained_run / "cut.yaml")]
+    base = [str(video), "--models", str(run / "results"), "--out", str(tmp_path / "o.csv")]
 
     gone = tmp_path / "gone.yaml"
-    gone.write_text(yaml.safe_dump({"demo": {"overrides": {"audio": {"vggish": {"weights": "models/vggish_gone.pth"}}}}}))
+    gone.write_text(yaml.safe_dump({"audio": {"vggish": {"weights": "models/vggish_gone.pth"}}}))
     p = run_cli(*base, "--config", gone, timeout=120)
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert f"{run / 'models/vggish_gone.pth'}: vggish weights not found" in p.stderr, p.stderr
@@ -210,18 +284,27 @@ def test_wrong_or_missing_weights_are_refused(trained_run, tmp_path):
     other = tmp_path / "vggish_other.pth"
     torch.save(make_vggish(**DEMO_VGGISH).state_dict(), other)
     cfg = tmp_path / "other.yaml"
-    cfg.write_text(yaml.safe_dump({"demo": {"overrides": {"audio": {"vggish": {"weights": str(other)}}}}}))
+    cfg.write_text(yaml.safe_dump({"audio": {"vggish": {"weights": str(other)}}}))
     with pytest.raises(PipelineError, match="the run made its vggish features with weights of digest"):
         predict(base + ["--config", str(cfg)])
 
     faces = tmp_path / "faces.yaml"              # not the crops the run made
-    faces.write_text(yaml.safe_dump({"demo": {"overrides": {"faces": {"size": 224}}}}))
+    faces.write_text(yaml.safe_dump({"faces": {"size": 224}}))
     with pytest.raises(PipelineError, match="the run cropped faces at size 112, margin 0.0, but the config here says size 224"):
         predict(base + ["--config", str(faces)])
 
-    (tmp_path / "res").mkdir()
-    (tmp_path / "res" / "models").symlink_to(run / "results" / "models")   # no mae/ folder
-    with pytest.raises(PipelineError, match=r"mae/finetune_VA\.pt: fine-tuned MAE not found"):
-        predict([str(video), "--models", str(tmp_path / "res"), "--out", str(tmp_path / "o.csv"),
-                 "--config", str(trained_run / "cut.yaml"), "--workdir", str(run)])
+    res = tmp_path / "res"
+    res.mkdir()
+    for name in ("models", "config.yaml"):
+        (res / name).symlink_to(run / "results" / name)                    # no mae/ folder
+    elsewhere = ["--out", str(tmp_path / "o.csv"), "--workdir", str(run)]
+    with pytest.raises(PipelineError, match=r"mae/VA/fold1/finetune\.pt: fine-tuned MAE not found"):
+        predict([str(video), "--models", str(res), *elsewhere])
+
+    (res / "mae" / "VA").mkdir(parents=True)                               # fold1's encoder swapped for fold2's
+    (res / "mae" / "VA" / "fold1").symlink_to(run / "results/mae/VA/fold2")
+    (res / "mae" / "VA" / "fold2").symlink_to(run / "results/mae/VA/fold2")
+    with pytest.raises(PipelineError, match=r"models/VA/fold1/dcl\.pt: the run made its mae_VA features "
+                                            r"\(shard \S*features/mae/VA/fold1\.h5\) with weights of digest"):
+        predict([str(video), "--models", str(res), *elsewhere])
     assert not (tmp_path / "o.csv").exists()

@@ -1,7 +1,8 @@
 """Ensemble, official submission format + validator, summary / ablation, test metrics.
 
-Inputs are built in tmp_path exactly as the contracts in docs/stages.md describe (predictions
-stores with h5py, metrics JSONs, videos.tsv); expected numbers are computed independently here.
+Inputs are built in tmp_path exactly as the contracts in DESIGN.md describe (predictions stores
+with h5py, metrics JSONs at their rule paths, videos.tsv, index_report.json); settings come from
+workflow_config.yaml (conftest.workflow_defaults); expected numbers are computed independently.
 """
 import csv
 import json
@@ -10,16 +11,21 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import workflow_defaults
+
 from affect_pipeline import AU_NAMES, ERI_NAMES, EXPR_NAMES, TASK_OUTPUTS
+from affect_pipeline import ensemble as ens
+from affect_pipeline import submission as sub
+from affect_pipeline import summarize as summ
 from affect_pipeline.__main__ import main as cli
 from affect_pipeline.runtime import PipelineError
 from affect_pipeline.stores import Labels, write_labels
-from affect_pipeline import submission as sub
 
 INDEX_COLUMNS = ("video_id", "path", "media", "side", "fps", "n_frames", "width", "height",
                  "duration", "has_audio", "split_AU", "split_EXPR", "split_VA", "split_ERI")
 TEST = {"vid_a": 7, "vid_b": 5, "vid_c_left": 4}       # test videos -> frames (frame tasks)
 ERI_TEST = {"00010": 30, "00011": 30}
+OFFICIAL = ["vid_c_left", "vid_a", "vid_b"]           # the name list's order (not sorted)
 
 
 def write_index(path, extra_train=("vid_t",)):
@@ -35,6 +41,19 @@ def write_index(path, extra_train=("vid_t",)):
         for r in rows:
             fh.write("\t".join(map(str, r)) + "\n")
     return path
+
+
+def write_index_report(path, order=OFFICIAL, tasks=("AU", "EXPR", "VA")):
+    path.write_text(json.dumps({"n_videos": 6, "test_order": {t: list(order) for t in tasks}}))
+    return path
+
+
+def settings(**kw):
+    return ens.EnsembleSettings.from_params({**workflow_defaults()["ensemble"], **kw})
+
+
+def run_ensemble(task, preds, metrics, index, out, report=None, **kw):
+    return ens.ensemble(task, ens.EnsembleInputs(tuple(preds), tuple(metrics), index, report), settings(**kw), out)
 
 
 def fake_preds(task, seed, valid_fn=None):
@@ -98,7 +117,7 @@ def test_ensemble_average_matches_hand_computation(tmp_path, weighting):
     index, preds, metrics, data = setup_folds(tmp_path, "VA", scores)
     out = tmp_path / "submission" / "VA" / "predictions.txt"
     # metrics passed in a shuffled order: they must be matched to folds by their "fold" key
-    sub.ensemble("VA", preds, metrics[::-1], index, out, {"weighting": weighting})
+    run_ensemble("VA", preds, metrics[::-1], index, out, weighting=weighting)
     w = np.full(3, 1 / 3) if weighting == "uniform" else np.array(scores) / sum(scores)
     got = sub.read_submission("VA", out)
     for vid in TEST:
@@ -109,46 +128,120 @@ def test_ensemble_average_matches_hand_computation(tmp_path, weighting):
 
 
 def test_metric_weighting_ignores_negative_scores(tmp_path):
-    folds = [sub.FoldPreds(tmp_path, f"fold{k}", 0.0) for k in range(3)]
-    w = sub.fold_weights("metric", [{"score": -0.2}, {"score": 0.3}, {"score": 0.1}], folds)
+    folds = [ens.FoldPreds(tmp_path, f"fold{k}", 0.0) for k in range(3)]
+    w = ens.fold_weights("metric", [{"score": -0.2}, {"score": 0.3}, {"score": 0.1}], folds)
     np.testing.assert_allclose(w, [0, 0.75, 0.25])
-    w = sub.fold_weights("metric", [{"score": -0.2}, {"score": float("nan")}, {}], folds)
+    w = ens.fold_weights("metric", [{"score": -0.2}, {"score": float("nan")}, {}], folds)
     np.testing.assert_allclose(w, [1 / 3] * 3)
 
 
 def test_expr_argmax_and_au_threshold(tmp_path):
     index, preds, metrics, data = setup_folds(tmp_path, "EXPR", (1, 1, 1))
     out = tmp_path / "EXPR.txt"
-    sub.ensemble("EXPR", preds, metrics, index, out, {})
+    run_ensemble("EXPR", preds, metrics, index, out)
     got = sub.read_submission("EXPR", out)
     for vid in TEST:
         mean = np.mean([d[vid][0] for d in data], axis=0)
         np.testing.assert_array_equal(got[vid], mean.argmax(1))
 
     index, preds, metrics, data = setup_folds(tmp_path / "au", "AU", (1, 1, 1))
-    sub.ensemble("AU", preds, metrics, index, tmp_path / "AU.txt", {"au_threshold": 0.7})
+    run_ensemble("AU", preds, metrics, index, tmp_path / "AU.txt", au_threshold=0.7)
     got = sub.read_submission("AU", tmp_path / "AU.txt")
     for vid in TEST:
         mean = np.mean([d[vid][0] for d in data], axis=0)
         np.testing.assert_array_equal(got[vid], (mean >= 0.7).astype(int))
 
 
-def test_tuned_au_thresholds_are_averaged_over_folds(tmp_path, caplog):
+def test_tuned_au_thresholds_are_averaged_over_folds(tmp_path):
     th = [np.linspace(0.1, 0.9, 12), np.linspace(0.3, 0.7, 12), np.full(12, 0.5)]
-    metrics = [{"au_thresholds": t.tolist()} for t in th]
-    np.testing.assert_allclose(sub.resolve_au_threshold("tuned", metrics), np.mean(th, axis=0))
-    np.testing.assert_allclose(sub.resolve_au_threshold("tuned", [{}, {}]), 0.5)
-    assert "au_thresholds" in caplog.text
+    metrics = [(f"f{k}.json", {ens.TUNED_KEY: t.tolist()}) for k, t in enumerate(th)]
+    np.testing.assert_allclose(ens.resolve_au_threshold("tuned", metrics), np.mean(th, axis=0))
+    # the old silent fallback to 0.5: now an error naming the files that lack the key
+    with pytest.raises(PipelineError, match=r"(?s)a\.json.*b\.json.*au_thresholds_tuned"):
+        ens.resolve_au_threshold("tuned", [("a.json", {}), ("b.json", {"au_thresholds": [0.3] * 12})])
+    with pytest.raises(PipelineError, match="c.json"):
+        ens.resolve_au_threshold("tuned", metrics[:2] + [("c.json", {ens.TUNED_KEY: [0.5] * 11})])
     with pytest.raises(PipelineError, match="au_threshold"):
-        sub.resolve_au_threshold("best", metrics)
+        ens.resolve_au_threshold("best", metrics)
+
+
+def test_tuned_thresholds_from_the_dcl_metrics_train_dcl_writes(tmp_path):
+    """Issue 15: the key train_dcl writes is the key the ensemble reads (a real tiny DCL run)."""
+    from test_temporal import SMALL, fold_args, make_folds, make_synthetic, run, train_blb
+
+    d = make_synthetic(tmp_path / "data", "AU", n_train=4, n_val=3, n_test=2, frames=(30, 40))
+    make_folds(d, "AU")
+    params = {**SMALL, "blb": {**SMALL["blb"], "epochs": 1}, "dcl": {**SMALL["dcl"], "epochs": 1}}
+    o = tmp_path / "models" / "AU" / "official"
+    train_blb(d, "AU", o, params)
+    assert run("mine_hard_clips", fold_args(d, "AU") + ["--blb", o / "blb.pt", "--out", o / "clb.json"], params) == 0
+    assert run("train_dcl", fold_args(d, "AU") + ["--blb", o / "blb.pt", "--clb-clips", o / "clb.json", "--out",
+               o / "dcl.pt", "--metrics", o / "dcl_metrics.json", "--curve", o / "dcl_curve.csv"], params) == 0
+    written = np.asarray(json.loads((o / "dcl_metrics.json").read_text())[ens.TUNED_KEY])
+    assert written.shape == (12,) and not np.allclose(written, 0.5)
+
+    videos = sub.test_videos(d["index"], "AU")
+    rng = np.random.default_rng(0)
+    probs = {v: (rng.random((n, 12)).astype(np.float32), np.ones(n, bool)) for v, n in videos.items()}
+    pred = write_preds(tmp_path / "predictions" / "AU" / "official.h5", "AU", "official", probs)
+    out = tmp_path / "submission" / "AU" / "predictions.txt"
+    assert cli(["ensemble", "--task", "AU", "--preds", str(pred), "--metrics", str(o / "dcl_metrics.json"),
+                "--index", str(d["index"]), "--index-report", str(write_index_report(tmp_path / "r.json", [])),
+                "--out", str(out), "--params", json.dumps(settings(au_threshold="tuned").__dict__)]) == 0
+    with h5py.File(out.with_name("ensemble.h5")) as f:
+        np.testing.assert_allclose(f.attrs["au_threshold"], written)
+    got = sub.read_submission("AU", out)
+    for v, (p, _) in probs.items():
+        np.testing.assert_array_equal(got[v], (p >= written[None]).astype(int))
+
+
+def test_ensemble_settings_are_required_and_checked():
+    with pytest.raises(PipelineError, match="'no_face'"):
+        ens.EnsembleSettings.from_params({"weighting": "uniform", "au_threshold": 0.5})
+    with pytest.raises(PipelineError, match="not uniform | metric"):
+        settings(weighting="best")
+    with pytest.raises(PipelineError, match="not interpolate | model"):
+        settings(no_face="drop")
+
+
+# ----------------------------------------------------------------------------- official order
+def test_rows_follow_the_official_name_list(tmp_path):
+    index, preds, metrics, _ = setup_folds(tmp_path, "VA", (1, 1))
+    report = write_index_report(tmp_path / "index_report.json")
+    out = tmp_path / "VA.txt"
+    run_ensemble("VA", preds, metrics, index, out, report)
+    assert list(sub.read_submission("VA", out)) == OFFICIAL != sorted(OFFICIAL)
+    first = [ln.split("/")[0] for ln in out.read_text().splitlines()[1:]]
+    assert list(dict.fromkeys(first)) == OFFICIAL
+    with h5py.File(out.with_name("ensemble.h5")) as f:
+        assert list(f.attrs["videos"]) == OFFICIAL
+    # the validator holds an ordered file to that order; without the report only to the ids
+    sub.validate_submission("VA", out, sub.test_videos(index, "VA", report), ordered=True)
+    sorted_file = tmp_path / "sorted.txt"
+    sorted_file.write_text(sub.format_submission("VA", {v: np.zeros((n, 2)) for v, n in TEST.items()}))
+    sub.validate_submission("VA", sorted_file, sub.test_videos(index, "VA"))
+    with pytest.raises(PipelineError, match=r"videos out of the official order.*#1 is vid_a, expected vid_c_left"):
+        sub.validate_submission("VA", sorted_file, sub.test_videos(index, "VA", report), ordered=True)
+    rc = cli(["validate_submission", "--task", "VA", "--file", str(sorted_file), "--index", str(index),
+              "--index-report", str(report)])
+    assert rc == 1
+
+
+def test_test_order_that_disagrees_with_the_index_names_the_report(tmp_path):
+    index = write_index(tmp_path / "videos.tsv")
+    bad = write_index_report(tmp_path / "index_report.json", ["vid_a", "vid_b", "vid_zzz"])
+    with pytest.raises(PipelineError, match=r"index_report\.json: test_order\[AU\].*vid_c_left.*vid_zzz"):
+        sub.test_videos(index, "AU", bad)
+    # ERI has no recorded order: videos.tsv order
+    assert list(sub.test_videos(index, "ERI", bad)) == list(ERI_TEST)
 
 
 # ----------------------------------------------------------------------------- no-face frames
 def test_interpolation_hand_case():
     prob = np.array([[9.0], [0.2], [9.0], [9.0], [0.8], [9.0]])
     valid = np.array([False, True, False, False, True, False])
-    np.testing.assert_allclose(sub.interpolate_no_face(prob, valid)[:, 0], [0.2, 0.2, 0.4, 0.6, 0.8, 0.8])
-    np.testing.assert_allclose(sub.interpolate_no_face(prob, np.zeros(6, bool), np.array([0.3]))[:, 0], 0.3)
+    np.testing.assert_allclose(ens.interpolate_no_face(prob, valid)[:, 0], [0.2, 0.2, 0.4, 0.6, 0.8, 0.8])
+    np.testing.assert_allclose(ens.interpolate_no_face(prob, np.zeros(6, bool), np.array([0.3]))[:, 0], 0.3)
 
 
 def test_ensemble_fills_no_face_frames(tmp_path, caplog):
@@ -161,7 +254,7 @@ def test_ensemble_fills_no_face_frames(tmp_path, caplog):
 
     index, preds, metrics, data = setup_folds(tmp_path, "VA", (1, 1), valid_fn=valid_fn)
     out = tmp_path / "VA.txt"
-    sub.ensemble("VA", preds, metrics, index, out, {"no_face": "interpolate"})
+    run_ensemble("VA", preds, metrics, index, out, no_face="interpolate")
     mean = {vid: np.mean([d[vid][0] for d in data], axis=0).astype(np.float64) for vid in TEST}
     p = read_h5(out.with_name("ensemble.h5"), "vid_a")
     np.testing.assert_allclose(p[0], mean["vid_a"][1], atol=1e-6)                     # edge: nearest
@@ -174,6 +267,9 @@ def test_ensemble_fills_no_face_frames(tmp_path, caplog):
     assert "vid_c_left has no face frame" in caplog.text
     # the submission still has every frame
     assert {v: len(x) for v, x in sub.read_submission("VA", out).items()} == TEST
+    # no_face: model keeps the models' own outputs
+    run_ensemble("VA", preds, metrics, index, tmp_path / "m" / "VA.txt", no_face="model")
+    np.testing.assert_allclose(read_h5(tmp_path / "m" / "ensemble.h5", "vid_a"), mean["vid_a"], atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- format round trip
@@ -283,18 +379,30 @@ def test_ensemble_cli_refuses_wrong_shapes_and_leaves_no_file(tmp_path, capsys):
         f["test/vid_b/pred"] = np.zeros((3, 12), np.float32)
     out = tmp_path / "submission" / "AU" / "predictions.txt"
     rc = cli(["ensemble", "--task", "AU", "--preds", *map(str, preds), "--metrics", *map(str, metrics),
-              "--index", str(index), "--out", str(out), "--params", json.dumps({"au_threshold": "tuned"})])
+              "--index", str(index), "--index-report", str(write_index_report(tmp_path / "r.json")),
+              "--out", str(out), "--params", json.dumps(settings(au_threshold="tuned").__dict__)])
     assert rc == 1 and not out.exists()
     assert "fold2.h5: test/vid_b/pred has shape (3, 12), expected (5, 12)" in capsys.readouterr().err
     assert not out.parent.exists() or not any(out.parent.iterdir())   # no temp leftovers
 
 
+def test_ensemble_cli_names_a_missing_settings_key_and_metrics_without_the_fold(tmp_path, capsys):
+    index, preds, metrics, _ = setup_folds(tmp_path, "VA", (1, 1))
+    base = ["ensemble", "--task", "VA", "--preds", *map(str, preds), "--index", str(index),
+            "--index-report", str(write_index_report(tmp_path / "r.json")), "--out", str(tmp_path / "o.txt")]
+    assert cli(base + ["--metrics", *map(str, metrics), "--params", '{"weighting": "uniform"}']) == 1
+    assert "missing key 'au_threshold'" in capsys.readouterr().err
+    params = json.dumps(settings().__dict__)
+    assert cli(base + ["--metrics", str(metrics[0]), "--params", params]) == 1
+    assert "hold no fold ['fold2']" in capsys.readouterr().err
+
+
 def test_ensemble_validates_before_renaming(tmp_path, monkeypatch):
     index, preds, metrics, _ = setup_folds(tmp_path, "VA", (1, 1))
     out = tmp_path / "submission" / "VA" / "predictions.txt"
-    monkeypatch.setattr(sub, "decode", lambda task, p, th=None: p * 0 + 1.5)   # a broken decoder
+    monkeypatch.setattr(ens, "decode", lambda task, p, th=None: p * 0 + 1.5)   # a broken decoder
     with pytest.raises(PipelineError, match=r"(?s)before renaming into place.*VA outside"):
-        sub.ensemble("VA", preds, metrics, index, out, {})
+        run_ensemble("VA", preds, metrics, index, out)
     assert list(out.parent.iterdir()) == []               # neither the file nor ensemble.h5 nor temps
 
 
@@ -302,7 +410,8 @@ def test_ensemble_cli_eri(tmp_path):
     index, preds, metrics, data = setup_folds(tmp_path, "ERI", (0.3, 0.4))
     out = tmp_path / "submission" / "ERI" / "predictions.txt"
     assert cli(["ensemble", "--task", "ERI", "--preds", *map(str, preds), "--metrics", *map(str, metrics),
-                "--index", str(index), "--out", str(out), "--params", '{"weighting": "metric"}']) == 0
+                "--index", str(index), "--index-report", str(write_index_report(tmp_path / "r.json")),
+                "--out", str(out), "--params", json.dumps(settings(weighting="metric").__dict__)]) == 0
     rows = list(csv.DictReader(open(out)))
     assert [r["File_ID"] for r in rows] == list(ERI_TEST)
     hand = (0.3 * data[0]["00011"][0] + 0.4 * data[1]["00011"][0]) / 0.7
@@ -314,51 +423,96 @@ def _blb(task, fold, score, fw, **kw):
     return {"task": task, "fold": fold, "stage": "blb", "score": score, "framewise_score": fw, **kw}
 
 
-def test_summary_and_ablation_equal_the_inputs(tmp_path):
-    res = tmp_path / "results"
-    folds = ["official", "fold1", "fold2", "fold3", "fold4", "fold5"]
-    rng = np.random.default_rng(3)
-    table = {}
-    for task in ("AU", "VA"):
-        s = rng.uniform(0.2, 0.7, (3, 6)).round(4)            # finetune, blb, dcl x folds
+def write_fold_metrics(res, tasks, folds, seed=3):
+    """Per task x fold the three stages' metrics at their rule paths -> (table, finetune, stage files)."""
+    rng = np.random.default_rng(seed)
+    table, ft_files, st_files = {}, [], []
+    for task in tasks:
+        s = rng.uniform(0.2, 0.7, (3, len(folds))).round(4)            # finetune, blb, dcl x folds
         table[task] = s
-        (res / "mae").mkdir(parents=True, exist_ok=True)
-        (res / "mae" / f"finetune_{task}_metrics.json").write_text(json.dumps({"score": 0.111}))
         for j, fold in enumerate(folds):
             d = res / "models" / task / fold
             d.mkdir(parents=True)
             extra = {"ccc_valence": s[2, j] - 0.05, "ccc_arousal": s[2, j] + 0.05} if task == "VA" else {}
-            fw = None if fold == "official" else s[0, j]       # official: from finetune_{task}_metrics.json
-            (d / "blb_metrics.json").write_text(json.dumps(_blb(task, fold, s[1, j], fw)))
+            ft = res / "mae" / task / fold / "finetune_metrics.json"
+            ft.parent.mkdir(parents=True)
+            ft.write_text(json.dumps({"task": task, "stage": "finetune_mae", "score": s[0, j]}))
+            # BLB's own framewise_score is not the ablation's MAE row: the fold's finetune file is
+            (d / "blb_metrics.json").write_text(json.dumps(_blb(task, fold, s[1, j], 0.999)))
             (d / "dcl_metrics.json").write_text(json.dumps({"score": s[2, j], "fold": fold, **extra}))
-    table["AU"][0, 0] = table["VA"][0, 0] = 0.111
+            ft_files.append(ft)
+            st_files += [d / "blb_metrics.json", d / "dcl_metrics.json"]
+    return table, ft_files, st_files
+
+
+@pytest.mark.parametrize("k", [5, 3])
+def test_summary_and_ablation_equal_the_inputs(tmp_path, k):
+    res = tmp_path / "results"
+    folds = ["official", *(f"fold{i}" for i in range(1, k + 1))]
+    table, ft, st = write_fold_metrics(res, ("AU", "VA"), folds)
     out, abl = res / "metrics" / "summary.json", res / "metrics" / "ablation.tsv"
-    assert cli(["summarize", "--results", str(res), "--tasks", "AU", "VA", "ERI", "--folds", *folds,
+    assert cli(["summarize", "--tasks", "AU", "VA", "ERI", "--folds", *folds,
+                "--finetune-metrics", *map(str, ft), "--stage-metrics", *map(str, st),
                 "--out", str(out), "--ablation", str(abl)]) == 0
     summary = json.loads(out.read_text())
     rows = list(csv.reader(open(abl), delimiter="\t"))
-    assert rows[0] == ["task", "method", "metric", *folds, "mean(fold1-5)"]
+    assert rows[0] == ["task", "method", "metric", *folds, f"mean(fold1-{k})"]
+    assert summary["ensemble_folds"] == folds[1:] and summary["fold_span"] == f"fold1-{k}"
+    assert summary["encoder"] == "per_fold" and summary["leaky_folds"] == [] and not summary["note"]
     for task in ("AU", "VA"):
-        for i, (st, name) in enumerate([("finetune", "MAE finetune"), ("blb", "BLB"), ("dcl", "DCL")]):
+        for i, (stage, name) in enumerate([("finetune", "MAE finetune"), ("blb", "BLB"), ("dcl", "DCL")]):
             row = next(r for r in rows if r[0] == task and r[1] == name and not r[2].startswith("CCC "))
-            np.testing.assert_allclose([float(x) for x in row[3:9]], table[task][i], atol=1e-4)
-            np.testing.assert_allclose(float(row[9]), table[task][i, 1:].mean(), atol=1e-4)
-            assert summary["tasks"][task]["mean"][st] == pytest.approx(table[task][i, 1:].mean())
-            assert summary["tasks"][task]["folds"]["fold3"][st] == pytest.approx(table[task][i, 3])
+            np.testing.assert_allclose([float(x) for x in row[3:4 + k]], table[task][i], atol=1e-4)
+            np.testing.assert_allclose(float(row[4 + k]), table[task][i, 1:].mean(), atol=1e-4)
+            assert summary["tasks"][task]["mean"][stage] == pytest.approx(table[task][i, 1:].mean())
+            assert summary["tasks"][task]["folds"]["fold3"][stage] == pytest.approx(table[task][i, 3])
     val = next(r for r in rows if r[0] == "VA" and r[1] == "DCL" and r[2] == "CCC valence")
-    np.testing.assert_allclose([float(x) for x in val[3:9]], table["VA"][2] - 0.05, atol=1e-4)
-    assert not any(r[0] == "ERI" for r in rows[1:])                 # nothing found -> no rows
+    np.testing.assert_allclose([float(x) for x in val[3:4 + k]], table["VA"][2] - 0.05, atol=1e-4)
+    np.testing.assert_allclose(float(val[4 + k]), (table["VA"][2, 1:] - 0.05).mean(), atol=1e-4)
+    assert not any(r[0] == "ERI" for r in rows[1:])                 # nothing given -> no rows
+    assert "fold5" not in rows[0] if k == 3 else "fold5" in rows[0]
+
+
+def test_shared_encoder_marks_the_fold_rows_leaky(tmp_path):
+    res = tmp_path / "results"
+    folds = ["official", "fold1", "fold2", "fold3"]
+    _, ft, st = write_fold_metrics(res, ("EXPR",), folds)
+    official_ft = [p for p in ft if p.parent.name == "official"]        # one encoder per task
+    s = summ.summarize(summ.SummaryInputs(("EXPR",), tuple(folds), tuple(official_ft), tuple(st),
+                                          shared_encoder=True), res / "s.json", res / "a.tsv")
+    assert s["encoder"] == "shared" and s["leaky_folds"] == ["fold1", "fold2", "fold3"]
+    assert "fold1-3 rows" in s["note"] and "leaky" not in s["note"].split("official row")[1]
+    assert json.loads((res / "s.json").read_text())["note"] == s["note"]
+    rows = [r.split("\t") for r in (res / "a.tsv").read_text().splitlines()]
+    ft_row = next(r for r in rows if r[1] == "MAE finetune")
+    assert ft_row[3] != "" and ft_row[4:7] == ["", "", ""]              # only the official encoder
+
+
+def test_summarize_refuses_files_it_cannot_place(tmp_path):
+    res = tmp_path / "results"
+    folds = ("official", "fold1", "fold2")
+    _, ft, st = write_fold_metrics(res, ("AU",), folds)
+    inp = summ.SummaryInputs(("AU",), folds[:2], tuple(ft), tuple(st))
+    with pytest.raises(PipelineError, match=r"fold2/.*metrics of fold fold2, not among --folds"):
+        summ.summarize(inp, res / "s.json", res / "a.tsv")
+    with pytest.raises(PipelineError, match=r"task AU, not among --tasks \['VA'\]"):
+        summ.summarize(summ.SummaryInputs(("VA",), folds, tuple(ft), ()), res / "s.json", res / "a.tsv")
+    st[0].write_text(json.dumps({"task": "AU", "fold": "fold2", "stage": "blb", "score": 0.3}))
+    with pytest.raises(PipelineError, match=r"official/blb_metrics\.json: the file says fold 'fold2' but its path"):
+        summ.summarize(summ.SummaryInputs(("AU",), folds, (), tuple(st)), res / "s.json", res / "a.tsv")
+    loose = tmp_path / "loose.json"
+    loose.write_text(json.dumps({"score": 0.3, "stage": "dcl"}))
+    with pytest.raises(PipelineError, match="loose.json: cannot tell its task"):
+        summ.summarize(summ.SummaryInputs(("AU",), folds, (), (loose,)), res / "s.json", res / "a.tsv")
+    assert not (res / "s.json").exists()
 
 
 def _ccc(x, y):
     return 2 * np.cov(x, y, bias=True)[0, 1] / (x.var() + y.var() + (x.mean() - y.mean()) ** 2)
 
 
-def test_test_metrics_against_numpy_reference(tmp_path):
-    from sklearn.metrics import f1_score
-
-    res, truth = tmp_path / "results", tmp_path / "test_labels"
-    rng = np.random.default_rng(7)
+def _write_test_truth(res, truth, rng):
+    """Test truth + submissions (frame tasks and ERI); returns the valid (y, p) per task."""
     y_all, p_all = {}, {}
     for task in ("AU", "EXPR", "VA"):
         (truth / task).mkdir(parents=True)
@@ -380,7 +534,6 @@ def test_test_metrics_against_numpy_reference(tmp_path):
         (res / "submission" / task / "predictions.txt").write_text(sub.format_submission(task, ps))
         y_all[task] = np.concatenate([np.delete(ys[v], 1, 0) if v == "vid_b" else ys[v] for v in TEST])
         p_all[task] = np.concatenate([np.delete(ps[v], 1, 0) if v == "vid_b" else ps[v] for v in TEST])
-    # ERI
     y_eri = rng.uniform(0, 1, (2, 7)); p_eri = np.clip(y_eri + rng.normal(0, 0.2, (2, 7)), 0, 1)
     with open(truth / "ERI.csv", "w") as fh:
         fh.write("File_ID," + ",".join(ERI_NAMES) + "\n")
@@ -389,13 +542,26 @@ def test_test_metrics_against_numpy_reference(tmp_path):
     (res / "submission" / "ERI").mkdir(parents=True)
     (res / "submission" / "ERI" / "predictions.txt").write_text(
         sub.format_submission("ERI", {v: p[None] for v, p in zip(ERI_TEST, p_eri)}))
+    y_all["ERI"], p_all["ERI"] = y_eri, p_eri
+    return y_all, p_all
+
+
+def test_test_metrics_against_numpy_reference(tmp_path):
+    from sklearn.metrics import f1_score
+
+    res, truth = tmp_path / "results", tmp_path / "test_labels"
+    y_all, p_all = _write_test_truth(res, truth, np.random.default_rng(7))
     # training labels for the constant baseline: EXPR majority class 4, VA mean (0.2, -0.1)
     write_labels(res / "index" / "labels" / "EXPR.h5", "EXPR",
                  {"t": Labels(np.array([[4], [4], [1]], np.float32), np.ones(3, bool), "train")})
     write_labels(res / "index" / "labels" / "VA.h5", "VA",
                  {"t": Labels(np.array([[0.1, -0.2], [0.3, 0.0]], np.float32), np.ones(2, bool), "train")})
-
-    s = sub.summarize(res, ["AU", "EXPR", "VA", "ERI"], ["fold1"], res / "s.json", res / "a.tsv", truth)["test"]
+    tasks = ("AU", "EXPR", "VA", "ERI")
+    inp = summ.SummaryInputs(tasks, ("official", "fold1"),
+                             submissions=tuple(res / "submission" / t / "predictions.txt" for t in tasks),
+                             labels=(res / "index" / "labels" / "EXPR.h5", res / "index" / "labels" / "VA.h5"),
+                             index=write_index(tmp_path / "videos.tsv"), test_labels=truth)
+    s = summ.summarize(inp, res / "s.json", res / "a.tsv")["test"]
     y, p = y_all["AU"], p_all["AU"]
     assert s["AU"]["score"] == pytest.approx(f1_score(y, p, average="macro", zero_division=0))
     assert s["AU"]["n"] == sum(TEST.values()) - 1
@@ -407,7 +573,7 @@ def test_test_metrics_against_numpy_reference(tmp_path):
     assert s["VA"]["score"] == pytest.approx(0.5 * (_ccc(pv[:, 0], yv[:, 0]) + _ccc(pv[:, 1], yv[:, 1])), abs=1e-6)
     base = np.tile([0.2, -0.1], (len(yv), 1))
     assert s["VA"]["baseline"] == pytest.approx(0.5 * (_ccc(base[:, 0], yv[:, 0]) + _ccc(base[:, 1], yv[:, 1])), abs=1e-6)
-    pe = np.round(p_eri, 6)
+    pe, y_eri = np.round(p_all["ERI"], 6), y_all["ERI"]
     assert s["ERI"]["score"] == pytest.approx(np.mean([np.corrcoef(pe[:, j], y_eri[:, j])[0, 1] for j in range(7)]),
                                               abs=1e-5)
     # chance: analytic expectation vs a Monte-Carlo estimate of random guessing

@@ -6,6 +6,8 @@ of z — so a temporal model can learn them and the constant baseline cannot.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,21 +15,42 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import workflow_defaults
+
 from affect_pipeline import TASK_OUTPUTS
-from affect_pipeline.clips import Clip, eval_clips, gather, load_features, stitch, train_clips
-from affect_pipeline.dataset import write_index_tsv
+from affect_pipeline.index_dataset import write_index_tsv
+from affect_pipeline.clips import Clip, eval_clips, gather, stitch, train_clips
+from affect_pipeline.fold_data import load_features, temporal_hp
 from affect_pipeline.runtime import PipelineError
-from affect_pipeline.stores import Labels, write_features, write_labels
+from affect_pipeline.stores import FeatureShard, FeatureShardWriter, Labels, write_labels
 
 torch.set_num_threads(1)
 LAT = 4
-SMALL = {"features": ["mae", "hubert"], "clip_len": 16, "stride": 8,
-         "blb": {"d_model": 32, "nhead": 4, "layers": 2, "dropout": 0.1, "lr": 3e-3, "batch_size": 8,
-                 "epochs": 6, "warmup_epochs": 1, "ema_decay": 0.9},
-         "mining": {"hard_fraction": 0.3},
-         "dcl": {"tau1": 2.0, "tau2": 2.0, "clb_init": "blb", "inference": "mean", "epochs": 2},
-         "eri": {"d_model": 32, "nhead": 4, "layers": 1, "dropout": 0.1, "lr": 3e-3, "batch_size": 4,
-                 "epochs": 12, "pooling": "attention"}}
+
+
+def small_temporal() -> dict:
+    """workflow_config.yaml's temporal section, shrunk to tiny models and short clips."""
+    t = copy.deepcopy(workflow_defaults()["temporal"])
+    t.update(features=["mae", "hubert"], clip_len=16, stride=8)
+    t["blb"].update(d_model=32, nhead=4, layers=2, dropout=0.1, lr=3e-3, batch_size=8, epochs=6,
+                    warmup_epochs=1, ema_decay=0.9)
+    t["mining"].update(hard_fraction=0.3)
+    t["dcl"].update(tau1=2.0, tau2=2.0, clb_init="blb", inference="mean", epochs=2)
+    t["eri"].update(d_model=32, nhead=4, layers=1, dropout=0.1, lr=3e-3, batch_size=4, epochs=12,
+                    pooling="attention")
+    return t
+
+
+SMALL = small_temporal()
+
+
+def write_shard(path: Path, extractor: str, videos: dict, **attrs) -> Path:
+    """A feature shard: videos = {video: (features, valid[, extra])}."""
+    w = FeatureShardWriter(path, extractor=extractor, fingerprint=f"test-{extractor}", **attrs)
+    for v, (feats, valid, *extra) in videos.items():
+        w.write(v, feats, valid, fps=25.0, extra=extra[0] if extra else None)
+    w.close(list(videos))
+    return path
 
 
 def _labels_of(task, z, rng_w):
@@ -41,7 +64,7 @@ def _labels_of(task, z, rng_w):
 
 
 def make_synthetic(root: Path, task: str, n_train=8, n_val=4, n_test=2, frames=(40, 70), seed=0):
-    """Feature stores (mae_{task}, hubert), a label store, videos.tsv. Returns the paths."""
+    """Feature shards (mae/{task}/official.h5 = mae_{task}, hubert.h5), a label store, videos.tsv."""
     rng = np.random.default_rng(seed)
     W = {"AU": rng.normal(size=(LAT, 12)), "EXPR": rng.normal(size=(LAT, 8)), "VA": rng.normal(size=(LAT, 2)),
          "ERI": 2 * rng.normal(size=(LAT, 7))}
@@ -49,8 +72,8 @@ def make_synthetic(root: Path, task: str, n_train=8, n_val=4, n_test=2, frames=(
     vids = [("pair_left", "train"), ("pair_right", "train")]
     vids += [(f"tr{i}", "train") for i in range(n_train - 2)] + [(f"va{i}", "validation") for i in range(n_val)]
     vids += [(f"te{i}", "test") for i in range(n_test)]
-    mae, aud = root / "features" / f"mae_{task}", root / "features" / "hubert"
-    labels, rows = {}, []
+    mae, aud = root / "features" / "mae" / task / "official.h5", root / "features" / "hubert.h5"
+    vis_rows, aud_rows, labels, rows = {}, {}, {}, []
     for vid, split in vids:
         n = int(rng.integers(*frames))
         z = np.zeros((n, LAT))
@@ -63,10 +86,8 @@ def make_synthetic(root: Path, task: str, n_train=8, n_val=4, n_test=2, frames=(
         vis[~valid] = 0
         y = _labels_of(task, z, W)
         logits = np.zeros((n, TASK_OUTPUTS[task]), np.float32)   # an uninformed "frame-wise head"
-        write_features(mae / f"{vid}.h5", vis, valid, extractor=f"mae_{task}", checkpoint_digest="x", fps=25.0,
-                       extra={"logits": logits + rng.normal(size=logits.shape).astype(np.float32)})
-        write_features(aud / f"{vid}.h5", 50 * (z @ B) + 10 + rng.normal(size=(n, 6)), np.ones(n, bool),
-                       extractor="hubert", checkpoint_digest="y", fps=25.0)
+        vis_rows[vid] = (vis, valid, {"logits": logits + rng.normal(size=logits.shape).astype(np.float32)})
+        aud_rows[vid] = (50 * (z @ B) + 10 + rng.normal(size=(n, 6)), np.ones(n, bool))
         if split != "test":
             mask = np.ones(1 if task == "ERI" else n, bool)
             if task != "ERI":
@@ -75,6 +96,8 @@ def make_synthetic(root: Path, task: str, n_train=8, n_val=4, n_test=2, frames=(
         rows.append({"video_id": vid, "path": f"/v/{vid}.mp4", "media": vid.split("_")[0], "side": "",
                      "fps": 25.0, "n_frames": n, "width": 64, "height": 64, "duration": n / 25,
                      "has_audio": True, **{f"split_{t}": (split if t == task else "") for t in ("AU", "EXPR", "VA", "ERI")}})
+    write_shard(mae, f"mae_{task}", vis_rows, checkpoint_digest="x", fold="official")
+    write_shard(aud, "hubert", aud_rows, checkpoint_digest="y")
     write_labels(root / "labels" / f"{task}.h5", task, labels)
     write_index_tsv(root / "videos.tsv", rows)
     return {"labels": root / "labels" / f"{task}.h5", "index": root / "videos.tsv",
@@ -126,12 +149,11 @@ def test_clip_windows_padding_and_stitching(tmp_path):
 
 
 def test_features_standardised_on_training_frames_and_invalid_rows_zero(tmp_path):
-    from affect_pipeline.stores import read_features
     d = make_synthetic(tmp_path, "AU", n_train=4, n_val=2, n_test=0)
     train = ["pair_left", "pair_right", "tr0", "tr1"]
     fs = load_features(d["features"], train + ["va0"], train_videos=train)
     assert fs.names == ["mae_AU", "hubert"] and fs.dims == [8, 6]
-    raw = {v: [read_features(Path(p) / f"{v}.h5") for p in d["features"]] for v in train}
+    raw = {v: [FeatureShard(p).read(v) for p in d["features"]] for v in train}
     aud = np.concatenate([raw[v][1].features for v in train])          # independent numpy reference
     np.testing.assert_allclose(fs.mean[8:], aud.mean(0), rtol=1e-4)
     np.testing.assert_allclose(fs.std[8:], aud.std(0), rtol=1e-3)
@@ -144,10 +166,10 @@ def test_features_standardised_on_training_frames_and_invalid_rows_zero(tmp_path
 
 
 def test_large_jobs_keep_features_in_float16(tmp_path, monkeypatch):
-    import affect_pipeline.clips as clips
+    import affect_pipeline.fold_data as fold_data
     d = make_synthetic(tmp_path, "AU", n_train=3, n_val=1, n_test=0)
     full = load_features(d["features"], ["tr0", "va0"], train_videos=["tr0"])
-    monkeypatch.setattr(clips, "HALF_ABOVE_BYTES", 0)
+    monkeypatch.setattr(fold_data, "HALF_ABOVE_BYTES", 0)
     half = load_features(d["features"], ["tr0", "va0"], train_videos=["tr0"])
     assert half.x["tr0"].dtype == torch.float16 and full.x["tr0"].dtype == torch.float32
     np.testing.assert_allclose(half.mean, full.mean, rtol=1e-6)
@@ -174,10 +196,10 @@ def _pair_batch(task, B=3, K=5, seed=0):
 @pytest.mark.parametrize("task", ["AU", "EXPR", "VA", "ERI"])
 def test_dcl_interpolation_matches_the_formula(task):
     from affect_pipeline.losses import task_loss
-    from affect_pipeline.temporal import build_model, model_config
-    from affect_pipeline.temporal_training import dcl_loss, interpolate_logits
+    from affect_pipeline.temporal import build_model, dcl_loss, interpolate_logits, model_config
     torch.manual_seed(0)
-    cfg = model_config(task, 6, {"d_model": 16, "nhead": 2, "layers": 1}, 5)
+    hp = temporal_hp(SMALL, task)
+    cfg = model_config(task, 6, dataclasses.replace(hp.branch, d_model=16, nhead=2, layers=1), 5, hp.pooling)
     blb, clb = build_model(cfg).eval(), build_model(cfg).eval()
     shape, y_i, y_j = _pair_batch(task)
     x_i, x_j = torch.randn(3, 5, 6), torch.randn(3, 5, 6)
@@ -194,7 +216,7 @@ def test_dcl_interpolation_matches_the_formula(task):
 
 
 def test_dcl_union_mask_drops_only_its_own_term():
-    from affect_pipeline.temporal_training import dcl_loss
+    from affect_pipeline.temporal import dcl_loss
     h = torch.tensor([[[0.5, -1.0], [2.0, 0.0]]])          # (B=1, K=2, C=2) AU-like logits
     y_i = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
     y_j = torch.tensor([[[0.0, 0.0], [1.0, 1.0]]])
@@ -260,17 +282,16 @@ def test_chain_is_deterministic_and_predict_covers_every_test_frame(tmp_path):
         assert pred.shape == (d["n"][v], 12) and valid.shape == (d["n"][v],)
         assert ((pred >= 0) & (pred <= 1)).all()
     # the library entry points give the same numbers as the predict stage
-    from affect_pipeline.stores import read_features
-    from affect_pipeline.temporal_training import load_temporal, predict_video
+    from affect_pipeline.temporal_checkpoint import load_temporal, predict_video
     model = load_temporal(tmp_path / "a" / "dcl.pt", "cpu")
-    parts = [read_features(Path(p) / "te0.h5") for p in d["features"]]
+    parts = [FeatureShard(p).read("te0") for p in d["features"]]
     got = predict_video(model, np.concatenate([p.features for p in parts], 1), np.stack([p.valid for p in parts], 1))
     np.testing.assert_allclose(got, p1["test/te0"][0], atol=1e-5)
 
 
 def test_dcl_inference_modes_and_checkpoint_holds_both_branches(tmp_path):
     from affect_pipeline.runtime import load_checkpoint
-    from affect_pipeline.temporal_training import load_temporal
+    from affect_pipeline.temporal_checkpoint import load_temporal
     d = make_synthetic(tmp_path / "data", "VA", n_train=4, n_val=2, n_test=1)
     make_folds(d, "VA")
     params = {**SMALL, "blb": {**SMALL["blb"], "epochs": 1}, "dcl": {**SMALL["dcl"], "epochs": 1}}
@@ -278,7 +299,7 @@ def test_dcl_inference_modes_and_checkpoint_holds_both_branches(tmp_path):
     train_blb(d, "VA", o, params)
     assert run("mine_hard_clips", fold_args(d, "VA") + ["--blb", o / "blb.pt", "--out", o / "clb.json"], params) == 0
     preds = {}
-    for mode in ("mean", "blb", "clb"):
+    for mode in ("mean", "blb_weighted", "blb", "clb"):
         p = {**params, "dcl": {**params["dcl"], "inference": mode, "clb_init": "fresh"}}
         assert run("train_dcl", fold_args(d, "VA") + ["--blb", o / "blb.pt", "--clb-clips", o / "clb.json", "--out",
                    o / f"dcl_{mode}.pt", "--metrics", o / f"m_{mode}.json", "--curve", o / f"c_{mode}.csv"], p) == 0
@@ -290,6 +311,9 @@ def test_dcl_inference_modes_and_checkpoint_holds_both_branches(tmp_path):
             preds[mode] = (model(x), model.net.blb(x), model.net.clb(x))
     out, hb, hc = preds["mean"]
     assert torch.allclose(out, 0.5 * (hb + hc))
+    out, hb, hc = preds["blb_weighted"]                 # the authors' fixed combination
+    assert torch.allclose(out, 0.8 * hb + 0.2 * hc, atol=1e-6)
+    assert not torch.allclose(out, 0.5 * (hb + hc))
     assert torch.allclose(preds["blb"][0], preds["blb"][1]) and torch.allclose(preds["clb"][0], preds["clb"][2])
     blb_only = load_temporal(o / "blb.pt")
     assert torch.allclose(preds["blb"][0], blb_only(x), atol=1e-6)   # frozen BLB is untouched by DCL
@@ -300,10 +324,8 @@ def test_feature_mismatch_is_a_pipeline_error_naming_the_file(tmp_path, capsys):
     make_folds(d, "AU")
     o = tmp_path / "m"
     train_blb(d, "AU", o, {**SMALL, "blb": {**SMALL["blb"], "epochs": 1}})
-    bad = tmp_path / "other" / "hubert"          # same store name, different dimension
-    for v in d["n"]:
-        write_features(bad / f"{v}.h5", np.zeros((d["n"][v], 5)), np.ones(d["n"][v], bool),
-                       extractor="hubert", checkpoint_digest="z", fps=25.0)
+    bad = write_shard(tmp_path / "other" / "hubert.h5", "hubert",   # same store name, different dimension
+                      {v: (np.zeros((n, 5)), np.ones(n, bool)) for v, n in d["n"].items()}, checkpoint_digest="z")
     args = ["--task", "AU", "--fold", "official", "--folds", d["folds"], "--labels", d["labels"],
             "--features", d["features"][0], bad, "--model", o / "blb.pt", "--index", d["index"], "--out", o / "p.h5"]
     capsys.readouterr()
@@ -314,6 +336,37 @@ def test_feature_mismatch_is_a_pipeline_error_naming_the_file(tmp_path, capsys):
     args[args.index(bad)] = d["features"][0]     # wrong store order/names
     assert run("predict", args) == 1
     assert "blb.pt" in capsys.readouterr().err
-    from affect_pipeline.temporal_training import predict_video, load_temporal
+    from affect_pipeline.temporal_checkpoint import load_temporal, predict_video
     with pytest.raises(PipelineError, match="expects"):
         predict_video(load_temporal(o / "blb.pt"), np.zeros((10, 13)))
+
+
+def test_shards_disagreeing_on_frame_count_name_the_video_and_both_shards(tmp_path):
+    a = write_shard(tmp_path / "mae" / "AU" / "fold1.h5", "mae_AU",
+                    {"v1": (np.ones((20, 3)), np.ones(20, bool)), "v2": (np.ones((12, 3)), np.ones(12, bool))})
+    b = write_shard(tmp_path / "hubert.h5", "hubert",
+                    {"v1": (np.ones((20, 2)), np.ones(20, bool)), "v2": (np.ones((11, 2)), np.ones(11, bool))})
+    fs = load_features([a, b], ["v1"])                    # the consistent video reads fine
+    assert fs.names == ["mae_AU", "hubert"] and fs.n_frames("v1") == 20
+    with pytest.raises(PipelineError) as e:
+        load_features([a, b], ["v1", "v2"])
+    msg = str(e.value)
+    assert "'v2'" in msg and str(a) in msg and str(b) in msg and "11" in msg and "12" in msg
+    with pytest.raises(PipelineError, match="no features for video 'v3'"):   # absent from a shard
+        load_features([a, b], ["v3"])
+
+
+def test_settings_come_complete_from_params():
+    hp = temporal_hp(SMALL, "ERI", "mining", "dcl")
+    assert hp.branch.d_model == SMALL["eri"]["d_model"] and hp.pooling == "attention"
+    assert hp.branch.weight_decay == SMALL["blb"]["weight_decay"]       # ERI shares the BLB's optimiser
+    assert hp.mining.hard_fraction == 0.3 and hp.dcl.inference == "mean"
+    assert temporal_hp(SMALL, "AU").dcl is None
+    broken = copy.deepcopy(SMALL)
+    del broken["blb"]["ema_decay"]
+    with pytest.raises(PipelineError, match="ema_decay"):
+        temporal_hp(broken, "AU")
+    with pytest.raises(PipelineError, match="'dcl'"):
+        temporal_hp({k: v for k, v in SMALL.items() if k != "dcl"}, "AU", "dcl")
+    with pytest.raises(PipelineError, match="blb_weighted"):
+        temporal_hp({**SMALL, "dcl": {**SMALL["dcl"], "inference": "max"}}, "AU", "dcl")

@@ -1,4 +1,5 @@
-"""Decoding, frames JSON and audio extraction on real videos encoded here with PyAV/FFmpeg."""
+"""Decoding, frames JSON and audio extraction (the extract_frames stage writes both) on real
+videos encoded here with PyAV/FFmpeg."""
 from __future__ import annotations
 
 import json
@@ -108,16 +109,27 @@ def test_batches_can_stop_early(media):
     assert len(first[0]) == 2
 
 
+def extract_frames(video, out, wav, *extra):
+    """The stage as a rule runs it: frames JSON + 16 kHz wav of one media file."""
+    return cli(["extract_frames", "--video", str(video), "--out", str(out), "--audio-out", str(wav),
+                "--sample-rate", str(SR), *extra])
+
+
 def test_extract_frames_cli(media, tmp_path):
-    out = tmp_path / "frames" / "h264.json"
-    assert cli(["extract_frames", "--video", str(media["mp4"]), "--out", str(out), "--threads", "2"]) == 0
+    """One job writes both outputs: the frames JSON and the 16 kHz mono wav on the media clock."""
+    out, wav = tmp_path / "frames" / "h264.json", tmp_path / "audio" / "h264.wav"
+    assert extract_frames(media["mp4"], out, wav, "--threads", "2") == 0
     info = json.loads(out.read_text())
     for key in ("path", "n_frames", "fps", "width", "height", "duration", "has_audio",
                 "audio_sample_rate", "codec", "vfr", "timestamps"):
         assert key in info
-    assert info["n_frames"] == len(info["timestamps"]) == N
-    assert not list(tmp_path.glob("frames/.*tmp*"))  # written atomically
+    assert info["n_frames"] == len(info["timestamps"]) == N and info["has_audio"]
+    assert not list(tmp_path.glob("frames/.*tmp*")) and not list(tmp_path.glob("audio/.*tmp*"))  # atomic
     assert read_frames_json(out)["n_frames"] == N
+    x, rate = sf.read(wav, dtype="float32")
+    assert rate == SR and x.ndim == 1 and sf.info(wav).subtype == "PCM_16"
+    assert abs(len(x) - info["duration"] * SR) < 0.1 * SR
+    assert _peak_hz(x[: int(0.9 * SR)], SR) == pytest.approx(TONE, abs=3)   # 44.1 kHz source resampled
 
 
 def _peak_hz(x, rate):
@@ -138,13 +150,10 @@ def test_audio_16k_mono(media, kind, tmp_path):
 
 
 def test_no_audio_gives_silence_and_flag(media, tmp_path):
-    fj = tmp_path / "noaudio.json"
-    assert cli(["extract_frames", "--video", str(media["noaudio"]), "--out", str(fj)]) == 0
+    fj, out = tmp_path / "noaudio.json", tmp_path / "audio" / "noaudio.wav"
+    assert extract_frames(media["noaudio"], fj, out) == 0
     info = json.loads(fj.read_text())
     assert info["has_audio"] is False and info["audio_sample_rate"] == 0
-    out = tmp_path / "audio" / "noaudio.wav"
-    assert cli(["extract_audio", "--video", str(media["noaudio"]), "--frames", str(fj), "--out", str(out),
-                "--sample-rate", str(SR)]) == 0
     x, rate = sf.read(out, dtype="int16")
     assert rate == SR and x.ndim == 1 and len(x) == round(info["duration"] * SR) == round(10 / FPS * SR)
     assert not x.any()
@@ -154,11 +163,11 @@ def test_no_audio_gives_silence_and_flag(media, tmp_path):
 def test_bad_video_errors_name_the_file(media, kind, tmp_path, capsys):
     with pytest.raises(PipelineError, match=media[kind].name):
         frame_info(media[kind], show_progress=False)
-    out = tmp_path / "x.json"
-    assert cli(["extract_frames", "--video", str(media[kind]), "--out", str(out)]) == 1
+    out, wav = tmp_path / "x.json", tmp_path / "x.wav"
+    assert extract_frames(media[kind], out, wav) == 1
     err = capsys.readouterr().err
     assert str(media[kind]) in err and "Traceback" not in err
-    assert not out.exists()
+    assert not out.exists() and not wav.exists() and not list(tmp_path.glob(".*tmp*"))
 
 
 def test_missing_video_and_audio_error(media, tmp_path):

@@ -1,5 +1,10 @@
 """``index_dataset``: one table of every video (probe + splits) and one label store per task.
 
+``python -m affect_pipeline index_dataset --data '<JSON: affwild2, hume, tasks>'
+--frames results/frames/{media}.json... --out-dir results/index`` writes ``videos.tsv``,
+``labels/{task}.h5`` and ``index_report.json`` (length mismatches, all-invalid files, counts,
+and ``test_order``: each task's test ids in the order of its official name list).
+
 Annotation policy (Aff-Wild2): line i (after the header) is frame i. When a file's row count
 differs from the video's decoded frame count, the mismatch is logged with both counts and
 recorded in ``index_report.json``; extra rows are dropped and missing rows are marked invalid
@@ -7,16 +12,16 @@ recorded in ``index_report.json``; extra rows are dropped and missing rows are m
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
 from . import ERI_NAMES, FRAME_TASKS, INVALID_MARKER, TASK_COLUMNS
-from .layout import Layout, LayoutError, read_hume_csv, scan_dataset
+from .layout import Layout, read_hume_csv, scan_dataset
 from .runtime import PipelineError, read_json, stage_parser, write_json, write_text
 from .stores import Labels, write_labels
 
@@ -85,12 +90,17 @@ def read_eri_labels(csv_path: str) -> dict[str, np.ndarray]:
     return out
 
 
-def build_index(lay: Layout, frames_dir: Path) -> tuple[list[dict], dict[str, dict[str, Labels]], dict]:
+def build_index(lay: Layout, frames: Iterable[str | Path]) -> tuple[list[dict], dict[str, dict[str, Labels]], dict]:
+    """Rows of videos.tsv, labels per task and video, and the report; ``frames`` are the probe
+    files ``{media}.json`` of extract_frames (matched to media by file stem)."""
+    probes = {Path(f).stem: Path(f) for f in frames}
     rows, labels, report = [], {t: {} for t in lay.tasks}, {"length_mismatch": [], "all_invalid": []}
     eri = read_eri_labels(lay.hume_csv) if "ERI" in lay.tasks else {}
     for vid in lay.ids():
         e = lay.videos[vid]
-        probe = read_json(frames_dir / f"{e.media}.json")
+        if e.media not in probes:
+            raise PipelineError(f"{e.path}: no frames probe {e.media}.json among --frames for video {vid}")
+        probe = read_json(probes[e.media])
         n = int(probe["n_frames"])
         rows.append({"video_id": vid, "path": e.path, "media": e.media, "side": e.side,
                      "fps": round(float(probe["fps"]), 6), "n_frames": n, "width": probe["width"],
@@ -145,25 +155,29 @@ def read_index(path: str | Path) -> dict[str, dict]:
     return out
 
 
-def main(argv: list[str]) -> int:
-    p = stage_parser("index_dataset", __doc__)
-    p.add_argument("--data", type=json.loads, required=True,
-                   help="JSON of the config's data keys (affwild2, hume, tasks, demo)")
-    p.add_argument("--frames-dir", type=Path, required=True)
-    p.add_argument("--out-dir", type=Path, required=True)
-    a = p.parse_args(argv)
-    try:
-        lay = scan_dataset(a.data)
-    except LayoutError as e:
-        raise PipelineError(str(e)) from e
-    rows, labels, report = build_index(lay, a.frames_dir)
+def index_dataset(data: dict, frames: Iterable[str | Path], out_dir: Path) -> dict:
+    """Scan the trees ``data`` names, index them with the probes; returns the report."""
+    lay = scan_dataset(data)
+    rows, labels, report = build_index(lay, frames)
     for task, labs in labels.items():
-        write_labels(a.out_dir / "labels" / f"{task}.h5", task, labs)
+        write_labels(out_dir / "labels" / f"{task}.h5", task, labs)
         report[task] = {s: sum(1 for l in labs.values() if l.split == s) for s in ("train", "validation")}
         report[task]["test"] = len(lay.ids(task, ("test",)))
     report["n_videos"] = len(rows)
     report["no_audio"] = [r["video_id"] for r in rows if not r["has_audio"]]
-    write_json(a.out_dir / "index_report.json", report)
-    write_index_tsv(a.out_dir / "videos.tsv", rows)
+    report["test_order"] = lay.test_order
+    write_json(out_dir / "index_report.json", report)
+    write_index_tsv(out_dir / "videos.tsv", rows)
     log.info("indexed %d videos; tasks %s", len(rows), {t: report[t] for t in labels})
+    return report
+
+
+def main(argv: list[str]) -> int:
+    p = stage_parser("index_dataset", __doc__.split("\n")[0])
+    p.add_argument("--data", type=json.loads, required=True,
+                   help="JSON of the config's data keys: affwild2, hume, tasks")
+    p.add_argument("--frames", type=Path, nargs="+", required=True, help="results/frames/{media}.json files")
+    p.add_argument("--out-dir", type=Path, required=True)
+    a = p.parse_args(argv)
+    index_dataset(a.data, a.frames, a.out_dir)
     return 0

@@ -6,17 +6,24 @@ with its sequence loss (``losses.task_loss(reduce=False)``: masked mean per clip
 ``round(hard_fraction·|D_init|)`` clips go into D_CLB; then clips drawn uniformly *with
 replacement* from all of D_init are added until |D_CLB| = |D_init| (drawing the rest without
 replacement would just give back D_init, so hard clips are deliberately over-represented).
+
+    python -m affect_pipeline mine_hard_clips --task T --fold F --folds folds/T.json
+        --labels index/labels/T.h5 --features SHARD... --blb blb.pt --out clb_clips.json
+        --params TEMPORAL_JSON [--threads N --device D --seed S]
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .clips import Clip, batches, gather
+from .fold_data import FoldData, FoldInputs, Job, TemporalHP, fold_parser, load_fold, temporal_hp
 from .losses import task_loss
-from .runtime import PipelineError, autocast, log, pick_device, setup_torch, write_json
-from .temporal_training import (common_args, hparams, infer_logits, load_fold, model_from_checkpoint,
-                                norm_of, read_temporal_checkpoint)
+from .runtime import PipelineError, autocast, log, write_json
+from .temporal_checkpoint import check_clip_len, model_from_checkpoint, norm_of, read_temporal_checkpoint
+from .temporal_eval import infer_logits
 
 
 def select_hard_clips(losses, hard_fraction: float, seed: int) -> list[tuple[int, str]]:
@@ -37,7 +44,7 @@ def select_hard_clips(losses, hard_fraction: float, seed: int) -> list[tuple[int
 
 
 @torch.inference_mode()
-def clip_losses(model, data, clips: list[Clip], batch_size: int, device) -> np.ndarray:
+def clip_losses(model, data: FoldData, clips: list[Clip], batch_size: int, device) -> np.ndarray:
     """The model's sequence loss of each clip (no reduction over clips)."""
     model.eval()
     w = None if data.weights is None else data.weights.to(device)
@@ -55,32 +62,36 @@ def clip_losses(model, data, clips: list[Clip], batch_size: int, device) -> np.n
     return torch.cat(out).numpy()
 
 
-def main(argv: list[str]) -> int:
-    p = common_args("mine_hard_clips", __doc__, outputs=False)
-    p.add_argument("--blb", required=True)
-    p.add_argument("--out", required=True)
-    a = p.parse_args(argv)
-    setup_torch(a.threads, a.seed)
-    device = pick_device(a.device)
-    hp = hparams(a.params, a.task)
-    ck = read_temporal_checkpoint(a.blb, a.features)
-    data = load_fold(a, hp, norm=norm_of(ck), expect=ck["feature_dims"])
-    model = model_from_checkpoint(ck, a.blb, device)
+def mine_hard_clips(inp: FoldInputs, blb: Path, out: Path, hp: TemporalHP, job: Job = Job()) -> dict:
+    """Score D_init with the BLB, select D_CLB, write it (``clips`` + loss summary); returns it."""
+    device = job.start()
+    ck = read_temporal_checkpoint(blb, inp.features)
+    check_clip_len(ck, hp, blb)
+    data = load_fold(inp, hp, norm=norm_of(ck), expect_dims=ck["feature_dims"])
+    model = model_from_checkpoint(ck, blb, device)
     d_init = data.d_init()
-    losses = clip_losses(model, data, d_init, int(hp["model"]["batch_size"]), device)
-    frac = float(hp["mining"]["hard_fraction"])
+    losses = clip_losses(model, data, d_init, int(hp.branch.batch_size), device)
     try:
-        sel = select_hard_clips(losses, frac, a.seed)
+        sel = select_hard_clips(losses, hp.mining.hard_fraction, job.seed)
     except ValueError as e:
         raise PipelineError(f"--params mining.hard_fraction: {e}") from e
     clips = [{"video": d_init[i].video, "start": d_init[i].start, "length": d_init[i].length,
               "loss": float(losses[i]), "source": src} for i, src in sel]
-    n_hard = sum(s == "hard" for _, s in sel)
-    write_json(a.out, {"task": a.task, "fold": a.fold, "hard_fraction": frac, "n_init": len(d_init),
-                       "n_hard": n_hard, "mean_loss_init": float(np.mean(losses)),
-                       "mean_loss_hard": float(np.mean([losses[i] for i, s in sel if s == "hard"])) if n_hard else None,
-                       "clips": clips})
-    log.info("mine %s/%s: %d clips in D_init, %d hard (mean loss %.4f vs %.4f overall)", a.task, a.fold,
-             len(d_init), n_hard, np.mean([losses[i] for i, s in sel if s == "hard"]) if n_hard else float("nan"),
-             float(np.mean(losses)))
+    hard = [losses[i] for i, s in sel if s == "hard"]
+    doc = {"task": inp.task, "fold": inp.fold, "hard_fraction": hp.mining.hard_fraction, "n_init": len(d_init),
+           "n_hard": len(hard), "mean_loss_init": float(np.mean(losses)),
+           "mean_loss_hard": float(np.mean(hard)) if hard else None, "clips": clips}
+    write_json(out, doc)
+    log.info("mine %s/%s: %d clips in D_init, %d hard (mean loss %.4f vs %.4f overall)", inp.task, inp.fold,
+             len(d_init), len(hard), np.mean(hard) if hard else float("nan"), float(np.mean(losses)))
+    return doc
+
+
+def main(argv: list[str]) -> int:
+    p = fold_parser("mine_hard_clips", __doc__, train_outputs=False)
+    p.add_argument("--blb", required=True, help="blb.pt of this task × fold")
+    p.add_argument("--out", required=True, help="clb_clips.json (D_CLB)")
+    a = p.parse_args(argv)
+    mine_hard_clips(FoldInputs.from_args(a), Path(a.blb), Path(a.out), temporal_hp(a.params, a.task, "mining"),
+                    Job.from_args(a))
     return 0

@@ -1,0 +1,223 @@
+"""``visual_features``: one fine-tuned encoder streams many videos into one feature shard.
+
+The model is loaded once per job (at Aff-Wild2 scale a job per video would spend most of a GPU's
+time on imports, CUDA start-up and weight loading). Per video group: ``features`` = the mean of
+the final-norm patch tokens (the head's input, so ``logits = head(features)``), ``valid`` = a face
+was found, extra ``logits``; frames without a face are not run through the model: their rows are
+zeros. A thread decodes the next batch's JPEGs (cv2 releases the GIL), also across videos, while
+the model runs on the current one. The shard is resumable: a killed or failed job's finished
+videos are kept in ``{out}.partial`` and not recomputed by the next attempt.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .face_data import resize_crops, standardize, to_unit
+from .mae import CHECKPOINT_FORMAT, ViTClassifier, model_config
+from .runtime import (PipelineError, autocast, file_digest, load_checkpoint, pick_device, progress,
+                      setup_torch, stage_parser)
+from .stores import FaceStore, FeatureShardWriter
+from .training import settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """``mae.features`` of workflow_config.yaml."""
+    batch_size: int
+
+
+# ---------------------------------------------------------------- the model
+def load_finetuned(path, device="cpu") -> ViTClassifier:
+    """The fine-tuned classifier of ``finetune_mae`` on ``device``, in eval mode; ``.task`` and
+    ``.fold`` say which encoder it is."""
+    obj = load_checkpoint(path)
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT or obj.get("kind") != "mae_finetune":
+        raise PipelineError(f"{path}: not a finetune_mae checkpoint (format {CHECKPOINT_FORMAT}, kind mae_finetune)")
+    missing = [k for k in ("task", "fold", "config", "outputs", "model") if k not in obj]
+    if missing:
+        raise PipelineError(f"{path}: finetune_mae checkpoint lacks {missing}; rerun finetune_mae")
+    model = ViTClassifier(int(obj["outputs"]), **model_config(obj["config"]))
+    try:
+        model.load_state_dict(obj["model"])
+    except RuntimeError as e:
+        raise PipelineError(f"{path}: weights do not match the stored model config: {e}") from e
+    model.task, model.fold = str(obj["task"]), str(obj["fold"])
+    return model.to(device).eval()
+
+
+@torch.inference_mode()
+def embed_crops(model: ViTClassifier, crops_uint8: np.ndarray, batch_size: int = 128, device="cpu"):
+    """(N, S, S, 3) uint8 RGB crops -> (features (N, D), logits (N, outputs)) float32 numpy."""
+    device = torch.device(device)
+    size = model.config["img_size"]
+    feats, logits = [], []
+    for s in range(0, len(crops_uint8), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(resize_crops(crops_uint8[s:s + batch_size], size)))
+        with autocast(device):
+            f, z = model(standardize(to_unit(x, device)))
+        feats.append(f.float().cpu())
+        logits.append(z.float().cpu())
+    if not feats:
+        return np.zeros((0, model.config["embed_dim"]), np.float32), np.zeros((0, model.outputs), np.float32)
+    return torch.cat(feats).numpy(), torch.cat(logits).numpy()
+
+
+# ---------------------------------------------------------------- decoding ahead
+@dataclass
+class Video:
+    """A face store opened by the decoder: what the writer needs besides the crops."""
+    video: str
+    path: str
+    found: np.ndarray
+    fps: float
+    digest: str
+
+
+@dataclass
+class Chunk:
+    video: str
+    rows: np.ndarray
+    crops: np.ndarray           # already resized to the model's img_size
+
+
+@dataclass
+class Failed:
+    video: str
+    path: str
+    error: Exception
+
+
+def decode_ahead(videos: list[tuple[str, str]], batch_size: int, size: int, depth: int = 2) -> Iterator:
+    """Yield, per video, a :class:`Video`, its :class:`Chunk` s of found frames and the Video again
+    (end); a store that cannot be read yields :class:`Failed` and ends the stream. A thread
+    decodes up to ``depth`` items ahead, so memory stays at a few batches."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        for video, path in videos:
+            try:
+                with FaceStore(path) as fs:
+                    v = Video(video, path, fs.found.astype(bool), float(fs.attrs.get("fps", 0.0)), file_digest(path))
+                    if not put(v):
+                        return
+                    idx = np.flatnonzero(v.found)
+                    for s in range(0, len(idx), batch_size):
+                        rows = idx[s:s + batch_size]
+                        if not put(Chunk(video, rows, resize_crops(fs.read_crops(rows), size))):
+                            return
+                put(v)
+            except Exception as e:  # handed to the consumer, which names the video
+                put(Failed(video, path, e))
+                return
+        put(None)
+
+    t = threading.Thread(target=work, name="decode", daemon=True)
+    t.start()
+    try:
+        while (item := q.get()) is not None:
+            yield item
+            if isinstance(item, Failed):
+                return
+    finally:
+        stop.set()
+        t.join()
+
+
+# ---------------------------------------------------------------- the stage
+def face_videos(faces: list[str]) -> list[tuple[str, str]]:
+    """(video id, face store) pairs; the id is the store's file stem."""
+    pairs = [(Path(f).stem, str(f)) for f in faces]
+    ids = [v for v, _ in pairs]
+    dup = sorted({v for v in ids if ids.count(v) > 1})
+    if dup:
+        raise PipelineError(f"visual_features: --faces lists video(s) {dup[:5]} more than once")
+    return pairs
+
+
+def fingerprint(model_digest: str, params: dict) -> str:
+    return hashlib.sha256(json.dumps([model_digest, params], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def visual_features(model_path, faces: list[str], out, params: dict, threads: int = 1,
+                    device: str = "auto") -> Path:
+    """Features + logits of every video's frames into the shard ``out``; returns ``out``."""
+    p = settings(FeatureSettings, params, "mae.features")
+    setup_torch(threads, 0)
+    dev = pick_device(device)
+    model = load_finetuned(model_path, dev)
+    digest = file_digest(model_path)
+    videos = face_videos(faces)
+    writer = FeatureShardWriter(out, extractor=f"mae_{model.task}", fingerprint=fingerprint(digest, params),
+                                task=model.task, fold=model.fold, checkpoint_digest=digest,
+                                pooling="mean_patch_tokens", no_face="zeros")
+    try:
+        todo = [(v, f) for v, f in videos if not _reusable(writer, v, f)]
+        log.info("%s: %d videos, %d already in %s, %d to compute", out, len(videos), len(videos) - len(todo),
+                 writer.partial, len(todo))
+        _run(model, todo, writer, p.batch_size, dev)
+        writer.close([v for v, _ in videos])
+    except BaseException:
+        writer.abort()
+        raise
+    return Path(out)
+
+
+def _reusable(writer: FeatureShardWriter, video: str, path: str) -> bool:
+    """A finished group of a partial shard, made from this very face store."""
+    return writer.done(video) and writer.f[video].attrs.get("faces_digest") == file_digest(path)
+
+
+def _run(model: ViTClassifier, todo: list[tuple[str, str]], writer: FeatureShardWriter, bs: int, dev) -> None:
+    size, dim = model.config["img_size"], model.config["embed_dim"]
+    feats = logits = bar = None
+    for item in decode_ahead(todo, bs, size):
+        if isinstance(item, Failed):
+            e = item.error
+            cause = str(e) if isinstance(e, PipelineError) else \
+                f"{item.path}: unreadable face store, truncated or corrupt? ({type(e).__name__}: {e})"
+            raise PipelineError(f"video {item.video!r}: {cause}") from e
+        if isinstance(item, Chunk):
+            feats[item.rows], logits[item.rows] = embed_crops(model, item.crops, bs, dev)
+            bar.update(1)
+        elif feats is None:  # a video starts
+            n = len(item.found)
+            feats, logits = np.zeros((n, dim), np.float32), np.zeros((n, model.outputs), np.float32)
+            bar = progress(total=-(-int(item.found.sum()) // bs), desc=f"mae_{model.task} {item.video}", unit="batch")
+        else:  # the video is complete
+            bar.close()
+            writer.write(item.video, feats, item.found, fps=item.fps, extra={"logits": logits},
+                         faces_digest=item.digest)
+            log.info("video %s: %d frames, %d with a face", item.video, len(item.found), int(item.found.sum()))
+            feats = logits = bar = None
+
+
+def main(argv: list[str]) -> int:
+    ap = stage_parser("visual_features", "per-frame features + logits of one fine-tuned MAE encoder")
+    ap.add_argument("--model", required=True, help="results/mae/{task}/{fold}/finetune.pt")
+    ap.add_argument("--faces", nargs="+", required=True, help="face stores results/faces/{video}.h5")
+    ap.add_argument("--out", required=True, help="results/features/mae/{task}/{fold}.h5")
+    a = ap.parse_args(argv)
+    visual_features(a.model, a.faces, a.out, a.params, a.threads, a.device)
+    return 0

@@ -1,0 +1,35 @@
+"""The cut-down demo (tests/conftest.py CUT_DEMO: VA, 3 folds, per-fold encoders) run to
+`submission` once: the fold count reaches every product, and each fold's encoder never saw
+its validation videos' labels."""
+import json
+
+import h5py
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_three_folds_reach_submission_and_report(trained_run):
+    run = trained_run / "run" / "results"
+    summary = json.loads((run / "metrics/summary.json").read_text())
+    assert summary["folds"] == ["official", "fold1", "fold2", "fold3"]
+    assert summary["ensemble_folds"] == ["fold1", "fold2", "fold3"] and not summary["leaky_folds"]
+    header = (run / "metrics/ablation.tsv").read_text().splitlines()[0].split("\t")
+    assert header[-1] == "mean(fold1-3)" and "fold4" not in header
+    assert (run / "submission/VA/predictions.txt").exists()
+    assert (run / "report").is_dir() and any((run / "report").iterdir())
+
+
+def test_each_fold_encoder_never_saw_its_validation_labels(trained_run):
+    """Per-fold fine-tuning: fold k's encoder trained on fold k's train videos only, and the
+    features of fold k's temporal models come from that encoder."""
+    run = trained_run / "run" / "results"
+    folds = json.loads((run / "folds/VA.json").read_text())["folds"]
+    assert set(folds) == {"official", "fold1", "fold2", "fold3"}
+    for fold, split in folds.items():
+        m = json.loads((run / f"mae/VA/{fold}/finetune_metrics.json").read_text())
+        assert m["fold"] == fold and m["validation_videos"] == sorted(split["validation"])
+        assert set(m["train_videos"]).isdisjoint(split["validation"]), fold
+        assert set(m["train_videos"]) <= set(split["train"]), fold
+        with h5py.File(run / f"features/mae/VA/{fold}.h5", "r") as f:
+            assert f.attrs["fold"] == fold and f.attrs["task"] == "VA"
