@@ -28,13 +28,12 @@ CONDA_ENV = "../envs/affect.yaml"
 
 # Jobs run the package with the interpreter running Snakemake (the project venv) first on PATH;
 # under --sdm conda the activated env's python comes first instead.
-if "conda" not in str(workflow.deployment_settings.deployment_method).lower():
-    shell.prefix(f'export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; ')
-
-# A stage runs through the warm launcher (affect_pipeline/warm.py): a local job forks from a
-# process that has imported torch & co. once, instead of paying 5-10 s of imports; inside a
-# Slurm job, or with AFFECT_WARM=0, it is a plain `python -m affect_pipeline`.
-LAUNCH = "python -m affect_pipeline.warm"
+# A stage runs as `affect <stage> ...`, the warm launcher (affect_pipeline/warm.py): a local job
+# forks from a process that has imported torch & co. once, instead of paying 5-10 s of imports;
+# inside a Slurm job, or with AFFECT_WARM=0, it is a plain `python -m affect_pipeline`.
+_PATH = ("" if "conda" in str(workflow.deployment_settings.deployment_method).lower()
+         else f'export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; ')
+shell.prefix(f'{_PATH}affect() {{{{ python -m affect_pipeline.warm "$@"; }}}}; ')
 
 
 _LAYOUT = []
@@ -170,7 +169,7 @@ def res(rule_name):
 
 def torch_launcher(gpus):
     """One process, or torchrun with one process per GPU (DDP) inside the same job."""
-    return LAUNCH if gpus <= 1 else f"python -m torch.distributed.run --standalone --nproc_per_node {gpus} -m affect_pipeline"
+    return "affect" if gpus <= 1 else f"python -m torch.distributed.run --standalone --nproc_per_node {gpus} -m affect_pipeline"
 
 
 def temporal_params(*sections):
@@ -189,3 +188,34 @@ def test_labels_arg(wc=None):
     """Held-back test labels (the demo's), used only for scoring."""
     d = config["scoring"]["test_labels"]
     return f"--test-labels {shlex.quote(d)}" if d else ""
+
+
+# ---------------------------------------------------------------- per-rule inputs and params
+FINETUNE_FOLDS = FOLDS if PER_FOLD else ["official"]   # per_fold false: one (official) encoder per task
+
+
+def cropped_dir(wc):
+    """The official crops of this video, when the cropped_aligned backend is chosen."""
+    base = config["affwild2"]["cropped_aligned"]
+    return os.path.join(base, wc.video) if base and "ERI" not in layout().videos[wc.video].splits else ""
+
+
+def faces_params(wc):
+    """faces config; Aff-Wild2 videos with official crops use them instead of detecting."""
+    backend = "cropped_aligned" if cropped_dir(wc) else config["faces"]["backend"]
+    return as_json({**config["faces"], "backend": backend})
+
+
+def pretrain_faces(wc=None):
+    """Faces the MAE learns from: every training video of every enabled frame task."""
+    return face_stores(sorted({v for t in FRAME_TASKS for v in task_videos(t, ("train",))}))
+
+
+def audio_media(wc=None):
+    """media stem of every video that has features (X_left / X_right share X's audio)."""
+    return sorted({layout().videos[v].media for v in layout().ids()})
+
+
+def report_faces(wc):
+    """A few test videos' face stores for the contact sheet."""
+    return face_stores(sorted({v for t in TASKS for v in task_videos(t, ("test",))})[:4])

@@ -7,7 +7,7 @@ if "demo" in config:
             f"{config['demo']['root']}/manifest.json",
         params:
             demo=as_json(config["demo"]),
-            root=config["demo"]["root"],
+            root=lambda wc, output: os.path.dirname(output[0]),
             code=code_digest("make_demo"),
         threads: 1
         conda:
@@ -15,7 +15,7 @@ if "demo" in config:
         log:
             "results/logs/make_demo.log",
         shell:
-            "{LAUNCH} make_demo --out {params.root:q} --params {params.demo:q} > {log:q} 2>&1"
+            "affect make_demo --out {params.root:q} --params {params.demo:q} > {log:q} 2>&1"
 
     rule make_demo_audio_models:
         output:
@@ -32,7 +32,7 @@ if "demo" in config:
         log:
             "results/logs/make_demo_audio_models.log",
         shell:
-            "{LAUNCH} make_demo_audio_models --out-dir {params.out:q} --seed {params.seed} > {log:q} 2>&1"
+            "affect make_demo_audio_models --out-dir {params.out:q} --seed {params.seed} > {log:q} 2>&1"
 
 
 rule extract_frames:
@@ -50,7 +50,7 @@ rule extract_frames:
     log:
         "results/logs/extract_frames/{media}.log",
     shell:
-        "{LAUNCH} extract_frames --video {input:q} --out {output.frames:q} --audio-out {output.audio:q}"
+        "affect extract_frames --video {input:q} --out {output.frames:q} --audio-out {output.audio:q}"
         " --sample-rate {params.sr} --threads {threads} > {log:q} 2>&1"
 
 
@@ -70,20 +70,8 @@ rule index_dataset:
     log:
         "results/logs/index_dataset.log",
     shell:
-        "{LAUNCH} index_dataset --data {params.data:q} --frames {input.frames:q}"
+        "affect index_dataset --data {params.data:q} --frames {input.frames:q}"
         " --out-dir results/index > {log:q} 2>&1"
-
-
-def cropped_dir(wc):
-    """The official crops of this video, when the cropped_aligned backend is chosen."""
-    base = config["affwild2"]["cropped_aligned"]
-    return os.path.join(base, wc.video) if base and "ERI" not in layout().videos[wc.video].splits else ""
-
-
-def faces_params(wc):
-    """faces config; Aff-Wild2 videos with official crops use them instead of detecting."""
-    backend = "cropped_aligned" if cropped_dir(wc) else config["faces"]["backend"]
-    return as_json({**config["faces"], "backend": backend})
 
 
 rule crop_faces:
@@ -107,6 +95,6 @@ rule crop_faces:
     benchmark:
         "results/benchmarks/crop_faces/{video}.tsv"
     shell:
-        "{LAUNCH} crop_faces --video {input.video:q} --frames {input.frames:q}"
+        "affect crop_faces --video {input.video:q} --frames {input.frames:q}"
         " --out {output:q} --side {params.side} {params.cropped}"
         " --params {params.faces:q} --threads {threads} > {log:q} 2>&1"

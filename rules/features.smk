@@ -1,11 +1,6 @@
 # Acoustic features: one job per model streams every video's audio through it.
 
 
-def audio_media(wc=None):
-    """media stem of every video that has features (X_left / X_right share X's audio)."""
-    return sorted({layout().videos[v].media for v in layout().ids()})
-
-
 rule audio_features:
     input:
         audio=lambda wc: [f"results/audio/{m}.wav" for m in audio_media()],
@@ -29,7 +24,7 @@ rule audio_features:
     benchmark:
         "results/benchmarks/audio_features/{model}.tsv"
     shell:
-        "{LAUNCH} audio_features --model {wildcards.model} --weights {input.weights:q}"
+        "affect audio_features --model {wildcards.model} --weights {input.weights:q}"
         " --weights-key audio.{wildcards.model}.weights --videos {params.videos:q}"
         " --audio {input.audio:q} --frames {input.frames:q} --out {output:q}"
         " --params {params.audio:q} --threads {threads} > {log:q} 2>&1"

@@ -1,11 +1,6 @@
 # The visual backbone: MAE pretraining (or import), per-fold frame-wise fine-tuning, features.
 
 
-def pretrain_faces(wc=None):
-    """Faces the MAE learns from: every training video of every enabled frame task."""
-    return face_stores(sorted({v for t in FRAME_TASKS for v in task_videos(t, ("train",))}))
-
-
 rule pretrain_mae:
     input:
         faces=[] if config["mae"]["checkpoint"] else pretrain_faces,
@@ -84,5 +79,5 @@ rule visual_features:
     benchmark:
         "results/benchmarks/visual_features/{task}/{fold}.tsv"
     shell:
-        "{LAUNCH} visual_features --model {input.model:q} --faces {input.faces:q} --out {output:q}"
+        "affect visual_features --model {input.model:q} --faces {input.faces:q} --out {output:q}"
         " --params {params.mae:q} --threads {threads} > {log:q} 2>&1"

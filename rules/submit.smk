@@ -4,7 +4,6 @@
 
 from affect_pipeline.report import FIGURES
 
-FINETUNE_FOLDS = FOLDS if PER_FOLD else ["official"]   # per_fold false: one (official) encoder per task
 
 
 rule ensemble:
@@ -25,7 +24,7 @@ rule ensemble:
     log:
         "results/logs/ensemble/{task}.log",
     shell:
-        "{LAUNCH} ensemble --task {wildcards.task} --preds {input.preds:q} --metrics {input.metrics:q}"
+        "affect ensemble --task {wildcards.task} --preds {input.preds:q} --metrics {input.metrics:q}"
         " --index {input.index:q} --index-report {input.index_report:q} --out {output.submission:q}"
         " --h5 {output.probs:q} --params {params.ensemble:q} > {log:q} 2>&1"
 
@@ -53,16 +52,11 @@ rule summarize:
     log:
         "results/logs/summarize.log",
     shell:
-        "{LAUNCH} summarize --tasks {params.tasks} --folds {params.folds}"
+        "affect summarize --tasks {params.tasks} --folds {params.folds}"
         " --finetune-metrics {input.finetune:q} --stage-metrics {input.metrics:q}"
         " --submissions {input.submissions:q} --labels {input.labels:q} --index {input.index:q}"
         " {params.test_labels} {params.shared} --out {output.summary:q} --ablation {output.ablation:q}"
         " > {log:q} 2>&1"
-
-
-def report_faces(wc):
-    """A few test videos' face stores for the contact sheet."""
-    return face_stores(sorted({v for t in TASKS for v in task_videos(t, ("test",))})[:4])
 
 
 rule report_plots:
@@ -81,7 +75,7 @@ rule report_plots:
     params:
         tasks=TASKS,
         test_labels=test_labels_arg,
-        out_dir="results/report",
+        out_dir=lambda wc, output: os.path.dirname(output[0]),
         code=code_digest("report_plots"),
     threads: 1
     conda:
@@ -89,7 +83,7 @@ rule report_plots:
     log:
         "results/logs/report_plots.log",
     shell:
-        "{LAUNCH} report_plots --summary {input.summary:q} --curves {input.curves:q}"
+        "affect report_plots --summary {input.summary:q} --curves {input.curves:q}"
         " --predictions {input.predictions:q} --labels {input.labels:q} --ensembles {input.ensembles:q}"
         " --faces {input.faces:q} --tasks {params.tasks} {params.test_labels} --out-dir {params.out_dir:q}"
         " > {log:q} 2>&1"

@@ -42,7 +42,7 @@ rule train_blb:
     benchmark:
         "results/benchmarks/train_blb/{task}/{fold}.tsv"
     shell:
-        "{LAUNCH} train_blb --task {wildcards.task} --fold {wildcards.fold}"
+        "affect train_blb --task {wildcards.task} --fold {wildcards.fold}"
         " --folds {input.folds:q} --labels {input.labels:q} --features {input.features:q}"
         " --out {output.model:q} --metrics {output.metrics:q} --curve {output.curve:q}"
         " --params {params.temporal:q} --threads {threads} --seed {params.seed} > {log:q} 2>&1"
@@ -68,7 +68,7 @@ rule mine_hard_clips:
     benchmark:
         "results/benchmarks/mine_hard_clips/{task}/{fold}.tsv"
     shell:
-        "{LAUNCH} mine_hard_clips --task {wildcards.task} --fold {wildcards.fold}"
+        "affect mine_hard_clips --task {wildcards.task} --fold {wildcards.fold}"
         " --folds {input.folds:q} --labels {input.labels:q} --features {input.features:q}"
         " --blb {input.blb:q} --out {output:q} --params {params.temporal:q} --threads {threads}"
         " --seed {params.seed} > {log:q} 2>&1"
@@ -97,7 +97,7 @@ rule train_dcl:
     benchmark:
         "results/benchmarks/train_dcl/{task}/{fold}.tsv"
     shell:
-        "{LAUNCH} train_dcl --task {wildcards.task} --fold {wildcards.fold}"
+        "affect train_dcl --task {wildcards.task} --fold {wildcards.fold}"
         " --folds {input.folds:q} --labels {input.labels:q} --features {input.features:q}"
         " --blb {input.blb:q} --clb-clips {input.clb_clips:q} --out {output.model:q}"
         " --metrics {output.metrics:q} --curve {output.curve:q} --params {params.temporal:q}"
@@ -124,7 +124,7 @@ rule predict:
     benchmark:
         "results/benchmarks/predict/{task}/{fold}.tsv"
     shell:
-        "{LAUNCH} predict --task {wildcards.task} --fold {wildcards.fold}"
+        "affect predict --task {wildcards.task} --fold {wildcards.fold}"
         " --model {input.model:q} --folds {input.folds:q} --labels {input.labels:q}"
         " --features {input.features:q} --index {input.index:q} --out {output:q}"
         " --params {params.temporal:q} --threads {threads} > {log:q} 2>&1"
