@@ -100,7 +100,20 @@ def write_face_store(path, *, video_id: str, size: int, backend: str, fps: float
                                 fps=float(fps), fill="zeros", **attrs))
 
 
-class FaceStore:
+class _Reader:
+    """An open HDF5 store (``self.f``), usable as a context manager."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.f.close()
+
+
+class FaceStore(_Reader):
     """Reader for ``faces/{video}.h5``; metadata arrays are loaded, crops decoded on demand."""
 
     def __init__(self, path):
@@ -114,15 +127,6 @@ class FaceStore:
 
     def __len__(self):
         return self.n_frames
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def close(self):
-        self.f.close()
 
     @property
     def timestamps(self) -> np.ndarray:
@@ -233,7 +237,7 @@ class FeatureShardWriter:
             self.f.close()
 
 
-class FeatureShard:
+class FeatureShard(_Reader):
     """Reader of one shard: ``shard.name`` is its extractor (``mae_AU``, ``hubert``...)."""
 
     def __init__(self, path):
@@ -241,15 +245,6 @@ class FeatureShard:
         self.f = _open(path, "feature shard")
         self.attrs = dict(self.f.attrs)
         self.name = str(self.attrs.get("extractor", self.path.stem))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def close(self):
-        self.f.close()
 
     def videos(self) -> list[str]:
         return list(self.f.keys())
