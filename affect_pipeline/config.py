@@ -10,6 +10,7 @@ its effective config as ``results/config.yaml`` (:func:`write_run_config`), whic
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -28,6 +29,23 @@ def need(cfg: Mapping, key: str, where: str = "config", error: type[Exception] =
                         f"and its overlays; the package has no defaults)")
         node = node[part]
     return node
+
+
+def settings(cls, values, where: str):
+    """The dataclass ``cls`` built from one config section, which the rule passes complete
+    (workflow_config.yaml is the only source of defaults): a missing or unknown key is a
+    PipelineError that names it and ``where`` (e.g. ``mae.finetune``). Here, not in training.py,
+    so stages that never import torch check their sections the same way."""
+    if not isinstance(values, dict):
+        raise PipelineError(f"{where}: config section missing from --params (got {values!r})")
+    names = [f.name for f in dataclasses.fields(cls)]
+    missing = [n for n in names if n not in values]
+    unknown = sorted(set(values) - set(names))
+    if missing:
+        raise PipelineError(f"{where}: missing key(s) {missing} in --params (see workflow_config.yaml)")
+    if unknown:
+        raise PipelineError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    return cls(**values)
 
 
 def deep_merge(base: dict, overlay: Mapping) -> dict:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import TASK_OUTPUTS
+from .config import settings
 from .face_data import FrameSet, Loader, augment, epoch_order, labelled_frames, make_loader, standardize, to_unit
 from .losses import activate, class_weights, task_loss
 from .mae import CHECKPOINT_FORMAT, ViTClassifier, load_encoder_state, read_encoder_checkpoint
@@ -27,8 +28,8 @@ from .metrics import MAIN_METRIC, constant_baseline, score
 from .runtime import (PipelineError, autocast, read_json, save_checkpoint, setup_torch, stage_parser,
                       write_json, write_text)
 from .stores import read_labels
-from .training import (Schedule, curve_csv, finish_distributed, fit, init_distributed, settings, shard,
-                       unwrap, wrap_ddp)
+from .training import (Schedule, curve_csv, finish_distributed, fit, init_distributed, shard, unwrap,
+                       wrap_ddp)
 
 log = logging.getLogger(__name__)
 SOUPS = ("none", "uniform", "greedy")

@@ -29,11 +29,12 @@ import torch
 
 from . import TASK_OUTPUTS
 from .clips import Clip, batches, gather, train_clips, video_clips
+from .config import settings
 from .losses import class_weights
 from .runtime import PipelineError, log, pick_device, progress, read_json, setup_torch, stage_parser
 from .stores import FeatureShard, read_labels
 from .temporal import INFERENCE
-from .training import Schedule, settings
+from .training import Schedule
 
 HALF_ABOVE_BYTES = 2**31   # keep features in float16 when a job's float32 copy would exceed this
 

@@ -13,16 +13,24 @@ workflow's ``folds`` and ``seed``), both required.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .config import settings
 from .index_dataset import read_index
 from .runtime import PipelineError, stage_parser, write_json
 from .stores import read_labels
 
 SIDE_SUFFIXES = ("_left", "_right")
-PARAM_KEYS = ("k", "seed")
+
+
+@dataclass(frozen=True)
+class FoldParams:
+    """``--params``: the workflow's ``folds`` and ``seed``, as k and seed."""
+    k: int
+    seed: int
 
 
 def group_id(video: str) -> str:
@@ -93,9 +101,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--index", required=True, help="results/index/videos.tsv")
     p.add_argument("--out", required=True, help="results/folds/{task}.json")
     a = p.parse_args(argv)
-    missing = [key for key in PARAM_KEYS if key not in a.params]
-    if missing:
-        raise PipelineError(f"make_folds: missing key(s) {missing} in --params (the rule passes "
-                            f"the workflow's folds and seed as k and seed)")
-    make_folds(a.task, Path(a.labels), Path(a.index), Path(a.out), int(a.params["k"]), int(a.params["seed"]))
+    fp = settings(FoldParams, a.params, "make_folds")
+    make_folds(a.task, Path(a.labels), Path(a.index), Path(a.out), int(fp.k), int(fp.seed))
     return 0

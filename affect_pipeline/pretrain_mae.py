@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import settings
 from .face_data import Loader, face_frames, image_files, make_loader, stack_crops, standardize, to_unit
 from .mae import MaskedAutoencoderViT, encoder_checkpoint, import_mae_face, model_config
 from .runtime import (PipelineError, autocast, load_checkpoint, progress, save_checkpoint, setup_torch,
                       stage_parser, write_text)
-from .training import (Dist, adamw, all_mean, finish_distributed, init_distributed, settings, shard,
+from .training import (Dist, adamw, all_mean, finish_distributed, init_distributed, shard,
                        warmup_cosine, wrap_ddp)
 
 log = logging.getLogger(__name__)

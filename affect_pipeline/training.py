@@ -198,24 +198,3 @@ def curve_csv(rows: list[dict]) -> str:
     cols = ["epoch", "train_loss", "val_loss", "val_score", "lr"]
     return ",".join(cols) + "\n" + "".join(",".join(f"{r[c]:.6g}" if c != "epoch" else str(r[c]) for c in cols) + "\n"
                                            for r in rows)
-
-
-# ---------------------------------------------------------------- config sections
-def settings(cls, values, where: str):
-    """The dataclass ``cls`` built from one config section, which the rule passes complete
-    (workflow_config.yaml is the only source of defaults): a missing or unknown key is a
-    PipelineError that names it and ``where`` (e.g. ``mae.finetune``)."""
-    import dataclasses
-
-    from .runtime import PipelineError
-
-    if not isinstance(values, dict):
-        raise PipelineError(f"{where}: config section missing from --params (got {values!r})")
-    names = [f.name for f in dataclasses.fields(cls)]
-    missing = [n for n in names if n not in values]
-    unknown = sorted(set(values) - set(names))
-    if missing:
-        raise PipelineError(f"{where}: missing key(s) {missing} in --params (see workflow_config.yaml)")
-    if unknown:
-        raise PipelineError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
-    return cls(**values)

@@ -22,12 +22,12 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from .config import settings
 from .face_data import resize_crops, standardize, to_unit
 from .mae import CHECKPOINT_FORMAT, ViTClassifier, model_config
 from .runtime import (PipelineError, autocast, file_digest, load_checkpoint, pick_device, progress,
                       setup_torch, stage_parser)
 from .stores import FaceStore, FeatureShardWriter
-from .training import settings
 
 log = logging.getLogger(__name__)
 

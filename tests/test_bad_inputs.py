@@ -32,7 +32,11 @@ from test_temporal import SMALL
 from affect_pipeline.runtime import write_json
 
 torch.set_num_threads(1)
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+# AFFECT_WARM=0: the odd run is SIGKILLed as a process group (tests/test_crash_safety.py); jobs of
+# the warm launcher are forks of its server, outside that group, that stop when their launcher's
+# socket closes (tests/test_warm.py) — a job finishing in that moment may still publish its
+# complete output, which --rerun-incomplete then redoes, so "nothing redone" is exact only here.
+ENV = {**os.environ, "AFFECT_WARM": "0", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
        "TRANSFORMERS_OFFLINE": "1", "PYTHONIOENCODING": "utf-8"}
 
 

@@ -316,14 +316,15 @@ def detections(demo, man):
 
 
 def test_mtcnn_finds_the_faces(detections):
+    side = PARAMS["size"]                       # faces are ~0.43 x the frame side (>= 80 px at 256)
     n = found = 0
     for vid, dets in detections.items():
         for _, _, boxes, _ in dets:
             n += 1
             if vid == "demo_pair_left":                         # one face on each half
-                found += boxes is not None and {bool((b[0] + b[2]) / 2 < 256) for b in boxes} == {True, False}
+                found += boxes is not None and {bool((b[0] + b[2]) / 2 < side) for b in boxes} == {True, False}
             else:
-                found += boxes is not None and (boxes[:, 3] - boxes[:, 1]).max() >= 80
+                found += boxes is not None and (boxes[:, 3] - boxes[:, 1]).max() >= 80 * side / 256
     assert found >= 0.95 * n, f"faces found in {found}/{n} sampled frames"
 
 
