@@ -142,7 +142,10 @@ def test_toy_workflow_goes_through_sbatch(tmp_path):
     print(f"\ntoy workflow through Slurm: 3 jobs in {wall:.0f} s ({wall / 3:.0f} s per job)")
 
 
-CUT = CUT_DEMO
+# as small as the Slurm run was before per-fold encoders (2 folds, one shared encoder: ~55 sbatch
+# jobs); the 3-fold per-fold cut-down run is tests/test_cut_workflow.py's
+CUT = {**CUT_DEMO, "folds": 2,
+       "mae": {**CUT_DEMO["mae"], "finetune": {**CUT_DEMO["mae"]["finetune"], "per_fold": False}}}
 
 
 @pytest.mark.slurm
