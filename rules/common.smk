@@ -1,4 +1,4 @@
-# Shared by every rule file: config validation, the dataset layout (scanned once, nothing
+# Shared by all the rules files — config validation, the dataset layout (scanned once, nothing
 # decoded), per-stage code digests, path helpers. Settings come from workflow_config.yaml
 # (the paper's) overlaid by --configfile files (demo_config.yaml for the embedded demo).
 import ast
