@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 CORES   ?= 8
 
-.PHONY: venv demo report test test-fast bench lint clean
+.PHONY: venv demo report test test-fast bench lint fmt clean
 
 venv: $(STAMP)
 
@@ -29,8 +29,14 @@ test-fast: venv
 bench: venv
 	$(PY) -m benchmarks.run
 
+## lint: the Snakemake catalog's checks (tests/test_style.py runs both in `make test`)
 lint: venv
+	$(VENV)/bin/snakefmt --check Snakefile rules/
 	$(VENV)/bin/snakemake --lint
+
+## fmt: format the workflow files the way `lint` checks them
+fmt: venv
+	$(VENV)/bin/snakefmt Snakefile rules/
 
 clean:
 	rm -rf results .snakemake report.html

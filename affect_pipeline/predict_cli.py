@@ -1,7 +1,22 @@
-"""``affect-predict``: run the trained models of a finished workflow run on any new video.
+"""``affect-predict``: run the trained models of a finished workflow run on new videos.
 
-    affect-predict VIDEO... --models results/ --out out.csv [--timeline out.png]
-                   [--tasks AU EXPR VA] [--config YAML]... [--workdir DIR] [--device auto] [--threads N]
+    affect-predict VIDEO|FOLDER|GLOB... --models results/ (--out-dir DIR [--combined] | --out CSV)
+                   [--timeline PNG | --no-timeline] [--overwrite] [--openface-columns]
+                   [--tasks AU EXPR VA] [--config YAML]... [--workdir DIR]
+                   [--device auto|cpu|cuda[:N]] [--batch-size N] [--threads N]
+
+Inputs: video files, folders (searched recursively for .mp4 / .avi / .mov / .mkv / .webm; hidden
+files skipped) and quoted globs (``'talks/**/*.mp4'``, recursive). Outputs:
+- ``--out-dir DIR``: one CSV (and timeline PNG, unless ``--no-timeline``) per video, at the
+  video's path below the folder or glob root it was found in (``talks/day1/a.mp4`` given as
+  ``talks`` -> ``DIR/day1/a.csv``);
+- ``--out-dir DIR --combined`` or ``--out CSV``: one CSV of every video (``DIR/predictions.csv``),
+  a timeline of all with ``--timeline PNG``.
+Resumable: a video whose CSV (combined: whose rows) already exists is skipped unless
+``--overwrite``; every file is renamed into place only when complete, so a killed run leaves no
+half CSV that looks done (a combined run keeps finished videos in ``.{name}.parts/`` until the
+CSV is assembled). Columns: :mod:`affect_pipeline.predict_outputs` (native or OpenFace-style).
+A progress bar per video (decode, faces, each feature source, each task) goes to stderr.
 
 Per video it runs the workflow's own stage code, in memory or in a temporary folder (removed
 at the end): decode (``video.frame_info``), faces (``crop_faces.crop_faces`` with the run's
@@ -9,10 +24,7 @@ at the end): decode (``video.frame_info``), faces (``crop_faces.crop_faces`` wit
 the wav (``video.extract_audio``) and its HuBERT / wav2vec2 / VGGish features
 (``audio_features.extract``), every fold's temporal model (``temporal_checkpoint.predict_video``)
 and the fold ensemble exactly as the submission does it (``ensemble.fold_weights``,
-``average_folds``, ``interpolate_no_face``). Output: one CSV row per decoded frame —
-``video, frame`` (1-based), ``timestamp`` (s, media clock), ``face_found``, the 12 AU
-probabilities, the 8 EXPR probabilities, ``valence, arousal`` (columns of tasks the run did not
-train are left out) — and optionally a timeline PNG.
+``average_folds``, ``interpolate_no_face``).
 
 Where the settings come from:
 - the run's effective config, ``{models}/config.yaml`` (rule ``run_config``: workflow_config.yaml +
@@ -32,7 +44,6 @@ dimension; else the error names the checkpoint, the shard and both digests.
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import sys
 import tempfile
@@ -41,16 +52,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import AU_NAMES, EXPR_NAMES, TASK_COLUMNS, VA_NAMES
 from .config import RUN_CONFIG as RUN_CONFIG_NAME
 from .ensemble import EnsembleSettings
-from .run_models import (AudioSource, TaskModels, ensemble_folds, find_fold_models, load_task_models,
-                         local_path, make_sources, setting)
-from .runtime import PipelineError, atomic_path, progress, run_stage
+from .predict_batch import Batch, Predictor, VideoInput, expand_inputs, plan_batch, run_batch
+from .predict_outputs import CSV_TASKS, NATIVE, CsvStyle, VideoResult
+from .run_models import (AudioSource, TaskModels, au_threshold, check_faces, ensemble_folds, faces_params,
+                         find_fold_models, load_task_models, make_sources, setting)
+from .runtime import PipelineError, progress, run_stage
 
 log = logging.getLogger("affect_pipeline.predict")
-
-CSV_TASKS = ("AU", "EXPR", "VA")            # per-frame tasks (ERI is per video: not a CSV column)
 
 
 # ---------------------------------------------------------------- config
@@ -59,42 +69,6 @@ def load_config(models_dir: Path, paths=()) -> dict:
     from .config import RUN_CONFIG, load_run_config
 
     return load_run_config(Path(models_dir) / RUN_CONFIG, paths or ())
-
-
-
-
-
-
-def faces_params(cfg: dict, workdir: Path) -> dict:
-    """The run's ``faces`` settings for detection (official crops do not exist for a new video)."""
-    from .faces import FaceParams
-
-    p = copy.deepcopy(setting(cfg, "faces"))
-    FaceParams.from_config(p)  # complete (workflow_config.yaml): a missing key names itself
-    if setting(cfg, "affwild2.cropped_aligned") or p["backend"] == "cropped_aligned":
-        p["backend"] = "mtcnn" if p["backend"] == "cropped_aligned" else p["backend"]
-        log.warning("the run used the official cropped_aligned faces; a new video has none: detecting "
-                    "faces with %s instead (crops the models did not train on)", p["backend"])
-    fa = p["face_alignment"]
-    p["face_alignment"] = {k: (str(local_path(v, workdir)) if local_path(v, workdir) else None) for k, v in fa.items()}
-    return p
-
-
-def check_faces(faces_dir: Path, params: dict) -> None:
-    """The run's face stores (if kept) record the crop settings: a different --config is refused."""
-    import h5py
-
-    first = next(iter(sorted(faces_dir.glob("*.h5"))), None) if faces_dir.is_dir() else None
-    if first is None:
-        return
-    with h5py.File(first, "r") as f:
-        size, margin, backend = f.attrs.get("size"), f.attrs.get("margin"), str(f.attrs.get("backend", ""))
-    if size is not None and (int(size) != int(params["size"]) or abs(float(margin or 0) - float(params["margin"])) > 1e-9):
-        raise PipelineError(f"{first}: the run cropped faces at size {int(size)}, margin {float(margin or 0)}, "
-                            f"but the config here says size {params['size']}, margin {params['margin']} "
-                            f"(pass the --config the run used)")
-    if backend and backend not in ("cropped_aligned", params["backend"]):
-        log.warning("%s: the run detected faces with %s, the config here says %s", first, backend, params["backend"])
 
 
 # ---------------------------------------------------------------- one video
@@ -106,14 +80,6 @@ class VideoJob:
     faces: Path
     wav: Path | None
     timestamps: np.ndarray = field(default_factory=lambda: np.zeros(0))
-
-
-@dataclass
-class VideoResult:
-    video_id: str
-    timestamps: np.ndarray
-    found: np.ndarray
-    preds: dict                     # task -> (n, C) ensembled outputs
 
 
 def prepare_video(path: Path, video_id: str, tmp: Path, fparams: dict, sample_rate: int | None,
@@ -169,97 +135,35 @@ class Run:
 
 
 def predict_video_file(path: Path, video_id: str, run: Run) -> VideoResult:
+    """One video through every stage, its bar advanced per stage (decode+faces, each source, each task)."""
     tasks = run.tasks
-    with tempfile.TemporaryDirectory(prefix="video-", dir=run.tmp_root) as tmp:
+    bar = progress(total=1 + len(run.sources) + len(tasks), desc=video_id, unit="stage", leave=True)
+    with bar, tempfile.TemporaryDirectory(prefix="video-", dir=run.tmp_root) as tmp:
+        bar.set_postfix_str("decode + faces")
         job = prepare_video(path, video_id, Path(tmp), run.fparams, run.sample_rate, run.threads, run.device)
-        feats = {key: src(job) for key, src in run.sources.items()}
-        found = _found(job.faces)
-        preds = {t: ensemble_task(tm, feats, run.ens, run.batch_size) for t, tm in tasks.items()}
+        bar.update()
+        feats = {}
+        for key, src in run.sources.items():
+            bar.set_postfix_str(key)
+            feats[key] = src(job)
+            bar.update()
+        found, score = _found(job.faces)
+        preds = {}
+        for t, tm in tasks.items():
+            bar.set_postfix_str(t)
+            preds[t] = ensemble_task(tm, feats, run.ens, run.batch_size)
+            bar.update()
     n_found = int(found.sum())
     log.info("%s: %d frames, face in %d (%.1f %%), tasks %s", path, len(found), n_found,
              100 * n_found / max(len(found), 1), ", ".join(tasks))
-    return VideoResult(video_id, job.timestamps, found, preds)
+    return VideoResult(video_id, job.timestamps, found, preds, score)
 
 
-def _found(faces: Path) -> np.ndarray:
+def _found(faces: Path) -> tuple[np.ndarray, np.ndarray]:
     from .stores import FaceStore
 
     with FaceStore(faces) as fs:
-        return fs.found.astype(bool)
-
-
-# ---------------------------------------------------------------- outputs
-def csv_header(tasks) -> list[str]:
-    return ["video", "frame", "timestamp", "face_found"] + [c for t in CSV_TASKS if t in tasks
-                                                            for c in TASK_COLUMNS[t]]
-
-
-def csv_rows(r: VideoResult, tasks) -> str:
-    """One video's rows, formatted with numpy (10^5 frames per video on Aff-Wild2)."""
-    n = len(r.timestamps)
-    vals = np.concatenate([r.preds[t] for t in CSV_TASKS if t in tasks], 1) if tasks else np.zeros((n, 0))
-    cols = [np.char.mod("%.6f", vals)] if vals.shape[1] else []
-    left = np.stack([np.full(n, r.video_id), np.arange(1, n + 1).astype(str),
-                     np.char.mod("%.6f", r.timestamps), r.found.astype(int).astype(str)], 1)
-    table = np.concatenate([left] + cols, 1)
-    return "".join(",".join(row) + "\n" for row in table.tolist())
-
-
-def plot_timeline(results: list[VideoResult], tasks, out) -> None:
-    """Per video: AU probabilities as a heat strip, the EXPR argmax, valence / arousal vs time;
-    frames without a face shaded grey."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [t for t in CSV_TASKS if t in tasks]
-    heights = {"AU": 2.2, "EXPR": 1.6, "VA": 1.6}
-    ratios = [heights[t] for _ in results for t in rows]
-    fig, axes = plt.subplots(len(ratios), 1, figsize=(12, 0.6 + sum(ratios)), squeeze=False,
-                             gridspec_kw={"height_ratios": ratios})
-    axes = iter(axes[:, 0])
-    for r in results:
-        t = r.timestamps
-        t1 = t[-1] + (np.median(np.diff(t)) if len(t) > 1 else 0.04)
-        for k, task in enumerate(rows):
-            ax = next(axes)
-            if task == "AU":
-                im = ax.imshow(r.preds["AU"].T, aspect="auto", interpolation="nearest", cmap="magma", vmin=0, vmax=1,
-                               extent=(t[0], t1, len(AU_NAMES) - 0.5, -0.5))
-                ax.set_yticks(range(len(AU_NAMES)), AU_NAMES, fontsize=6)
-                cb = fig.colorbar(im, cax=ax.inset_axes([1.005, 0.0, 0.008, 1.0]))   # keeps the time axes aligned
-                cb.ax.tick_params(labelsize=6)
-            elif task == "EXPR":
-                ax.step(t, r.preds["EXPR"].argmax(1), where="post", lw=1.2, color="tab:blue")
-                ax.set_yticks(range(len(EXPR_NAMES)), EXPR_NAMES, fontsize=6)
-                ax.set_ylim(-0.5, len(EXPR_NAMES) - 0.5)
-            else:
-                for j, (name, c) in enumerate(zip(VA_NAMES, ("tab:red", "tab:green"))):
-                    ax.plot(t, r.preds["VA"][:, j], color=c, lw=1.0, label=name)
-                ax.axhline(0, color="k", lw=0.5)
-                ax.set_ylim(-1.05, 1.05)
-                ax.legend(loc="upper right", fontsize=6, ncol=2)
-            _shade_no_face(ax, t, r.found, t1)
-            ax.set_xlim(t[0], t1)
-            ax.set_ylabel(task, fontsize=8)
-            if k == 0:
-                ax.set_title(f"{r.video_id}  ({len(t)} frames, face in {int(r.found.sum())})", fontsize=9)
-            if k < len(rows) - 1:
-                ax.tick_params(labelbottom=False)
-            else:
-                ax.set_xlabel("time (s)", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-
-
-def _shade_no_face(ax, t, found, t_end) -> None:
-    edges = np.append(t, t_end)
-    d = np.diff(np.concatenate([[0], (~found).astype(np.int8), [0]]))
-    for s, e in zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1)):
-        ax.axvspan(edges[s], edges[e], color="0.6", alpha=0.35, lw=0)
+        return fs.found.astype(bool), fs.f["score"][:].astype(np.float64)
 
 
 # ---------------------------------------------------------------- the command
@@ -267,31 +171,56 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="affect-predict", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run the trained models of a finished workflow run on new videos: one CSV row per "
-                    "decoded frame\n(AU / EXPR probabilities, valence, arousal) and an optional timeline PNG.",
-        epilog="example:\n  affect-predict talk.mp4 --models results/ --out talk.csv --timeline talk.png\n"
-               "  affect-predict a.mp4 b.avi --models run/results --config my.yaml --tasks AU VA --out ab.csv")
-    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (any container FFmpeg reads)")
-    p.add_argument("--models", required=True, type=Path, help="the results/ folder of a finished run")
-    p.add_argument("--out", required=True, type=Path, help="per-frame CSV to write")
-    p.add_argument("--timeline", type=Path, default=None, help="also write a timeline PNG")
+                    "decoded frame\n(AU / EXPR probabilities, valence, arousal) and timeline PNGs. "
+                    "Videos whose CSV exists are skipped\n(rerun a killed batch to resume it).",
+        epilog="examples:\n"
+               "  affect-predict talks/ --models results/ --out-dir preds/          # one CSV + PNG per video\n"
+               "  affect-predict 'talks/**/*.mp4' --models results/ --out-dir preds/ --combined --device cuda\n"
+               "  affect-predict talk.mp4 --models results/ --out talk.csv --timeline talk.png\n"
+               "  affect-predict a.mp4 b.avi --models run/results --config my.yaml --tasks AU VA --out ab.csv\n"
+               "  affect-predict talks/ --models results/ --out-dir of/ --openface-columns  # AU01_c ...")
+    p.add_argument("videos", nargs="+", metavar="VIDEO",
+                   help="video files, folders (searched recursively) or quoted globs ('dir/**/*.mp4')")
+    p.add_argument("--models", required=True, type=Path, metavar="RESULTS",
+                   help="the results/ folder of a finished run")
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out-dir", type=Path, metavar="DIR",
+                     help="one CSV (+ timeline PNG) per video, below this folder")
+    out.add_argument("--out", type=Path, metavar="CSV", help="one combined CSV of every video")
+    p.add_argument("--combined", action="store_true", help="with --out-dir: one DIR/predictions.csv instead")
+    p.add_argument("--timeline", type=Path, default=None, metavar="PNG",
+                   help="combined: also write a timeline PNG of every video")
+    p.add_argument("--no-timeline", action="store_true", help="--out-dir: no per-video timeline PNGs")
+    p.add_argument("--overwrite", action="store_true", help="redo videos whose CSV exists (default: skip them)")
+    p.add_argument("--openface-columns", action="store_true",
+                   help="OpenFace-style column names: frame, face_id, timestamp, confidence, success, AU01_c ...")
     p.add_argument("--tasks", nargs="+", choices=CSV_TASKS, default=None,
                    help="tasks to predict (default: every frame task the run trained)")
     p.add_argument("--config", action="append", default=[], type=Path, metavar="YAML",
                    help="a config overlay merged over the run's saved config, {models}/config.yaml (repeatable)")
-    p.add_argument("--workdir", type=Path, default=None,
+    p.add_argument("--workdir", type=Path, default=None, metavar="DIR",
                    help="the run's working directory, for relative weight paths (default: parent of --models)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads to use")
-    p.add_argument("--batch-size", type=int, default=32, help="clips per temporal-model call")
-    p.add_argument("--tmpdir", type=Path, default=None, help="where intermediates go (removed at the end)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads to use")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="face crops per MAE forward and clips per temporal-model call "
+                        "(default: the run's mae.features.batch_size, 32 clips)")
+    p.add_argument("--tmpdir", type=Path, default=None, metavar="DIR",
+                   help="where intermediates go (removed at the end)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (torch, numpy)")
     return p
 
 
-def video_ids(paths: list[Path]) -> list[str]:
-    """File stems; the path as given where two videos share a stem."""
-    stems = [p.stem for p in paths]
-    return [s if stems.count(s) == 1 else str(p) for s, p in zip(stems, paths)]
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = parser()
+    a = p.parse_args(argv)
+    if a.combined and a.out_dir is None:
+        p.error("--combined goes with --out-dir (--out is already one combined CSV)")
+    if a.timeline and not (a.out or a.combined):
+        p.error("--timeline PNG is the combined timeline: per-video PNGs are written by --out-dir")
+    if a.batch_size is not None and a.batch_size < 1:
+        p.error("--batch-size must be at least 1")
+    return a
 
 
 def select_tasks(models_dir: Path, cfg: dict, requested) -> dict[str, list[Path]]:
@@ -310,51 +239,50 @@ def select_tasks(models_dir: Path, cfg: dict, requested) -> dict[str, list[Path]
     return {t: find_fold_models(models_dir, t, folds) for t in tasks}
 
 
-def predict(argv: list[str]) -> int:
-    a = parser().parse_args(argv)
-    models_dir = a.models
-    if not models_dir.is_dir():
-        raise PipelineError(f"{models_dir}: models directory not found (--models must be a finished run's results/)")
-    videos = [Path(v) for v in a.videos]
-    for v in videos:
-        if not v.is_file():
-            raise PipelineError(f"{v}: video not found")
-    workdir = a.workdir or models_dir.resolve().parent
-    cfg = load_config(models_dir, a.config)
-    task_paths = select_tasks(models_dir, cfg, a.tasks)
-    ens = EnsembleSettings.from_params(setting(cfg, "ensemble"))
-    fparams = faces_params(cfg, workdir)
-    check_faces(models_dir / "faces", fparams)
+def batch_from_args(a: argparse.Namespace, inputs: list[VideoInput], cfg: dict, task_paths: dict) -> Batch:
+    style = CsvStyle(True, au_threshold(cfg, task_paths["AU"]) if "AU" in task_paths else None) \
+        if a.openface_columns else NATIVE
+    combined = a.out if a.out else (a.out_dir / "predictions.csv" if a.combined else None)
+    return plan_batch(inputs, list(task_paths), style, a.out_dir, combined,
+                      a.timeline if combined else not a.no_timeline, a.overwrite)
 
+
+def make_predictor(a: argparse.Namespace, cfg: dict, task_paths: dict, tmp_root: Path) -> Predictor:
+    """Load every model once (on ``--device``): the function that predicts one video."""
     import cv2
 
     from .runtime import pick_device, setup_torch
 
+    workdir = a.workdir or a.models.resolve().parent
+    ens = EnsembleSettings.from_params(setting(cfg, "ensemble"))
+    fparams = faces_params(cfg, workdir)
+    check_faces(a.models / "faces", fparams)
     torch = setup_torch(a.threads, a.seed)
     cv2.setNumThreads(a.threads)
     device = pick_device(a.device)
-    tasks = {t: load_task_models(models_dir, t, p, device) for t, p in task_paths.items()}
-    sources = make_sources(tasks, models_dir, cfg, workdir, device)
+    tasks = {t: load_task_models(a.models, t, p, device) for t, p in task_paths.items()}
+    sources = make_sources(tasks, a.models, cfg, workdir, device, a.batch_size)
     need_audio = any(isinstance(s, AudioSource) for s in sources.values())
     sample_rate = int(setting(cfg, "audio.sample_rate")) if need_audio else None
-    log.info("tasks %s; folds %s; feature sources %s; faces %s (size %s); %d video(s); torch threads %d",
+    log.info("tasks %s; folds %s; feature sources %s; faces %s (size %s); device %s; torch threads %d",
              list(tasks), {t: tm.folds for t, tm in tasks.items()}, list(sources), fparams["backend"],
-             fparams["size"], len(videos), torch.get_num_threads())
+             fparams["size"], device, torch.get_num_threads())
+    run = Run(tasks, sources, ens, fparams, sample_rate, a.threads, device, a.batch_size or 32, tmp_root)
+    return lambda path, vid: predict_video_file(path, vid, run)
 
-    results = []
-    with tempfile.TemporaryDirectory(prefix="affect-predict-", dir=a.tmpdir) as tmp_root, \
-            atomic_path(a.out) as tmp_csv, open(tmp_csv, "w", encoding="utf-8") as fh:
-        fh.write(",".join(csv_header(tasks)) + "\n")
-        for path, vid in progress(list(zip(videos, video_ids(videos))), desc="videos", unit="video"):
-            run = Run(tasks, sources, ens, fparams, sample_rate, a.threads, device, a.batch_size, Path(tmp_root))
-            r = predict_video_file(path, vid, run)
-            fh.write(csv_rows(r, tasks))
-            if a.timeline:
-                results.append(r)
-    log.info("wrote %s", a.out)
-    if a.timeline:
-        plot_timeline(results, tasks, a.timeline)
-        log.info("wrote %s", a.timeline)
+
+def predict(argv: list[str]) -> int:
+    a = parse_args(argv)
+    if not a.models.is_dir():
+        raise PipelineError(f"{a.models}: models directory not found (--models must be a finished run's results/)")
+    inputs = expand_inputs(a.videos)            # bad paths fail before any model is read
+    cfg = load_config(a.models, a.config)
+    task_paths = select_tasks(a.models, cfg, a.tasks)
+    batch = batch_from_args(a, inputs, cfg, task_paths)
+    log.info("%d video(s) from %d argument(s)", len(inputs), len(a.videos))
+    with tempfile.TemporaryDirectory(prefix="affect-predict-", dir=a.tmpdir) as tmp_root:
+        counts = run_batch(batch, lambda: make_predictor(a, cfg, task_paths, Path(tmp_root)))
+    log.info("%d video(s) predicted, %d skipped", counts["predicted"], counts["skipped"])
     return 0
 
 

@@ -1,6 +1,7 @@
-"""What affect-predict takes from a finished run: each task's fold models, and the feature
-sources they were trained on (every fold's own MAE encoder, the run's audio weights), checked
-against the digests the run recorded so new videos are encoded exactly as the run's were."""
+"""What affect-predict takes from a finished run: its face settings, each task's fold models
+(and the AU threshold the submission decodes with), and the feature sources they were trained
+on (every fold's own MAE encoder, the run's audio weights), checked against the digests the run
+recorded so new videos are encoded exactly as the run's were."""
 from __future__ import annotations
 
 import logging
@@ -37,6 +38,39 @@ def local_path(value, workdir: Path) -> Path | None:
     return p if p.is_absolute() else workdir / p
 
 
+# ---------------------------------------------------------------- faces
+def faces_params(cfg: dict, workdir: Path) -> dict:
+    """The run's ``faces`` settings for detection (official crops do not exist for a new video)."""
+    from .faces import FaceParams
+
+    p = copy.deepcopy(setting(cfg, "faces"))
+    FaceParams.from_config(p)  # complete (workflow_config.yaml): a missing key names itself
+    if setting(cfg, "affwild2.cropped_aligned") or p["backend"] == "cropped_aligned":
+        p["backend"] = "mtcnn" if p["backend"] == "cropped_aligned" else p["backend"]
+        log.warning("the run used the official cropped_aligned faces; a new video has none: detecting "
+                    "faces with %s instead (crops the models did not train on)", p["backend"])
+    fa = p["face_alignment"]
+    p["face_alignment"] = {k: (str(local_path(v, workdir)) if local_path(v, workdir) else None) for k, v in fa.items()}
+    return p
+
+
+def check_faces(faces_dir: Path, params: dict) -> None:
+    """The run's face stores (if kept) record the crop settings: a different --config is refused."""
+    import h5py
+
+    first = next(iter(sorted(faces_dir.glob("*.h5"))), None) if faces_dir.is_dir() else None
+    if first is None:
+        return
+    with h5py.File(first, "r") as f:
+        size, margin, backend = f.attrs.get("size"), f.attrs.get("margin"), str(f.attrs.get("backend", ""))
+    if size is not None and (int(size) != int(params["size"]) or abs(float(margin or 0) - float(params["margin"])) > 1e-9):
+        raise PipelineError(f"{first}: the run cropped faces at size {int(size)}, margin {float(margin or 0)}, "
+                            f"but the config here says size {params['size']}, margin {params['margin']} "
+                            f"(pass the --config the run used)")
+    if backend and backend not in ("cropped_aligned", params["backend"]):
+        log.warning("%s: the run detected faces with %s, the config here says %s", first, backend, params["backend"])
+
+
 # ---------------------------------------------------------------- models of the run
 @dataclass
 class TaskModels:
@@ -67,10 +101,9 @@ def find_fold_models(models_dir: Path, task: str, folds: list[str]) -> list[Path
 
 
 def load_task_models(models_dir: Path, task: str, paths: list[Path], device) -> TaskModels:
-    from .runtime import read_json
     from .temporal_checkpoint import load_temporal
 
-    models, metrics = [], []
+    models = []
     for p in paths:
         m = load_temporal(p, device)
         if m.task != task:
@@ -80,9 +113,24 @@ def load_task_models(models_dir: Path, task: str, paths: list[Path], device) -> 
                                 f"(feature_sources; made by an older affect_pipeline): affect-predict cannot "
                                 f"tell which encoder made its features; rerun train_blb and train_dcl")
         models.append(m)
-        mp = p.with_name("dcl_metrics.json")
-        metrics.append(read_json(mp) if mp.is_file() else {})
+    metrics = [m for _, m in fold_metrics(paths)]
     return TaskModels(task, [p.parent.name for p in paths], paths, models, metrics)
+
+
+def fold_metrics(paths: list[Path]) -> list[tuple[str, dict]]:
+    """(file, metrics) of each fold model: its ``dcl_metrics.json`` ({} when absent), as the
+    submission's ensemble reads them (fold weights, tuned AU thresholds)."""
+    from .runtime import read_json
+
+    return [(str(mp), read_json(mp) if mp.is_file() else {})
+            for mp in (Path(p).with_name("dcl_metrics.json") for p in paths)]
+
+
+def au_threshold(cfg: dict, paths: list[Path]) -> tuple[float, ...]:
+    """The per-AU presence threshold the submission decodes with (``ensemble.au_threshold``)."""
+    from .ensemble import resolve_au_threshold
+
+    return tuple(float(t) for t in resolve_au_threshold(setting(cfg, "ensemble.au_threshold"), fold_metrics(paths)))
 
 
 # ---------------------------------------------------------------- feature sources
@@ -166,12 +214,14 @@ def _mismatch(ckpt: Path, src: dict, what: str, got: str, hint: str) -> Pipeline
                          f"of digest {src.get('checkpoint_digest')}, but {what} has digest {got} ({hint})")
 
 
-def make_sources(tasks: dict[str, TaskModels], models_dir: Path, cfg: dict, workdir: Path, device) -> dict:
+def make_sources(tasks: dict[str, TaskModels], models_dir: Path, cfg: dict, workdir: Path, device,
+                 batch_size: int | None = None) -> dict:
     """One source per distinct weight file any model's stores come from (each loaded once), the
-    models' ``keys`` filled in; digests and dims checked against every checkpoint's record."""
+    models' ``keys`` filled in; digests and dims checked against every checkpoint's record.
+    ``batch_size``: face crops per MAE forward (default: the run's ``mae.features.batch_size``)."""
     from .runtime import file_digest
 
-    bs = int(setting(cfg, "mae.features.batch_size"))
+    bs = int(batch_size or setting(cfg, "mae.features.batch_size"))
     sources: dict = {}
     digests: dict[Path, str] = {}
     for tm in tasks.values():

@@ -14,7 +14,6 @@ from snakemake.utils import validate
 from affect_pipeline.__main__ import STAGES
 from affect_pipeline.layout import LayoutError, enabled_tasks, scan_dataset
 
-
 validate(config, os.path.join(workflow.basedir, "workflow_config.schema.yaml"))
 
 TASKS = list(enabled_tasks(config))
@@ -31,8 +30,11 @@ CONDA_ENV = "../envs/affect.yaml"
 # A stage runs as `affect <stage> ...`, the warm launcher (affect_pipeline/warm.py): a local job
 # forks from a process that has imported torch & co. once, instead of paying 5-10 s of imports;
 # inside a Slurm job, or with AFFECT_WARM=0, it is a plain `python -m affect_pipeline`.
-_PATH = ("" if "conda" in str(workflow.deployment_settings.deployment_method).lower()
-         else f'export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; ')
+_PATH = (
+    ""
+    if "conda" in str(workflow.deployment_settings.deployment_method).lower()
+    else f'export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; '
+)
 shell.prefix(f'{_PATH}affect() {{{{ python -m affect_pipeline.warm "$@"; }}}}; ')
 
 
@@ -41,7 +43,8 @@ _LAYOUT = []
 
 def layout():
     """The dataset as the scanner sees it. The demo tree is made by the `make_demo` checkpoint,
-    so with a `demo:` section the scan waits for it; any other tree is scanned at once."""
+    so with a `demo:` section the scan waits for it; any other tree is scanned at once.
+    """
     if not _LAYOUT:
         if "demo" in config:
             checkpoints.make_demo.get()
@@ -74,7 +77,9 @@ def _package_imports(module):
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.startswith("affect_pipeline"))
+            found.update(
+                a.name for a in node.names if a.name.startswith("affect_pipeline")
+            )
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
@@ -82,14 +87,19 @@ def _package_imports(module):
                 base = ".".join(parent + ([base] if base else []))
             if base.startswith("affect_pipeline"):
                 found.add(base)
-                found.update(f"{base}.{a.name}" for a in node.names if _module_file(f"{base}.{a.name}").exists())
+                found.update(
+                    f"{base}.{a.name}"
+                    for a in node.names
+                    if _module_file(f"{base}.{a.name}").exists()
+                )
     return path, found
 
 
 def code_digest(stage):
     """Digest of every package module the stage's code imports, followed transitively, so that
     editing a module reruns exactly the stages that run it (Snakemake tracks a rule's own code,
-    not the package it calls; this param makes `--rerun-triggers params` catch the rest)."""
+    not the package it calls; this param makes `--rerun-triggers params` catch the rest).
+    """
     if stage not in _DIGESTS:
         todo, seen, h = [STAGES[stage].split(":")[0]], set(), hashlib.sha256()
         while todo:
@@ -124,7 +134,8 @@ def visual_task(task):
 
 def encoder(task, fold):
     """The fine-tuned encoder behind a task x fold: the fold's own (per_fold), else the official
-    one. ERI's videos (Hume) are outside every Aff-Wild2 fold: the official EXPR encoder."""
+    one. ERI's videos (Hume) are outside every Aff-Wild2 fold: the official EXPR encoder.
+    """
     if task == "ERI":
         return f"results/mae/{ERI_VISUAL}/official/finetune.pt"
     return f"results/mae/{task}/{fold if PER_FOLD else 'official'}/finetune.pt"
@@ -137,8 +148,10 @@ def visual_shard(task, fold):
 
 def feature_shards(task, fold):
     """The feature shards a task x fold's temporal models read, in concatenation order."""
-    return [visual_shard(task, fold) if name == "mae" else f"results/features/{name}.h5"
-            for name in config["temporal"]["features"]]
+    return [
+        visual_shard(task, fold) if name == "mae" else f"results/features/{name}.h5"
+        for name in config["temporal"]["features"]
+    ]
 
 
 def fold_inputs(wc):
@@ -155,27 +168,44 @@ def weights(key):
     for part in key.split("."):
         node = node[part]
     if not node:
-        raise WorkflowError(f"config {key} is not set: give the local path of the weights "
-                            f"(nothing is downloaded at run time)")
+        raise WorkflowError(
+            f"config {key} is not set: give the local path of the weights "
+            f"(nothing is downloaded at run time)"
+        )
     return node
 
 
 def res(rule_name):
-    gpu = config["resources"]["gpu"] if rule_name in config["resources"]["gpu_rules"] else 0
+    gpu = (
+        config["resources"]["gpu"]
+        if rule_name in config["resources"]["gpu_rules"]
+        else 0
+    )
     if rule_name in ("pretrain_mae", "finetune_mae") and gpu:
-        gpu = max(gpu, config["mae"]["gpus"])   # DDP: one process per GPU inside the job
+        gpu = max(gpu, config["mae"]["gpus"])  # DDP: one process per GPU inside the job
     return dict(gpu=gpu, mem_mb=config["resources"]["mem_mb"])
 
 
 def torch_launcher(gpus):
     """One process, or torchrun with one process per GPU (DDP) inside the same job."""
-    return "affect" if gpus <= 1 else f"python -m torch.distributed.run --standalone --nproc_per_node {gpus} -m affect_pipeline"
+    return (
+        "affect"
+        if gpus <= 1
+        else f"python -m torch.distributed.run --standalone --nproc_per_node {gpus} -m affect_pipeline"
+    )
 
 
 def temporal_params(*sections):
     """The temporal settings a stage needs: the shared ones + its own sections, so that e.g. a DCL
     change does not rerun BLB training."""
-    keep = ("features", "eri_visual_task", "clip_len", "stride", "blb", "eri") + sections
+    keep = (
+        "features",
+        "eri_visual_task",
+        "clip_len",
+        "stride",
+        "blb",
+        "eri",
+    ) + sections
     return as_json({k: config["temporal"][k] for k in keep})
 
 
@@ -191,13 +221,19 @@ def test_labels_arg(wc=None):
 
 
 # ---------------------------------------------------------------- per-rule inputs and params
-FINETUNE_FOLDS = FOLDS if PER_FOLD else ["official"]   # per_fold false: one (official) encoder per task
+FINETUNE_FOLDS = (
+    FOLDS if PER_FOLD else ["official"]
+)  # per_fold false: one (official) encoder per task
 
 
 def cropped_dir(wc):
     """The official crops of this video, when the cropped_aligned backend is chosen."""
     base = config["affwild2"]["cropped_aligned"]
-    return os.path.join(base, wc.video) if base and "ERI" not in layout().videos[wc.video].splits else ""
+    return (
+        os.path.join(base, wc.video)
+        if base and "ERI" not in layout().videos[wc.video].splits
+        else ""
+    )
 
 
 def faces_params(wc):
@@ -208,7 +244,9 @@ def faces_params(wc):
 
 def pretrain_faces(wc=None):
     """Faces the MAE learns from: every training video of every enabled frame task."""
-    return face_stores(sorted({v for t in FRAME_TASKS for v in task_videos(t, ("train",))}))
+    return face_stores(
+        sorted({v for t in FRAME_TASKS for v in task_videos(t, ("train",))})
+    )
 
 
 def audio_media(wc=None):
@@ -218,4 +256,6 @@ def audio_media(wc=None):
 
 def report_faces(wc):
     """A few test videos' face stores for the contact sheet."""
-    return face_stores(sorted({v for t in TASKS for v in task_videos(t, ("test",))})[:4])
+    return face_stores(
+        sorted({v for t in TASKS for v in task_videos(t, ("test",))})[:4]
+    )

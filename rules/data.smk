@@ -5,15 +5,15 @@ if "demo" in config:
     checkpoint make_demo:
         output:
             f"{config['demo']['root']}/manifest.json",
+        log:
+            "results/logs/make_demo.log",
+        conda:
+            CONDA_ENV
+        threads: 1
         params:
             demo=as_json(config["demo"]),
             root=lambda wc, output: os.path.dirname(output[0]),
             code=code_digest("make_demo"),
-        threads: 1
-        conda:
-            CONDA_ENV
-        log:
-            "results/logs/make_demo.log",
         shell:
             "affect make_demo --out {params.root:q} --params {params.demo:q} > {log:q} 2>&1"
 
@@ -22,15 +22,15 @@ if "demo" in config:
             hubert=directory(f"{config['demo']['root']}/models/hubert"),
             wav2vec2=directory(f"{config['demo']['root']}/models/wav2vec2"),
             vggish=f"{config['demo']['root']}/models/vggish.pth",
+        log:
+            "results/logs/make_demo_audio_models.log",
+        conda:
+            CONDA_ENV
+        threads: 1
         params:
             seed=config["demo"]["seed"],
             out=lambda wc, output: os.path.dirname(output.vggish),
             code=code_digest("make_demo_audio_models"),
-        threads: 1
-        conda:
-            CONDA_ENV
-        log:
-            "results/logs/make_demo_audio_models.log",
         shell:
             "affect make_demo_audio_models --out-dir {params.out:q} --seed {params.seed} > {log:q} 2>&1"
 
@@ -41,14 +41,14 @@ rule extract_frames:
     output:
         frames="results/frames/{media}.json",
         audio="results/audio/{media}.wav",
+    log:
+        "results/logs/extract_frames/{media}.log",
+    conda:
+        CONDA_ENV
+    threads: 1
     params:
         sr=config["audio"]["sample_rate"],
         code=code_digest("extract_frames"),
-    threads: 1
-    conda:
-        CONDA_ENV
-    log:
-        "results/logs/extract_frames/{media}.log",
     shell:
         "affect extract_frames --video {input:q} --out {output.frames:q} --audio-out {output.audio:q}"
         " --sample-rate {params.sr} --threads {threads} > {log:q} 2>&1"
@@ -61,14 +61,14 @@ rule index_dataset:
         tsv="results/index/videos.tsv",
         labels=expand("results/index/labels/{task}.h5", task=TASKS),
         report="results/index/index_report.json",
+    log:
+        "results/logs/index_dataset.log",
+    conda:
+        CONDA_ENV
+    threads: 1
     params:
         data=as_json({k: config[k] for k in ("affwild2", "hume", "tasks")}),
         code=code_digest("index_dataset"),
-    threads: 1
-    conda:
-        CONDA_ENV
-    log:
-        "results/logs/index_dataset.log",
     shell:
         "affect index_dataset --data {params.data:q} --frames {input.frames:q}"
         " --out-dir results/index > {log:q} 2>&1"
@@ -80,20 +80,22 @@ rule crop_faces:
         frames=lambda wc: frames_json(wc.video),
     output:
         "results/faces/{video}.h5",
-    params:
-        faces=faces_params,
-        side=lambda wc: layout().videos[wc.video].side or "none",
-        cropped=lambda wc: f"--cropped-dir {shlex.quote(cropped_dir(wc))}" if cropped_dir(wc) else "",
-        code=code_digest("crop_faces"),
-    threads: 1
-    resources:
-        **res("crop_faces"),
-    conda:
-        CONDA_ENV
     log:
         "results/logs/crop_faces/{video}.log",
     benchmark:
         "results/benchmarks/crop_faces/{video}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        **res("crop_faces"),
+    params:
+        faces=faces_params,
+        side=lambda wc: layout().videos[wc.video].side or "none",
+        cropped=lambda wc: (
+            f"--cropped-dir {shlex.quote(cropped_dir(wc))}" if cropped_dir(wc) else ""
+        ),
+        code=code_digest("crop_faces"),
     shell:
         "affect crop_faces --video {input.video:q} --frames {input.frames:q}"
         " --out {output:q} --side {params.side} {params.cropped}"

@@ -4,25 +4,31 @@
 rule pretrain_mae:
     input:
         faces=[] if config["mae"]["checkpoint"] else pretrain_faces,
-        checkpoint=lambda wc: [weights("mae.checkpoint")] if config["mae"]["checkpoint"] else [],
+        checkpoint=lambda wc: (
+            [weights("mae.checkpoint")] if config["mae"]["checkpoint"] else []
+        ),
     output:
         model="results/mae/pretrain.pt",
-        curve=report("results/mae/pretrain_curve.csv", category="Training", subcategory="MAE pretraining",
-                     caption="../report/pretrain.rst"),
+        curve=report(
+            "results/mae/pretrain_curve.csv",
+            category="Training",
+            subcategory="MAE pretraining",
+            caption="../report/pretrain.rst",
+        ),
+    log:
+        "results/logs/pretrain_mae.log",
+    benchmark:
+        "results/benchmarks/pretrain_mae.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        **res("pretrain_mae"),
     params:
         seed=config["seed"],
         mae=mae_params("checkpoint", "pretrain", "gpus"),
         launch=torch_launcher(config["mae"]["gpus"]),
         code=code_digest("pretrain_mae"),
-    threads: THREADS
-    resources:
-        **res("pretrain_mae"),
-    conda:
-        CONDA_ENV
-    log:
-        "results/logs/pretrain_mae.log",
-    benchmark:
-        "results/benchmarks/pretrain_mae.tsv"
     shell:
         "{params.launch} pretrain_mae --faces {input.faces:q} --out {output.model:q} --curve {output.curve:q}"
         " --params {params.mae:q} --threads {threads} --seed {params.seed} > {log:q} 2>&1"
@@ -39,20 +45,20 @@ rule finetune_mae:
         model="results/mae/{task}/{fold}/finetune.pt",
         metrics="results/mae/{task}/{fold}/finetune_metrics.json",
         curve="results/mae/{task}/{fold}/finetune_curve.csv",
+    log:
+        "results/logs/finetune_mae/{task}/{fold}.log",
+    benchmark:
+        "results/benchmarks/finetune_mae/{task}/{fold}.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        **res("finetune_mae"),
     params:
         seed=config["seed"],
         mae=mae_params("finetune", "gpus"),
         launch=torch_launcher(config["mae"]["gpus"]),
         code=code_digest("finetune_mae"),
-    threads: THREADS
-    resources:
-        **res("finetune_mae"),
-    conda:
-        CONDA_ENV
-    log:
-        "results/logs/finetune_mae/{task}/{fold}.log",
-    benchmark:
-        "results/benchmarks/finetune_mae/{task}/{fold}.tsv"
     shell:
         "{params.launch} finetune_mae --task {wildcards.task} --fold {wildcards.fold} --folds {input.folds:q}"
         " --pretrained {input.pretrained:q} --labels {input.labels:q} --faces {input.faces:q}"
@@ -66,18 +72,18 @@ rule visual_features:
         faces=lambda wc: face_stores(task_videos(wc.task)),
     output:
         "results/features/mae/{task}/{fold}.h5",
-    params:
-        mae=as_json(config["mae"]["features"]),
-        code=code_digest("visual_features"),
-    threads: THREADS
-    resources:
-        **res("visual_features"),
-    conda:
-        CONDA_ENV
     log:
         "results/logs/visual_features/{task}/{fold}.log",
     benchmark:
         "results/benchmarks/visual_features/{task}/{fold}.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        **res("visual_features"),
+    params:
+        mae=as_json(config["mae"]["features"]),
+        code=code_digest("visual_features"),
     shell:
         "affect visual_features --model {input.model:q} --faces {input.faces:q} --out {output:q}"
         " --params {params.mae:q} --threads {threads} > {log:q} 2>&1"

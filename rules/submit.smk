@@ -5,24 +5,25 @@
 from affect_pipeline.report import FIGURES
 
 
-
 rule ensemble:
     input:
         preds=expand("results/predictions/{{task}}/{fold}.h5", fold=ENSEMBLE_FOLDS),
-        metrics=expand("results/models/{{task}}/{fold}/dcl_metrics.json", fold=ENSEMBLE_FOLDS),
+        metrics=expand(
+            "results/models/{{task}}/{fold}/dcl_metrics.json", fold=ENSEMBLE_FOLDS
+        ),
         index="results/index/videos.tsv",
         index_report="results/index/index_report.json",
     output:
         submission="results/submission/{task}/predictions.txt",
         probs="results/submission/{task}/ensemble.h5",
+    log:
+        "results/logs/ensemble/{task}.log",
+    conda:
+        CONDA_ENV
+    threads: 1
     params:
         ensemble=as_json(config["ensemble"]),
         code=code_digest("ensemble"),
-    threads: 1
-    conda:
-        CONDA_ENV
-    log:
-        "results/logs/ensemble/{task}.log",
     shell:
         "affect ensemble --task {wildcards.task} --preds {input.preds:q} --metrics {input.metrics:q}"
         " --index {input.index:q} --index-report {input.index_report:q} --out {output.submission:q}"
@@ -31,26 +32,38 @@ rule ensemble:
 
 rule summarize:
     input:
-        finetune=expand("results/mae/{task}/{fold}/finetune_metrics.json", task=FRAME_TASKS, fold=FINETUNE_FOLDS),
-        metrics=expand("results/models/{task}/{fold}/{stage}_metrics.json", task=TASKS, fold=FOLDS,
-                       stage=["blb", "dcl"]),
+        finetune=expand(
+            "results/mae/{task}/{fold}/finetune_metrics.json",
+            task=FRAME_TASKS,
+            fold=FINETUNE_FOLDS,
+        ),
+        metrics=expand(
+            "results/models/{task}/{fold}/{stage}_metrics.json",
+            task=TASKS,
+            fold=FOLDS,
+            stage=["blb", "dcl"],
+        ),
         submissions=expand("results/submission/{task}/predictions.txt", task=TASKS),
         labels=expand("results/index/labels/{task}.h5", task=TASKS),
         index="results/index/videos.tsv",
     output:
         summary="results/metrics/summary.json",
-        ablation=report("results/metrics/ablation.tsv", category="Metrics", caption="../report/ablation.rst"),
+        ablation=report(
+            "results/metrics/ablation.tsv",
+            category="Metrics",
+            caption="../report/ablation.rst",
+        ),
+    log:
+        "results/logs/summarize.log",
+    conda:
+        CONDA_ENV
+    threads: 1
     params:
         tasks=TASKS,
         folds=FOLDS,
         test_labels=test_labels_arg,
         shared="" if PER_FOLD else "--shared-encoder",
         code=code_digest("summarize"),
-    threads: 1
-    conda:
-        CONDA_ENV
-    log:
-        "results/logs/summarize.log",
     shell:
         "affect summarize --tasks {params.tasks} --folds {params.folds}"
         " --finetune-metrics {input.finetune:q} --stage-metrics {input.metrics:q}"
@@ -63,25 +76,44 @@ rule report_plots:
     input:
         summary="results/metrics/summary.json",
         curves=["results/mae/pretrain_curve.csv"]
-        + expand("results/mae/{task}/{fold}/finetune_curve.csv", task=FRAME_TASKS, fold=FINETUNE_FOLDS)
-        + expand("results/models/{task}/{fold}/{stage}_curve.csv", task=TASKS, fold=FOLDS, stage=["blb", "dcl"]),
-        predictions=expand("results/predictions/VA/{fold}.h5", fold=ENSEMBLE_FOLDS) if "VA" in TASKS else [],
+        + expand(
+            "results/mae/{task}/{fold}/finetune_curve.csv",
+            task=FRAME_TASKS,
+            fold=FINETUNE_FOLDS,
+        )
+        + expand(
+            "results/models/{task}/{fold}/{stage}_curve.csv",
+            task=TASKS,
+            fold=FOLDS,
+            stage=["blb", "dcl"],
+        ),
+        predictions=(
+            expand("results/predictions/VA/{fold}.h5", fold=ENSEMBLE_FOLDS)
+            if "VA" in TASKS
+            else []
+        ),
         labels=["results/index/labels/VA.h5"] if "VA" in TASKS else [],
         ensembles=expand("results/submission/{task}/ensemble.h5", task=FRAME_TASKS),
         faces=report_faces,
     output:
-        [report(f"results/report/{f.name}", category=f.category, caption=f"../report/{f.caption}.rst")
-         for f in FIGURES],
+        [
+            report(
+                f"results/report/{f.name}",
+                category=f.category,
+                caption=f"../report/{f.caption}.rst",
+            )
+            for f in FIGURES
+        ],
+    log:
+        "results/logs/report_plots.log",
+    conda:
+        CONDA_ENV
+    threads: 1
     params:
         tasks=TASKS,
         test_labels=test_labels_arg,
         out_dir=lambda wc, output: os.path.dirname(output[0]),
         code=code_digest("report_plots"),
-    threads: 1
-    conda:
-        CONDA_ENV
-    log:
-        "results/logs/report_plots.log",
     shell:
         "affect report_plots --summary {input.summary:q} --curves {input.curves:q}"
         " --predictions {input.predictions:q} --labels {input.labels:q} --ensembles {input.ensembles:q}"
@@ -92,11 +124,11 @@ rule report_plots:
 rule run_config:
     output:
         "results/config.yaml",
-    params:
-        config=as_json(config),
-    threads: 1
     log:
         "results/logs/run_config.log",
+    threads: 1
+    params:
+        config=as_json(config),
     run:
         from affect_pipeline.config import write_run_config
 

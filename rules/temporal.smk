@@ -8,14 +8,14 @@ rule make_folds:
         index="results/index/videos.tsv",
     output:
         "results/folds/{task}.json",
+    log:
+        "results/logs/make_folds/{task}.log",
+    conda:
+        CONDA_ENV
+    threads: 1
     params:
         folds=as_json({"k": config["folds"], "seed": config["seed"]}),
         code=code_digest("make_folds"),
-    threads: 1
-    conda:
-        CONDA_ENV
-    log:
-        "results/logs/make_folds/{task}.log",
     shell:
         "python -m affect_pipeline make_folds --task {wildcards.task} --labels {input.labels:q}"
         " --index {input.index:q} --out {output:q} --params {params.folds:q} > {log:q} 2>&1"
@@ -28,19 +28,19 @@ rule train_blb:
         model="results/models/{task}/{fold}/blb.pt",
         metrics="results/models/{task}/{fold}/blb_metrics.json",
         curve="results/models/{task}/{fold}/blb_curve.csv",
-    params:
-        seed=config["seed"],
-        temporal=temporal_params(),
-        code=code_digest("train_blb"),
-    threads: THREADS
-    resources:
-        **res("train_blb"),
-    conda:
-        CONDA_ENV
     log:
         "results/logs/train_blb/{task}/{fold}.log",
     benchmark:
         "results/benchmarks/train_blb/{task}/{fold}.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        **res("train_blb"),
+    params:
+        seed=config["seed"],
+        temporal=temporal_params(),
+        code=code_digest("train_blb"),
     shell:
         "affect train_blb --task {wildcards.task} --fold {wildcards.fold}"
         " --folds {input.folds:q} --labels {input.labels:q} --features {input.features:q}"
@@ -54,19 +54,19 @@ rule mine_hard_clips:
         blb="results/models/{task}/{fold}/blb.pt",
     output:
         "results/models/{task}/{fold}/clb_clips.json",
-    params:
-        seed=config["seed"],
-        temporal=temporal_params("mining"),
-        code=code_digest("mine_hard_clips"),
-    threads: THREADS
-    resources:
-        **res("mine_hard_clips"),
-    conda:
-        CONDA_ENV
     log:
         "results/logs/mine_hard_clips/{task}/{fold}.log",
     benchmark:
         "results/benchmarks/mine_hard_clips/{task}/{fold}.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        **res("mine_hard_clips"),
+    params:
+        seed=config["seed"],
+        temporal=temporal_params("mining"),
+        code=code_digest("mine_hard_clips"),
     shell:
         "affect mine_hard_clips --task {wildcards.task} --fold {wildcards.fold}"
         " --folds {input.folds:q} --labels {input.labels:q} --features {input.features:q}"
@@ -83,19 +83,19 @@ rule train_dcl:
         model="results/models/{task}/{fold}/dcl.pt",
         metrics="results/models/{task}/{fold}/dcl_metrics.json",
         curve="results/models/{task}/{fold}/dcl_curve.csv",
-    params:
-        seed=config["seed"],
-        temporal=temporal_params("dcl"),
-        code=code_digest("train_dcl"),
-    threads: THREADS
-    resources:
-        **res("train_dcl"),
-    conda:
-        CONDA_ENV
     log:
         "results/logs/train_dcl/{task}/{fold}.log",
     benchmark:
         "results/benchmarks/train_dcl/{task}/{fold}.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        **res("train_dcl"),
+    params:
+        seed=config["seed"],
+        temporal=temporal_params("dcl"),
+        code=code_digest("train_dcl"),
     shell:
         "affect train_dcl --task {wildcards.task} --fold {wildcards.fold}"
         " --folds {input.folds:q} --labels {input.labels:q} --features {input.features:q}"
@@ -111,18 +111,18 @@ rule predict:
         index="results/index/videos.tsv",
     output:
         "results/predictions/{task}/{fold}.h5",
-    params:
-        temporal=temporal_params("dcl"),
-        code=code_digest("predict"),
-    threads: THREADS
-    resources:
-        **res("predict"),
-    conda:
-        CONDA_ENV
     log:
         "results/logs/predict/{task}/{fold}.log",
     benchmark:
         "results/benchmarks/predict/{task}/{fold}.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        **res("predict"),
+    params:
+        temporal=temporal_params("dcl"),
+        code=code_digest("predict"),
     shell:
         "affect predict --task {wildcards.task} --fold {wildcards.fold}"
         " --model {input.model:q} --folds {input.folds:q} --labels {input.labels:q}"

@@ -8,6 +8,7 @@ equal the workflow's ensemble (crop_faces -> feature stores -> predict -> ensemb
 models through the stages' files instead of this command's in-memory path).
 """
 import csv
+import json
 import subprocess
 import sys
 import time
@@ -20,8 +21,8 @@ import yaml
 
 from affect_pipeline import AU_NAMES, EXPR_NAMES
 from affect_pipeline.run_models import TaskModels, make_sources
-from affect_pipeline.predict_cli import (VideoResult, csv_header, csv_rows,
-                                         plot_timeline, predict)
+from affect_pipeline.predict_cli import predict
+from affect_pipeline.predict_outputs import VideoResult, csv_header, csv_rows, plot_timeline
 from affect_pipeline.runtime import PipelineError
 
 CLI = str(Path(sys.executable).with_name("affect-predict"))
@@ -195,6 +196,189 @@ def test_each_fold_model_gets_its_own_encoder(tmp_path):
         make_sources({"VA": gone}, res, cfg, tmp_path, "cpu")
 
 
+# ---------------------------------------------------------------- fast: batches (no trained run)
+# The batch logic (inputs, output layout, resume, CSV writing) is given a predictor: here one that
+# makes a result from the file's size, counting its calls; the slow test below runs the models.
+from affect_pipeline.predict_batch import expand_inputs, plan_batch, run_batch, video_ids
+from affect_pipeline.predict_cli import parse_args
+from affect_pipeline.predict_outputs import NATIVE, CsvStyle, read_results
+
+
+def video_tree(root):
+    """root/x.mp4, root/a,b.mp4, root/sub/deep/y.AVI, root/sub/x.mkv (+ files that are not videos)."""
+    for rel in ("x.mp4", "a,b.mp4", "sub/deep/y.AVI", "sub/x.mkv", ".hidden.mp4", "notes.txt", ".cache/z.mp4"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"\0" * (100 + len(rel)))
+    return root
+
+
+class CountingPredictor:
+    def __init__(self, fail_on=None):
+        self.calls, self.fail_on, self.built = [], fail_on, 0
+
+    def __call__(self):                      # run_batch builds it only when a video is pending
+        self.built += 1
+        return self.predict
+
+    def predict(self, path, vid):
+        if vid == self.fail_on:
+            raise PipelineError(f"{path}: decode failed")
+        self.calls.append(vid)
+        r = fake_result(20 + Path(path).stat().st_size % 7, seed=len(self.calls))
+        r.video_id, r.score = vid, np.where(r.found, 0.97, 0.0)
+        return r
+
+
+def test_ids_with_commas_and_quotes_stay_one_field(tmp_path):
+    """Issue 16 defect 2: ids were written raw, so `a,b.mp4` gave an extra column."""
+    r = fake_result()
+    r.video_id = 'a,b "c"'
+    head = csv_header(["AU", "EXPR", "VA"])
+    rows = list(csv.reader(csv_rows(r, ["AU", "EXPR", "VA"]).splitlines()))
+    assert all(len(x) == len(head) for x in rows) and {x[0] for x in rows} == {'a,b "c"'}
+
+
+def test_folders_and_globs_expand_recursively(tmp_path):
+    root = video_tree(tmp_path / "talks")
+    vids = expand_inputs([str(root)])
+    assert [v.rel.as_posix() for v in vids] == ["a,b.mp4", "sub/deep/y.AVI", "sub/x.mkv", "x.mp4"]
+    assert video_ids(vids) == ["a,b", "y", "sub/x", "x"]                 # stems, unless two share one
+    g = expand_inputs([str(root / "**" / "*.mkv"), str(root / "x.mp4"), str(root)])   # each video once
+    assert [v.rel.as_posix() for v in g] == ["sub/x.mkv", "x.mp4", "a,b.mp4", "sub/deep/y.AVI"]
+    with pytest.raises(PipelineError, match=r"gone\.mp4: video not found"):
+        expand_inputs([str(root / "gone.mp4")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PipelineError, match=r"empty: no videos \(\.mp4 / \.avi"):
+        expand_inputs([str(tmp_path / "empty")])
+    with pytest.raises(PipelineError, match=r"\*\.webm: no videos .* match this pattern"):
+        expand_inputs([str(root / "*.webm")])
+
+
+def test_cli_arguments(tmp_path):
+    a = parse_args(["v.mp4", "d/", "--models", "r", "--out-dir", "o", "--device", "cuda:1", "--batch-size", "64"])
+    assert (a.videos, a.out_dir, a.device, a.batch_size, a.combined, a.overwrite) == \
+        (["v.mp4", "d/"], Path("o"), "cuda:1", 64, False, False)
+    for bad in (["--out", "o.csv", "--out-dir", "o"], ["--out", "o.csv", "--combined"],
+                ["--out-dir", "o", "--timeline", "t.png"], ["--out-dir", "o", "--batch-size", "0"], []):
+        with pytest.raises(SystemExit):
+            parse_args(["v.mp4", "--models", "r", *bad])
+
+
+def test_per_video_csvs_resume_and_overwrite(tmp_path, capsys):
+    vids = expand_inputs([str(video_tree(tmp_path / "talks"))])
+    out = tmp_path / "preds"
+    tasks = ["AU", "EXPR", "VA"]
+    pred = CountingPredictor()
+    assert run_batch(plan_batch(vids, tasks, NATIVE, out), pred) == {"predicted": 4, "skipped": 0}
+    assert "videos: 100%" in capsys.readouterr().err                     # the progress bar, on stderr
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                  if p.is_file()) == ["a,b.csv", "a,b.png", "sub/deep/y.csv", "sub/deep/y.png",
+                                      "sub/x.csv", "sub/x.png", "x.csv", "x.png"]
+    head, rows = read_csv(out / "a,b.csv")
+    assert head == csv_header(tasks) and {r[0] for r in rows} == {"a,b"} and all(len(r) == len(head) for r in rows)
+    assert (out / "a,b.png").read_bytes()[:8] == PNG_MAGIC
+
+    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*.csv")}
+    again = CountingPredictor()
+    assert run_batch(plan_batch(vids, tasks, NATIVE, out), again) == {"predicted": 0, "skipped": 4}
+    assert again.built == 0 and {p: p.stat().st_mtime_ns for p in out.rglob("*.csv")} == stamp
+
+    (out / "x.csv").unlink()
+    (out / ".x.csv.tmp999").write_text("video,frame\nx,1\n")            # a killed run's leftover: not done
+    (out / "sub/x.png").unlink()                                         # a missing PNG is drawn from its CSV
+    redo = CountingPredictor()
+    assert run_batch(plan_batch(vids, tasks, NATIVE, out), redo) == {"predicted": 1, "skipped": 3}
+    assert redo.calls == ["x"] and (out / "sub/x.png").read_bytes()[:8] == PNG_MAGIC
+
+    over = CountingPredictor()
+    assert run_batch(plan_batch(vids, tasks, NATIVE, out, timeline=False, overwrite=True), over)["predicted"] == 4
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.csv")} != stamp
+    with pytest.raises(PipelineError, match=r"a,b\.csv: written with other columns .* --overwrite"):
+        run_batch(plan_batch(vids, ["VA"], NATIVE, out, timeline=False), CountingPredictor())
+
+
+def test_a_failed_video_leaves_no_csv_and_the_rerun_resumes(tmp_path):
+    vids = expand_inputs([str(video_tree(tmp_path / "talks"))])
+    out = tmp_path / "preds"
+    with pytest.raises(PipelineError, match="decode failed"):
+        run_batch(plan_batch(vids, ["VA"], NATIVE, out, timeline=False), CountingPredictor(fail_on="sub/x"))
+    assert sorted(p.name for p in out.rglob("*")) == ["a,b.csv", "deep", "sub", "y.csv"]
+    pred = CountingPredictor()
+    run_batch(plan_batch(vids, ["VA"], NATIVE, out, timeline=False), pred)
+    assert pred.calls == ["sub/x", "x"]
+
+
+def test_same_name_below_two_folders_is_refused_or_combined(tmp_path):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "clip.mp4").write_bytes(b"\0")
+    vids = expand_inputs([str(tmp_path / "a" / "clip.mp4"), str(tmp_path / "b" / "clip.mp4")])
+    with pytest.raises(PipelineError, match=r"a/clip\.mp4 and \S*b/clip\.mp4: both would write \S*clip\.csv"):
+        plan_batch(vids, ["VA"], NATIVE, tmp_path / "o")
+    assert len(set(video_ids(vids))) == 2
+    out = tmp_path / "all.csv"
+    run_batch(plan_batch(vids, ["VA"], NATIVE, combined=out), CountingPredictor())
+    assert len({r[0] for r in read_csv(out)[1]}) == 2
+
+
+def test_combined_csv_resumes_appends_and_keeps_input_order(tmp_path):
+    root = video_tree(tmp_path / "talks")
+    vids = expand_inputs([str(root)])
+    out, png = tmp_path / "o" / "predictions.csv", tmp_path / "o" / "timeline.png"
+    with pytest.raises(PipelineError):                                   # killed after two videos
+        run_batch(plan_batch(vids, ["VA"], NATIVE, combined=out, timeline=png), CountingPredictor(fail_on="sub/x"))
+    assert not out.exists() and len(list((tmp_path / "o" / ".predictions.csv.parts").glob("*.csv"))) == 2
+    pred = CountingPredictor()
+    assert run_batch(plan_batch(vids, ["VA"], NATIVE, combined=out, timeline=png), pred)["skipped"] == 2
+    assert pred.calls == ["sub/x", "x"] and not (tmp_path / "o" / ".predictions.csv.parts").exists()
+    head, rows = read_csv(out)
+    assert head == csv_header(["VA"]) and list(dict.fromkeys(r[0] for r in rows)) == ["a,b", "y", "sub/x", "x"]
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    n = len(rows)
+
+    (root / "new.webm").write_bytes(b"\0" * 3)
+    more = expand_inputs([str(root)])
+    pred = CountingPredictor()
+    assert run_batch(plan_batch(more, ["VA"], NATIVE, combined=out, timeline=png), pred) == \
+        {"predicted": 1, "skipped": 4}
+    _, rows2 = read_csv(out)
+    assert rows2[:n] == rows and {r[0] for r in rows2[n:]} == {"new"}
+    assert [r.video_id for r in read_results(out, ["VA"])] == ["a,b", "y", "sub/x", "x", "new"]
+
+
+def test_openface_columns(tmp_path):
+    from affect_pipeline.run_models import au_threshold
+
+    th = tuple(float(t) for t in np.linspace(0.3, 0.7, 12))
+    style = CsvStyle(openface=True, au_threshold=th)
+    head = csv_header(["AU", "EXPR", "VA"], style)
+    assert head[:6] == ["video", "frame", "face_id", "timestamp", "confidence", "success"]
+    assert head[6:18] == ["AU01_c", "AU02_c", "AU04_c", "AU06_c", "AU07_c", "AU10_c", "AU12_c", "AU15_c",
+                          "AU23_c", "AU24_c", "AU25_c", "AU26_c"]
+    assert head[18:] == ["neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise", "other",
+                         "valence", "arousal"]
+    r = fake_result()
+    r.score = np.where(r.found, 0.91, 0.5)
+    out = tmp_path / "of.csv"
+    (tmp_path / "of.csv").write_text(",".join(head) + "\n" + csv_rows(r, ["AU", "EXPR", "VA"], style))
+    h, rows = read_csv(out)
+    a = np.array(rows, dtype=object)
+    np.testing.assert_array_equal(a[:, 6:18].astype(int), (r.preds["AU"] >= np.array(th)).astype(int))
+    assert set(a[:, 2]) == {"0"} and list(a[:, 5]) == [str(int(f)) for f in r.found]
+    assert list(a[:, 4].astype(float)) == [0.91 if f else 0.0 for f in r.found]
+    np.testing.assert_allclose(a[:, 18:26].astype(float), r.preds["EXPR"], atol=1e-6)
+    back = read_results(out, ["AU", "EXPR", "VA"], style)[0]
+    np.testing.assert_allclose(back.preds["VA"], r.preds["VA"], atol=1e-6)
+    with pytest.raises(ValueError, match="threshold"):
+        csv_rows(r, ["AU"], CsvStyle(openface=True))
+
+    (tmp_path / "models" / "AU" / "fold1").mkdir(parents=True)          # the run's threshold, as submitted
+    (tmp_path / "models" / "AU" / "fold1" / "dcl_metrics.json").write_text(json.dumps({"au_thresholds_tuned": th}))
+    ck = [tmp_path / "models" / "AU" / "fold1" / "dcl.pt"]
+    assert au_threshold({"ensemble": {"au_threshold": 0.4}}, ck) == (0.4,) * 12
+    np.testing.assert_allclose(au_threshold({"ensemble": {"au_threshold": "tuned"}}, ck), th)
+
+
 # ---------------------------------------------------------------- slow: a trained run
 # (the session fixture `trained_run` in conftest.py: the cut-down demo to `submission`)
 
@@ -308,3 +492,50 @@ def test_wrong_or_missing_weights_are_refused(trained_run, tmp_path):
                                             r"\(shard \S*features/mae/VA/fold1\.h5\) with weights of digest"):
         predict([str(video), "--models", str(res), *elsewhere])
     assert not (tmp_path / "o.csv").exists()
+
+
+@pytest.mark.slow
+def test_predict_a_folder_per_video_resume_combined_and_openface(trained_run, tmp_path):
+    """A folder with a nested subfolder and a file named `a,b.mp4` -> one CSV + PNG per video at
+    its relative path, a progress bar per video; a rerun skips, --overwrite redoes; --combined and
+    --openface-columns give the same numbers under their names."""
+    run = trained_run / "run"
+    talks = tmp_path / "talks"
+    (talks / "day1").mkdir(parents=True)
+    make_video(talks / "a,b.mp4", 30, seed=11)
+    make_video(talks / "day1" / "late.avi", 25, audio=False, seed=12)
+    base = ["--models", run / "results", "--threads", "2", "--device", "cpu", "--batch-size", "8"]
+    out = tmp_path / "preds"
+    t0 = time.time()
+    p = run_cli(talks, *base, "--out-dir", out)
+    print(f"affect-predict on a folder of 2 videos: {time.time() - t0:.1f} s")
+    assert p.returncode == 0, p.stderr[-3000:]
+    for vid in ("a,b", "late"):
+        assert f"{vid}: 100%" in p.stderr, p.stderr[-3000:]             # its bar, every stage done
+    head, rows = read_csv(out / "a,b.csv")
+    assert head == ["video", "frame", "timestamp", "face_found", "valence", "arousal"]
+    assert len(rows) == decoded_frames(talks / "a,b.mp4") and {r[0] for r in rows} == {"a,b"}
+    assert all(len(r) == len(head) for r in rows)
+    assert len(read_csv(out / "day1" / "late.csv")[1]) == decoded_frames(talks / "day1" / "late.avi")
+    assert (out / "day1" / "late.png").read_bytes()[:8] == PNG_MAGIC
+
+    stamp = (out / "a,b.csv").stat().st_mtime_ns
+    t0 = time.time()
+    p = run_cli(talks, *base, "--out-dir", out)
+    assert p.returncode == 0 and "2 of 2 video(s) skipped" in p.stderr, p.stderr[-3000:]
+    assert (out / "a,b.csv").stat().st_mtime_ns == stamp
+    print(f"rerun, nothing to do: {time.time() - t0:.1f} s")
+    p = run_cli(talks / "day1", *base, "--out-dir", out / "day1", "--overwrite", "--no-timeline")
+    assert p.returncode == 0 and "1 video(s) predicted, 0 skipped" in p.stderr, p.stderr[-3000:]
+
+    p = run_cli(str(talks / "**" / "*.*"), *base, "--out-dir", tmp_path / "all", "--combined",
+                "--openface-columns")
+    assert p.returncode == 0, p.stderr[-3000:]
+    head, rows = read_csv(tmp_path / "all" / "predictions.csv")
+    assert head == ["video", "frame", "face_id", "timestamp", "confidence", "success", "valence", "arousal"]
+    assert list(dict.fromkeys(r[0] for r in rows)) == ["a,b", "late"]
+    mine = {r[0]: [] for r in rows}
+    for r in rows:
+        mine[r[0]].append([float(r[6]), float(r[7])])
+    native = [[float(r[4]), float(r[5])] for r in read_csv(out / "a,b.csv")[1]]
+    np.testing.assert_allclose(mine["a,b"], native, atol=1e-5)
