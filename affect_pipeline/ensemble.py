@@ -12,8 +12,11 @@ Policy (the ``ensemble`` section of workflow_config.yaml, every key required):
   train_dcl tuned on each fold's validation videos (key :data:`TUNED_KEY` of dcl_metrics.json);
   a fold whose metrics lack them is an error, never a silent 0.5.
 Decoding: AU ``prob >= threshold``, EXPR argmax, VA clipped to [-1, 1], ERI to [0, 1]. Rows follow
-the official name list (index_report.json's ``test_order``). ``ensemble.h5`` holds per video ``prob``
-(after filling), ``raw`` (before), ``valid`` and ``label`` (as written); attr ``videos`` the order.
+the official list (index_report.json's ``test_order``); where it is the organizers' frame list, its
+rows exactly (``submission.rows_for_list``: listed frames only, the last prediction repeated past
+the decoded end, logged). ``ensemble.h5`` holds per video ``prob`` (after filling, per decoded
+frame), ``raw`` (before), ``valid`` and ``label`` (as written: per row); attrs ``videos`` the order,
+``frame_list`` and ``padded_rows`` where a frame list set the rows.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ import numpy as np
 
 from . import AU_NAMES, TASK_OUTPUTS, TASKS
 from .runtime import PipelineError, atomic_path, read_json, stage_parser
-from .submission import MAX_SHOWN, format_submission, test_videos, validate_submission
+from .submission import (MAX_SHOWN, format_submission, listed_frames, rows_for_list, test_videos,
+                         validate_submission)
 
 log = logging.getLogger(__name__)
 
@@ -263,17 +267,34 @@ def ensemble(task: str, inputs: EnsembleInputs, settings: EnsembleSettings, out,
     values = {vid: decode(task, p, th) for vid, p in prob.items()}
     attrs = dict(folds=[fp.fold for fp in folds], weights=weights, weighting=settings.weighting,
                  no_face=settings.no_face, **({"au_threshold": th} if th is not None else {}))
+    frames = listed_frames(inputs.index_report, task, videos) if task != "ERI" else None
+    values, padded = _follow_frame_list(task, values, frames, attrs)
     with atomic_path(out) as tmp:
-        tmp.write_text(format_submission(task, values))
+        tmp.write_text(format_submission(task, values, frames))
         validate_submission(task, tmp, videos, name=f"{out} (before renaming into place)",
-                            ordered=inputs.index_report is not None)
+                            ordered=inputs.index_report is not None, frames=frames)
         write_ensemble_h5(h5_out, task, raw, prob, values, attrs)
     n_rows = sum(1 if task == "ERI" else len(v) for v in values.values())
     no_face = int(sum((~v).sum() for _, v in raw.values())) if task != "ERI" else 0
     log.info("%s: wrote %s (%d videos, %d rows, %d no-face frames) and %s", task, out, len(videos), n_rows,
              no_face, h5_out)
     return {"videos": len(videos), "rows": n_rows, "no_face_frames": no_face, "weights": weights.tolist(),
-            "au_threshold": None if th is None else th.tolist()}
+            "au_threshold": None if th is None else th.tolist(), "padded_rows": sum(padded.values()),
+            "frame_list": frames.file if frames else None}
+
+
+def _follow_frame_list(task: str, values: dict, frames, attrs: dict) -> tuple[dict, dict[str, int]]:
+    """The rows the organizers' frame list names (``frames``; None: every decoded frame)."""
+    if frames is None:
+        return values, {}
+    decoded = {vid: len(v) for vid, v in values.items()}
+    values, padded = rows_for_list(values, frames)
+    for vid, k in padded.items():
+        log.warning("%s: test video %s: the organizers' list has %d rows (last %05d) but the video decodes %d "
+                    "frames: its last prediction is repeated for the %d listed frame(s) past the end (%s)", task,
+                    vid, len(frames[vid]), frames[vid][-1], decoded[vid], k, frames.file)
+    attrs.update(frame_list=frames.file, padded_rows=sum(padded.values()))
+    return values, padded
 
 
 def main(argv: list[str]) -> int:

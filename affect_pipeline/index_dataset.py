@@ -3,7 +3,9 @@
 ``python -m affect_pipeline index_dataset --data '<JSON: affwild2, hume, tasks>'
 --frames results/frames/{media}.json... --out-dir results/index`` writes ``videos.tsv``,
 ``labels/{task}.h5`` and ``index_report.json`` (length mismatches, all-invalid files, counts,
-and ``test_order``: each task's test ids in the order of its official name list).
+``test_order``: each task's test ids in the order of its official list (Hume: of data_info.csv),
+and, for a task whose test list is the organizers' frame list, ``test_frames`` (the listed frames
+per video, as runs) and ``frame_list_mismatch`` (:func:`compare_frame_lists`)).
 
 Annotation policy (Aff-Wild2): line i (after the header) is frame i. When a file's row count
 differs from the video's decoded frame count, the mismatch is logged with both counts and
@@ -13,6 +15,7 @@ recorded in ``index_report.json``; extra rows are dropped and missing rows are m
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from pathlib import Path
@@ -122,6 +125,8 @@ def build_index(lay: Layout, frames: Iterable[str | Path]) -> tuple[list[dict], 
                 labels[task][vid] = Labels(y, mask, split)
             elif task == "ERI" and vid in eri:
                 labels[task][vid] = Labels(eri[vid][None], np.ones(1, bool), split)
+    report["test_frames"], report["frame_list_mismatch"] = compare_frame_lists(lay, {r["video_id"]: r["n_frames"]
+                                                                                   for r in rows})
     for task, labs in labels.items():
         if labs and not any(l.mask.any() for l in labs.values() if l.split == "train"):
             raise PipelineError(f"task {task}: every training label is invalid (checked {len(labs)} "
@@ -132,11 +137,38 @@ def build_index(lay: Layout, frames: Iterable[str | Path]) -> tuple[list[dict], 
     return rows, labels, report
 
 
+def compare_frame_lists(lay: Layout, decoded: dict[str, int]) -> tuple[dict, list[dict]]:
+    """The organizers' frame lists for the report (``test_frames``: task -> file + runs per video)
+    and, per test video whose listed frames are not its decoded frames 1..N, what the submission
+    does: rows for the listed frames only (``unlisted`` decoded frames get none) and the last
+    prediction repeated for the ``padded`` listed frames past the decoded end (logged)."""
+    out, mismatch = {}, []
+    for task, fl in lay.test_frames.items():
+        out[task] = {"file": fl.path, "videos": fl.runs}
+        for vid, runs in fl.runs.items():
+            n, listed = decoded[vid], sum(b - a + 1 for a, b in runs)
+            padded = sum(max(0, b - max(a - 1, n)) for a, b in runs)
+            unlisted = n - (listed - padded)
+            if not (padded or unlisted):
+                continue
+            log.warning("%s: test video %s (%s): %d listed frames (last %05d), %d decoded: %s", fl.path, vid, task,
+                        listed, runs[-1][1], n, "; ".join(
+                            ([f"{unlisted} decoded frame(s) not listed get no row"] if unlisted else [])
+                            + ([f"the last prediction is repeated for {padded} listed frame(s) past the "
+                                f"decoded end"] if padded else [])))
+            mismatch.append({"task": task, "video": vid, "file": fl.path, "listed": listed,
+                             "last_listed": runs[-1][1], "decoded": n, "padded": padded, "unlisted": unlisted})
+    return out, mismatch
+
+
 def write_index_tsv(path: Path, rows: list[dict]) -> None:
-    lines = ["\t".join(INDEX_COLUMNS)]
-    for r in rows:
-        lines.append("\t".join(str(r[c]).lower() if isinstance(r[c], bool) else str(r[c]) for c in INDEX_COLUMNS))
-    write_text(path, "\n".join(lines) + "\n")
+    """Tab-separated, a field with a tab, line break or quote quoted (csv's minimal quoting), so a
+    videos folder named with any of them reads back as written; ids never need it (layout.id_problem)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+    w.writerow(INDEX_COLUMNS)
+    w.writerows([str(r[c]).lower() if isinstance(r[c], bool) else r[c] for c in INDEX_COLUMNS] for r in rows)
+    write_text(path, buf.getvalue())
 
 
 def read_index(path: str | Path) -> dict[str, dict]:
@@ -146,12 +178,16 @@ def read_index(path: str | Path) -> dict[str, dict]:
         raise PipelineError(f"{path}: index not found (run the index_dataset rule)")
     out = {}
     with open(path, newline="", encoding="utf-8") as fh:
-        for r in csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE):  # written unquoted
-            r["n_frames"] = int(r["n_frames"])
-            r["fps"], r["duration"] = float(r["fps"]), float(r["duration"])
-            r["width"], r["height"] = int(r["width"]), int(r["height"])
-            r["has_audio"] = r["has_audio"] == "true"
-            out[r["video_id"]] = r
+        try:
+            for r in csv.DictReader(fh, delimiter="\t", strict=True):   # quoted as write_index_tsv quotes
+                r["n_frames"] = int(r["n_frames"])
+                r["fps"], r["duration"] = float(r["fps"]), float(r["duration"])
+                r["width"], r["height"] = int(r["width"]), int(r["height"])
+                r["has_audio"] = r["has_audio"] == "true"
+                out[r["video_id"]] = r
+        except (csv.Error, TypeError, ValueError) as e:
+            raise PipelineError(f"{path}: malformed index after {len(out)} good row(s) ({e}); "
+                                f"rerun the index_dataset rule") from None
     return out
 
 

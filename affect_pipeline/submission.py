@@ -13,10 +13,23 @@ from 1 over each test video's full frame range)::
     ERI   File_ID,Adoration,Amusement,Anxiety,Disgust,Empathic-Pain,Fear,Surprise
           00013,0.120000,0.410000,...   (one row per test video; CSV kept as predictions.txt)
 
-Videos follow the official name list (``*_test_set_release.txt``), whose order index_dataset
-records as ``test_order`` in index_report.json; videos.tsv lists ids sorted, so its order is only
-the fallback for a task the report has no order for. Stage ``validate_submission`` (:func:`main`)
-checks a file, the order of its videos included.
+Videos follow the official list, whose order index_dataset records as ``test_order`` in
+index_report.json (videos.tsv lists ids sorted, so its order is only the fallback for a task the
+report has no order for). The test lists accepted (``layout`` reads them):
+
+- name list (``*_test_set_release.txt``, one video id a line; Hume: the Test rows of
+  data_info.csv, in its order): one row per decoded frame ``video/00001.jpg`` ...
+  ``video/{N:05d}.jpg`` (ERI: one row per video);
+- the organizers' frame list (``CVPR_5th_ABAW_AU_test_set_example.txt``, ``CVPR_6th_ABAW_Expr_
+  test_set_example.txt``, ...: a header line, then ``video/00001.jpg`` per test frame): the rows
+  are its rows exactly (index_report.json's ``test_frames``): its videos, frame names and order.
+  Listed frame f gets the prediction of decoded frame f; a decoded frame it does not list gets no
+  row; a listed frame past the decoded end gets the video's last prediction (logged, and counted
+  in ``frame_list_mismatch`` of the report and ``padded_rows`` of ensemble.h5).
+
+Ids that a row cannot carry (``layout.id_problem``: comma, quote, line break, ...) are refused by
+the writer, never written raw. Stage ``validate_submission`` (:func:`main`) checks a file, the
+order of its videos and, with a frame list, its rows against the list.
 """
 from __future__ import annotations
 
@@ -80,6 +93,41 @@ def test_videos(index_path, task: str, report_path=None) -> dict[str, int]:
     return vids
 
 
+class ListedFrames(dict):
+    """video -> the frame numbers (int64 array) the organizers' frame list names, in its order."""
+
+    def __init__(self, file: str, frames: dict):
+        super().__init__(frames)
+        self.file = file
+
+
+def listed_frames(report_path, task: str, videos: dict[str, int]) -> ListedFrames | None:
+    """The rows the organizers' frame list asks for (``test_frames`` of index_report.json), or None
+    where the task's test list is a name list; its videos must be ``videos``."""
+    from .runtime import read_json
+
+    fl = (read_json(report_path).get("test_frames") or {}).get(task) if report_path else None
+    if not fl:
+        return None
+    runs = fl["videos"]
+    if list(runs) != list(videos):
+        raise PipelineError(f"{report_path}: test_frames[{task}] ({fl['file']}) lists videos "
+                            f"{list(runs)[:MAX_SHOWN]}... but the test videos are {list(videos)[:MAX_SHOWN]}...")
+    return ListedFrames(fl["file"], {v: np.concatenate([np.arange(a, b + 1) for a, b in runs[v]]) for v in videos})
+
+
+def rows_for_list(values: dict[str, np.ndarray], frames: ListedFrames) -> tuple[dict, dict[str, int]]:
+    """Per video the rows of its listed frames (frame f = decoded frame f; past the decoded end:
+    the last one) and how many rows were so padded, per video that needed it."""
+    out, padded = {}, {}
+    for vid, vals in values.items():
+        f = frames[vid]
+        out[vid] = np.asarray(vals)[np.minimum(f, len(vals)) - 1]
+        if f[-1] > len(vals):
+            padded[vid] = int((f > len(vals)).sum())
+    return out, padded
+
+
 # ======================================================================== file format
 def _value_strings(task: str, vals: np.ndarray) -> list[list[str]]:
     """Rows of formatted values, converted in one numpy call (millions of frames on Aff-Wild2)."""
@@ -89,15 +137,31 @@ def _value_strings(task: str, vals: np.ndarray) -> list[list[str]]:
     return np.char.mod("%.6f", a.astype(np.float64)).tolist()
 
 
-def format_submission(task: str, values: dict[str, np.ndarray]) -> str:
-    """The official text: header, then one row per frame (per video for ERI), videos in dict order."""
+def safe_ids(vids) -> None:
+    """Refuse an id the official rows cannot carry (they are split on commas and lines)."""
+    from .layout import id_problem
+
+    for vid in vids:
+        bad = id_problem(str(vid))
+        if bad:
+            raise PipelineError(f"video id {vid!r}: {bad}; the submission row (video/00001.jpg,… / File_ID,…) "
+                                f"cannot carry it (rename the video)")
+
+
+def format_submission(task: str, values: dict[str, np.ndarray], frames: dict | None = None) -> str:
+    """The official text: header, then one row per frame (per video for ERI), videos in dict order;
+    ``frames``: per video the frame numbers of its rows (default 1..len), one per row of values."""
+    safe_ids(values)
     lines = [",".join(HEADERS[task])]
     for vid, vals in values.items():
         rows = _value_strings(task, np.asarray(vals).reshape(1, -1) if task == "ERI" else vals)
         if task == "ERI":
             lines.append(f"{vid},{','.join(rows[0])}")
-        else:
-            lines.extend(f"{vid}/{i:05d}.jpg,{','.join(r)}" for i, r in enumerate(rows, start=1))
+            continue
+        nums = range(1, len(rows) + 1) if frames is None else frames[vid].tolist()
+        if len(nums) != len(rows):
+            raise PipelineError(f"video {vid}: {len(rows)} rows of values for {len(nums)} listed frames")
+        lines.extend(f"{vid}/{i:05d}.jpg,{','.join(r)}" for i, r in zip(nums, rows))
     return "\n".join(lines) + "\n"
 
 
@@ -179,14 +243,18 @@ def _row_key(task: str, key: str, lineno: int, probs: Problems):
     return m["video"], int(m["frame"])
 
 
-def check_submission(task: str, path, videos: dict[str, int], ordered: bool = False) -> Problems:
+def check_submission(task: str, path, videos: dict[str, int], ordered: bool = False,
+                     frames: dict | None = None) -> Problems:
     """Every problem of a submission file against the test ids and their frame counts; with
-    ``ordered``, the videos must also come in the order of ``videos`` (the official order)."""
+    ``ordered``, the videos must also come in the order of ``videos`` (the official order); with
+    ``frames`` (:func:`listed_frames`), each video's rows must be its listed frames, in order."""
     path, probs = Path(path), Problems()
     if task not in TASKS:
         raise PipelineError(f"unknown task {task!r}; known: {TASKS}")
     if not path.exists():
         raise PipelineError(f"{path}: submission file not found")
+    listed = frames is not None and task != "ERI"
+    due = {v: frames[v].tolist() if listed else range(1, n + 1) for v, n in videos.items()}
     seen: dict[str, int] = {}          # video -> rows seen so far, in order of first appearance
     unknown: set[str] = set()
     with open(path, encoding="utf-8", newline="") as fh:
@@ -211,26 +279,36 @@ def check_submission(task: str, path, videos: dict[str, int], ordered: bool = Fa
             seen[vid] = k
             if task == "ERI" and k > 1:
                 probs.add("duplicate File_ID", f"line {lineno}: {vid}")
-            if task != "ERI" and frame != k:
-                probs.add("frames not consecutive", f"line {lineno}: {key} where frame {k:05d} was due")
-            if task != "ERI" and k > videos[vid]:
-                probs.add("more rows than frames", f"line {lineno}: {key} (video has {videos[vid]} frames)")
+            if task != "ERI":
+                _check_frame(key, lineno, (k, frame), due[vid], listed, probs)
             bad = check_values(task, vals)
             if bad:
                 probs.add("bad values", f"line {lineno}: {bad}")
-    _check_coverage(task, videos, seen, probs, ordered)
+    _check_coverage(task, {v: len(d) for v, d in due.items()}, seen, probs, ordered, listed)
     return probs
 
 
+def _check_frame(key: str, lineno: int, row: tuple[int, int], due, listed: bool, probs: Problems) -> None:
+    """Row k (``row`` = (k, its frame number)) of a video must name its k-th due frame (1..N, or
+    the k-th listed frame)."""
+    k, frame = row
+    if k > len(due):
+        probs.add("more rows than listed frames" if listed else "more rows than frames",
+                  f"line {lineno}: {key} (video has {len(due)} {'listed ' if listed else ''}frames)")
+    elif frame != due[k - 1]:
+        probs.add("frames not as in the organizers' list" if listed else "frames not consecutive",
+                  f"line {lineno}: {key} where frame {due[k - 1]:05d} was due")
+
+
 def _check_coverage(task: str, videos: dict[str, int], seen: dict[str, int], probs: Problems,
-                    ordered: bool) -> None:
+                    ordered: bool, listed: bool = False) -> None:
     """Every test video has all its rows (and, if ``ordered``, comes in the order of ``videos``)."""
     for vid, n in videos.items():
         got, want = seen.get(vid, 0), 1 if task == "ERI" else n
         if got == 0:
             probs.add("missing video", vid)
         elif got < want:
-            probs.add("missing frames", f"{vid}: {got} rows for {want} frames")
+            probs.add("missing frames", f"{vid}: {got} rows for {want} {'listed ' if listed else ''}frames")
     present = [v for v in videos if v in seen]
     order = [v for v in seen if v in videos]
     if ordered and present != order:
@@ -238,9 +316,10 @@ def _check_coverage(task: str, videos: dict[str, int], seen: dict[str, int], pro
         probs.add("videos out of the official order", f"video #{i + 1} is {order[i]}, expected {present[i]}")
 
 
-def validate_submission(task: str, path, videos: dict[str, int], name=None, ordered: bool = False) -> None:
+def validate_submission(task: str, path, videos: dict[str, int], name=None, ordered: bool = False,
+                        frames: dict | None = None) -> None:
     """Raise a PipelineError listing what is wrong (first few per kind + counts), if anything."""
-    probs = check_submission(task, path, videos, ordered)
+    probs = check_submission(task, path, videos, ordered, frames)
     if probs:
         raise PipelineError(probs.report(name or path))
 
@@ -252,10 +331,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--file", required=True)
     p.add_argument("--index", required=True, help="results/index/videos.tsv")
     p.add_argument("--index-report", default=None,
-                   help="results/index/index_report.json: its test_order is the official row order")
+                   help="results/index/index_report.json: its test_order is the official row order "
+                        "(and its test_frames the rows, where the organizers' frame list was given)")
     a = p.parse_args(argv)
     videos = test_videos(a.index, a.task, a.index_report)
-    validate_submission(a.task, a.file, videos, ordered=bool(a.index_report))
-    print(f"{a.file}: valid {a.task} submission ({len(videos)} test videos, "
-          f"{sum(videos.values()) if a.task != 'ERI' else len(videos)} rows)")
+    frames = listed_frames(a.index_report, a.task, videos)
+    validate_submission(a.task, a.file, videos, ordered=bool(a.index_report), frames=frames)
+    rows = len(videos) if a.task == "ERI" else sum(map(len, frames.values())) if frames else sum(videos.values())
+    print(f"{a.file}: valid {a.task} submission ({len(videos)} test videos, {rows} rows"
+          + (f", as {frames.file} lists them)" if frames else ")"))
     return 0

@@ -1,4 +1,5 @@
 """Build Aff-Wild2-shaped trees (placeholder videos + real-format annotations) for tests."""
+import json
 from pathlib import Path
 
 from affect_pipeline import AU_NAMES, EXPR_NAMES
@@ -8,6 +9,9 @@ DIRS = {"AU": "AU_Detection_Challenge", "EXPR": "EXPR_Classification_Challenge",
 TEST_LISTS = {"AU": "Action_Unit_Detection_Challenge_test_set_release.txt",
               "EXPR": "Expression_Recognition_Challenge_test_set_release.txt",
               "VA": "Valence_Arousal_Estimation_Challenge_test_set_release.txt"}
+#: the organizers' per-frame test lists (ABAW5 names; ABAW6 writes "CVPR_6th_ABAW_Expr_...")
+FRAME_LISTS = {"AU": "CVPR_5th_ABAW_AU_test_set_example.txt", "EXPR": "CVPR_5th_ABAW_EXPR_test_set_example.txt",
+               "VA": "CVPR_5th_ABAW_VA_test_set_example.txt"}
 
 
 def row(task, i):
@@ -15,9 +19,11 @@ def row(task, i):
             "EXPR": str(i % 8), "VA": f"{(i % 7) / 10:.3f},{-(i % 5) / 10:.3f}"}[task]
 
 
-def make_tree(root: Path, n_videos: int, rows: int = 3, pair_every: int = 0, test_every: int = 5) -> dict:
-    """n_videos placeholder media files; every `test_every`-th is a test video; returns config data keys."""
-    vids, ann, tl = root / "videos", root / "annotations", root / "test_lists"
+def make_tree(root: Path, n_videos: int, rows: int = 3, pair_every: int = 0, test_every: int = 5,
+              videos_dir: str = "videos") -> dict:
+    """n_videos placeholder media files; every `test_every`-th is a test video; returns config data keys.
+    ``videos_dir``: the videos folder's name under ``root`` (any characters a file system allows)."""
+    vids, ann, tl = root / videos_dir, root / "annotations", root / "test_lists"
     for d in (vids, tl):
         d.mkdir(parents=True, exist_ok=True)
     tests = {t: [] for t in DIRS}
@@ -38,3 +44,22 @@ def make_tree(root: Path, n_videos: int, rows: int = 3, pair_every: int = 0, tes
         (tl / TEST_LISTS[t]).write_text("".join(v + "\n" for v in ids))
     return {"affwild2": {"videos": str(vids), "annotations": str(ann), "test_lists": str(tl),
                          "cropped_aligned": None}, "hume": {"root": None}}
+
+
+def write_frame_list(path: Path, task: str, frames: dict, values: str = "") -> Path:
+    """An organizers' frame list: the task's submission header, then ``video/00001.jpg`` per test
+    frame; ``frames``: video -> frame count or list of frame numbers, in list order."""
+    lines = ["image_location," + HEADERS[task]]
+    for vid, f in frames.items():
+        lines += [f"{vid}/{k:05d}.jpg{values}" for k in (range(1, f + 1) if isinstance(f, int) else f)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_probe(frames_dir: Path, media: str, n: int) -> Path:
+    """The frames JSON extract_frames writes (probe fields only)."""
+    frames_dir.mkdir(parents=True, exist_ok=True)
+    p = frames_dir / f"{media}.json"
+    p.write_text(json.dumps({"n_frames": n, "fps": 30.0, "width": 640, "height": 360, "duration": n / 30,
+                             "has_audio": True, "timestamps": []}))
+    return p

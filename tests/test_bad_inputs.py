@@ -294,7 +294,7 @@ def test_security_rules_quote_paths_and_read_yaml_safely():
 
 
 # ---------------------------------------------------------------- workflow row: odd video ids
-ODD = {"demo_000": '"demo" é 000', "demo_001": "o'neil 日本", "demo_002": "x;touch PWNED",
+ODD = {"demo_000": "«demo» é & 000", "demo_001": "o'neil 日本", "demo_002": "x;touch PWNED",
        "demo_003": "$(touch PWNED) `touch PWNED`", "demo_pair": "pair ü"}
 DEMO_PARAMS = {"seed": 0, "size": 160, "fps": 25, "frames": [12, 16],
                "n_videos": {"train": 2, "validation": 1, "test": 1},

@@ -185,3 +185,102 @@ def test_index_dataset_cli(tmp_path):
     assert report["AU"] == {"train": 3, "validation": 1, "test": 3} and report["n_videos"] == 7
     assert sorted(read_labels(out / "labels" / "VA.h5")) == ["1-30-640x360", "2-30-640x360",
                                                              "3-30-640x360_left", "3-30-640x360_right"]
+
+
+# ----------------------------------------------------------------------------- ids, stems, paths
+def _rename_video(tmp_path, old, new):
+    """Rename one video of a make_tree tree (media file and its annotation files)."""
+    vids = tmp_path / "videos"
+    (vids / f"{old}.mp4").rename(vids / f"{new}.mp4")
+    for f in (tmp_path / "annotations").rglob(f"{old}.txt"):
+        f.rename(f.with_name(f"{new}.txt"))
+
+
+@pytest.mark.parametrize("bad, needle", [
+    ('a"b', "a double quote"), ("a,b", "a comma"), ("a\tb", "a tab"), ("a\nb", "a line break"),
+    ("a\rb", "a carriage return"), (" lead", "leading or trailing white space"),
+    ("trail ", "leading or trailing white space"), ("a\x1bb", "a control character"),
+])
+def test_ids_the_official_formats_cannot_carry_are_refused(tmp_path, bad, needle):
+    """Ids go unquoted into videos.tsv and into the submission rows (``video/00001.jpg,…``), which
+    the organizers' scripts split on commas: an id they cannot carry stops the scan, naming the file."""
+    data = make_tree(tmp_path, 3, test_every=0)
+    _rename_video(tmp_path, "1-30-640x360", bad)
+    data["tasks"] = ["AU"]
+    with pytest.raises(LayoutError) as e:
+        scan_dataset(data)
+    assert f"{bad}.txt names video {bad!r}: {needle}" in str(e.value)
+
+
+def test_duplicate_media_stems_are_refused_naming_both_files(tmp_path):
+    data = make_tree(tmp_path, 3, test_every=0)
+    (tmp_path / "videos" / "b").mkdir()
+    (tmp_path / "videos" / "b" / "1-30-640x360.avi").write_bytes(b"")
+    data["tasks"] = ["AU"]
+    with pytest.raises(LayoutError) as e:
+        scan_dataset(data)
+    msg = str(e.value)
+    assert str(tmp_path / "videos" / "1-30-640x360.mp4") in msg and str(tmp_path / "videos/b/1-30-640x360.avi") in msg
+    assert "1-30-640x360.txt names video '1-30-640x360'" in msg
+    # an unused duplicate (no annotation or list names it) is no ambiguity
+    (tmp_path / "videos" / "b" / "1-30-640x360.avi").rename(tmp_path / "videos" / "b" / "unused.avi")
+    (tmp_path / "videos" / "unused.mkv").write_bytes(b"")
+    assert len(scan_dataset(data).ids("AU")) == 3
+
+
+def _hume(root, rows):
+    write(root / "data_info.csv", "File_ID,Split,Adoration,Amusement,Anxiety,Disgust,Empathic-Pain,Fear,Surprise\n"
+          + "".join(f"{fid},{split},,,,,,,\n" for fid, split in rows))
+    for fid, _ in rows:
+        write(root / "videos" / f"{fid}.mp4", "")
+    return str(root)
+
+
+def test_hume_id_equal_to_an_affwild2_id_is_refused_naming_both_files(tmp_path):
+    data = make_tree(tmp_path / "aff", 3, pair_every=2, test_every=0)
+    data["tasks"] = ["AU", "ERI"]
+    data["hume"]["root"] = _hume(tmp_path / "hume", [("00001", "Train"), ("1-30-640x360", "Test")])
+    with pytest.raises(LayoutError) as e:
+        scan_dataset(data)
+    msg = str(e.value)
+    assert "data_info.csv" in msg and str(tmp_path / "hume/videos/1-30-640x360.mp4") in msg
+    assert str(tmp_path / "aff/videos/1-30-640x360.mp4") in msg
+    # a Hume id equal to the media stem of an Aff-Wild2 pair (0-30-640x360_left / _right) shares frames/{media}.json
+    data["hume"]["root"] = _hume(tmp_path / "hume2", [("00001", "Train"), ("0-30-640x360", "Test")])
+    with pytest.raises(LayoutError) as e:
+        scan_dataset(data)
+    msg = str(e.value)
+    assert str(tmp_path / "hume2/videos/0-30-640x360.mp4") in msg and str(tmp_path / "aff/videos/0-30-640x360.mp4") in msg
+    # a File_ID listed twice (which row's split holds?) is refused too
+    data["hume"]["root"] = _hume(tmp_path / "hume3", [("00001", "Train"), ("00001", "Test")])
+    with pytest.raises(LayoutError, match=r"data_info\.csv: File_ID '00001' is listed twice"):
+        scan_dataset(data)
+
+
+def test_hume_test_ids_keep_the_order_of_data_info_csv(tmp_path):
+    root = _hume(tmp_path / "hume", [("00009", "Test"), ("00001", "Train"), ("00005", "Test"), ("00007", "Test")])
+    lay = scan_dataset({"affwild2": {"videos": None}, "hume": {"root": root}, "tasks": ["ERI"]})
+    assert lay.test_order["ERI"] == ["00009", "00005", "00007"]
+
+
+def test_videos_tsv_round_trips_a_folder_name_with_tab_newline_and_quote(tmp_path):
+    """A real videos folder whose name holds a tab, a line break and quotes: videos.tsv (via the
+    stage) reads back the exact paths, which exist."""
+    odd = 'vids\tfolder\nnext "q" \'s'
+    data = make_tree(tmp_path / "aff", 3, rows=4, test_every=0, videos_dir=odd)
+    data["tasks"] = ["AU"]
+    for i in range(3):
+        _probe(tmp_path / "frames", f"{i}-30-640x360", 4)
+    out = tmp_path / "index"
+    assert cli(["index_dataset", "--data", json.dumps(data), "--frames", *map(str, probes(tmp_path)),
+                "--out-dir", str(out)]) == 0
+    idx = read_index(out / "videos.tsv")
+    assert sorted(idx) == ["0-30-640x360", "1-30-640x360", "2-30-640x360"]
+    for vid, r in idx.items():
+        assert r["path"] == str(tmp_path / "aff" / odd / f"{vid}.mp4") and (tmp_path / "aff" / odd / f"{vid}.mp4").exists()
+        assert r["n_frames"] == 4 and r["split_AU"] in ("train", "validation") and r["has_audio"] is True
+    # a hand-damaged index names itself and the fix
+    bad = out / "videos.tsv"
+    bad.write_text(bad.read_text().replace("\t4\t", "\tfour\t", 1))
+    with pytest.raises(PipelineError, match=r"videos\.tsv: malformed index after 0 good row\(s\).*rerun the index_dataset"):
+        read_index(bad)

@@ -6,6 +6,7 @@ workflow_config.yaml (conftest.workflow_defaults); expected numbers are computed
 """
 import csv
 import json
+import re
 
 import h5py
 import numpy as np
@@ -582,3 +583,11 @@ def test_test_metrics_against_numpy_reference(tmp_path):
                            labels=range(8), zero_division=0) for k in range(300)])
     assert s["EXPR"]["chance"] == pytest.approx(mc, abs=0.04)
     assert s["VA"]["chance"] == 0.0 and s["AU"]["score"] > s["AU"]["chance"]
+
+
+@pytest.mark.parametrize("task, vid", [("VA", 'a"b'), ("VA", "a,b"), ("AU", "a\nb"), ("ERI", "x,y"), ("ERI", " 00013")])
+def test_writer_refuses_ids_the_official_rows_cannot_carry(task, vid):
+    """The scan refuses such ids already; the writer refuses them anyway (rows are never written raw)."""
+    vals = np.zeros((1, 7) if task == "ERI" else (3, TASK_OUTPUTS[task]))
+    with pytest.raises(PipelineError, match=re.escape(f"video id {vid!r}: ") + ".*cannot carry it"):
+        sub.format_submission(task, {"ok": vals, vid: vals})
