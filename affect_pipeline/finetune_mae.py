@@ -49,6 +49,7 @@ class FinetuneSettings:
     val_frames_per_video: int    # 0 = every validation frame
     soup: str                    # none | uniform | greedy
     cache_gb: float
+    au_pos_weight: bool          # AU loss: + per-AU neg/pos positive weights (not in eq. 1)
     per_fold: bool               # read by the rules (which encoder feeds a fold); not here
 
 
@@ -105,15 +106,15 @@ def read_fold(path, fold: str) -> tuple[list[str], list[str]]:
     return train, val
 
 
-def fold_frames(inp: FinetuneInputs, img_size: int, val_per_video: int, seed: int) -> FoldFrames:
+def fold_frames(inp: FinetuneInputs, img_size: int, p: FinetuneSettings, seed: int) -> FoldFrames:
     train_ids, val_ids = read_fold(inp.folds, inp.fold)
     faces = {Path(f).stem: str(f) for f in inp.faces}
     tr_labels = read_labels(inp.labels, train_ids)
     train = labelled_frames(inp.task, tr_labels, faces, img_size)
-    val = labelled_frames(inp.task, read_labels(inp.labels, val_ids), faces, img_size, val_per_video, seed)
+    val = labelled_frames(inp.task, read_labels(inp.labels, val_ids), faces, img_size, p.val_frames_per_video, seed)
     y = np.concatenate([lab.y for lab in tr_labels.values()])
     m = np.concatenate([lab.mask for lab in tr_labels.values()])
-    cw = class_weights(inp.task, y, m)
+    cw = class_weights(inp.task, y, m, p.au_pos_weight)
     return FoldFrames(train_ids, val_ids, train, val, None if cw is None else torch.from_numpy(cw),
                       constant_baseline(inp.task, y[m], val.y))
 
@@ -179,7 +180,7 @@ def finetune_mae(inp: FinetuneInputs, out: FinetuneOutputs, params: dict, thread
     d = init_distributed(device)
     setup_torch(max(1, threads // d.world), seed)
     cfg, enc_sd = read_encoder_checkpoint(inp.pretrained)
-    data = fold_frames(inp, cfg["img_size"], p.val_frames_per_video, seed)
+    data = fold_frames(inp, cfg["img_size"], p, seed)
     tloader, t_threads = make_loader(data.train.ds, p.cache_gb, max(1, threads // d.world))
     vloader = make_loader(data.val.ds, p.cache_gb, max(1, threads // d.world))[0] if d.main else None
     torch.set_num_threads(t_threads)

@@ -81,6 +81,7 @@ class MiningHP:
 class TemporalHP:
     clip_len: int
     stride: int
+    au_pos_weight: bool                  # AU loss: + per-AU neg/pos positive weights (not in eq. 1)
     branch: BranchHP
     pooling: str | None = None           # ERI's clip pooling (attention | mean); None: frame tasks
     mining: MiningHP | None = None       # the sections a stage asks for; None when it does not
@@ -89,7 +90,7 @@ class TemporalHP:
 
 def temporal_hp(params: dict, task: str, *sections: str) -> TemporalHP:
     """The settings of one task from the ``temporal`` section; ``sections``: "mining", "dcl"."""
-    for key in ("clip_len", "stride", "blb") + (("eri",) if task == "ERI" else ()) + sections:
+    for key in ("clip_len", "stride", "au_pos_weight", "blb") + (("eri",) if task == "ERI" else ()) + sections:
         if key not in params:
             raise PipelineError(f"temporal: missing key {key!r} in --params (see workflow_config.yaml)")
     pooling = None
@@ -105,7 +106,8 @@ def temporal_hp(params: dict, task: str, *sections: str) -> TemporalHP:
     if dcl is not None:
         _check("dcl.clb_init", dcl.clb_init, ("blb", "fresh"))
         _check("dcl.inference", dcl.inference, INFERENCE)
-    return TemporalHP(int(params["clip_len"]), int(params["stride"]), branch, pooling, mining, dcl)
+    return TemporalHP(int(params["clip_len"]), int(params["stride"]), bool(params["au_pos_weight"]), branch,
+                      pooling, mining, dcl)
 
 
 def _check(key: str, value, allowed) -> None:
@@ -376,7 +378,7 @@ def load_fold(inp: FoldInputs, hp: TemporalHP, norm=None, expect_dims=None, with
                                 f"task {inp.task} needs {cols}")
     ytr = np.concatenate([labels[v].y for v in train])
     mtr = np.concatenate([labels[v].mask for v in train])
-    w = class_weights(inp.task, ytr, mtr)
+    w = class_weights(inp.task, ytr, mtr, hp.au_pos_weight)
     tensors = {v: (torch.from_numpy(np.asarray(l.y, np.float32)), torch.from_numpy(np.asarray(l.mask, bool)))
                for v, l in labels.items()}
     return FoldData(inp.task, inp.fold, fs, tensors, labels, train, val, hp.clip_len,

@@ -26,19 +26,22 @@ def activate(task: str, logits: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown task {task!r}")
 
 
-def class_weights(task: str, y: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+def class_weights(task: str, y: np.ndarray, mask: np.ndarray, au_pos_weight: bool) -> np.ndarray | None:
     """Weights inversely proportional to class counts in the training set (mean weight 1).
 
-    AU: shape (2, 12) — row 0 the per-AU weights W_au of equation 1 (the rarer an AU fires,
-    the larger its weight), row 1 each AU's positive weight neg/pos (clipped to [1, 20]) so
-    that a rare AU's positives are not drowned by its negatives and its probability can cross
-    the 0.5 threshold that F1 is scored at. EXPR: one weight per class from its frame count.
-    Absent classes get the largest weight seen. VA / ERI: None.
+    AU: the per-AU weights W_au of equation 1 (the rarer an AU fires, the larger its weight),
+    shape (12,) — what the paper specifies. With ``au_pos_weight`` (config ``au_pos_weight``;
+    neither in eq. 1 nor in the authors' code) shape (2, 12): row 1 adds each AU's positive
+    weight neg/pos (clipped to [1, 20]), so a rare AU's positives are not drowned by its
+    negatives. EXPR: one weight per class from its frame count. Absent classes get the largest
+    weight seen. VA / ERI: None.
     """
     y = np.asarray(y)[np.asarray(mask, bool)]
     if task == "AU":
         pos = y.sum(0).astype(np.float64)
         per_au = _inverse(pos)
+        if not au_pos_weight:
+            return per_au.astype(np.float32)
         pos_weight = np.clip((len(y) - pos) / np.maximum(pos, 1.0), 1.0, 20.0)
         return np.stack([per_au, pos_weight]).astype(np.float32)
     if task == "EXPR":

@@ -6,7 +6,10 @@ stages' ``models/{task}/{fold}/{blb,dcl}_metrics.json``, and, to score the test 
 truth is known (the demo), the submission files and the label stores (the constant baseline is
 fitted on the training labels). Task, fold and stage of a metrics file come from its own fields
 (``task``, ``fold``, ``stage``) or from that path layout; a file for a task or fold outside
-``--tasks`` / ``--folds`` is an error. The table's mean is over every fold but ``official``
+``--tasks`` / ``--folds`` is an error. The "MAE finetune" row is the head's score on the frames
+BLB and DCL are scored on (``framewise_score`` of ``blb_metrics.json``: every labelled validation
+frame, no-face frames given the training prior), falling back to ``finetune_metrics.json`` (face
+frames only) where a fold has no BLB. The table's mean is over every fold but ``official``
 (the ensembled folds), headed ``mean(fold1-{k})``.
 
 With ``--shared-encoder`` (``mae.finetune.per_fold: false``) one encoder per task, fine-tuned on
@@ -138,6 +141,9 @@ def task_scores(task: str, metrics: dict, folds) -> dict:
          "per_class": {"blb": {}, "dcl": {}}, "confusion": {"blb": {}, "dcl": {}}}
     for fold in folds:
         t["folds"][fold] = {st: _score(doc(fold, st)) for st in STAGES}
+        framewise = _score(doc(fold, "blb"), "framewise_score")
+        if framewise is not None:   # the head scored on BLB / DCL's frames (no-face frames included)
+            t["folds"][fold]["finetune"] = framewise
         if task == "VA":     # the paper reports valence and arousal CCC separately (Tables 3, 4)
             t["extra"][fold] = {f"{st}_{k}": _score(doc(fold, st), f"ccc_{k}")
                                 for st in ("blb", "dcl") for k in ("valence", "arousal")}

@@ -65,21 +65,37 @@ def baseline_score(data: FoldData) -> float:
 
 
 def framewise_score(data: FoldData) -> float | None:
-    """Score of the fine-tuned MAE head (logits stored in the mae_{task} shard) on the same frames.
+    """Score of the fine-tuned MAE head (logits stored in the mae_{task} shard) on the same
+    frames as BLB / DCL: every validation frame with a valid label, face or not.
 
+    A frame without a face has no head output (its stored logits are zeros, which would say
+    "every AU on"); it gets the training labels' prior instead (AU rates, EXPR class
+    frequencies, VA means): what a frame-wise model can say about a frame it cannot see.
     None for ERI: its visual stream is another task's head (temporal.eri_visual_task), whose
     logits say nothing about the 7 reaction intensities."""
     if data.task == "ERI" or not all(v in data.fs.logits for v in data.val):
         return None
+    prior = train_prior(data)
     preds, ys, ms = [], [], []
     for v in data.val:
-        preds.append(activate(data.task, torch.from_numpy(data.fs.logits[v]).float()).numpy())
+        p = activate(data.task, torch.from_numpy(data.fs.logits[v]).float()).numpy()
+        p[~data.fs.valid[v][: len(p)]] = prior
+        preds.append(p)
         ys.append(data.labels_np[v].y)
         ms.append(data.labels_np[v].mask)
     try:
         return float(score(data.task, np.concatenate(preds), np.concatenate(ys), np.concatenate(ms))["score"])
     except (ValueError, IndexError):
         return None
+
+
+def train_prior(data: FoldData) -> np.ndarray:
+    """The training videos' label prior in the head's output space (AU / VA: means; EXPR: class
+    frequencies)."""
+    y = np.concatenate([data.labels_np[v].y[data.labels_np[v].mask.astype(bool)] for v in data.train])
+    if data.task == "EXPR":
+        return np.bincount(y.reshape(-1).astype(np.int64), minlength=8) / max(1, len(y))
+    return y.mean(0)
 
 
 def metrics_doc(stage: str, data: FoldData, best: dict, best_epoch: int, extra: dict) -> dict:

@@ -203,6 +203,7 @@ def temporal_params(*sections):
         "eri_visual_task",
         "clip_len",
         "stride",
+        "au_pos_weight",
         "blb",
         "eri",
     ) + sections

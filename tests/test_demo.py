@@ -246,8 +246,9 @@ def test_index_of_the_demo_reports_its_planned_mismatches(demo, man, tmp_path):
     index = read_index(out / "videos.tsv")
     assert set(index) == set(man["videos"]) | set(man["hume"])
     assert index["demo_002"]["has_audio"] is False and index["demo_pair_left"]["media"] == "demo_pair"
-    assert report["test_order"] == {t: (demo / "affwild2" / "test_lists" / n).read_text().split()
-                                    for t, n in TEST_LISTS.items()}
+    assert report["test_order"] == {**{t: (demo / "affwild2" / "test_lists" / n).read_text().split()
+                                       for t, n in TEST_LISTS.items()},
+                                    "ERI": [f for f, s in planned().hume if s == "test"]}
     for task in ("AU", "EXPR", "VA"):
         labels = read_labels(out / "labels" / f"{task}.h5")
         assert {v: l.split for v, l in labels.items()} == {

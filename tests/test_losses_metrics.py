@@ -60,8 +60,10 @@ def test_au_class_weights_and_weighted_bce_by_hand():
     y = np.zeros((10, 12), np.float32)
     y[:5, 0] = 1          # AU1 fires in half the frames, AU2 in one frame, others never
     y[0, 1] = 1
-    w = losses.class_weights("AU", y, np.ones(10, bool))
-    assert w.shape == (2, 12)
+    paper = losses.class_weights("AU", y, np.ones(10, bool), au_pos_weight=False)
+    assert paper.shape == (12,)                             # eq. 1: W_au only
+    w = losses.class_weights("AU", y, np.ones(10, bool), au_pos_weight=True)
+    assert w.shape == (2, 12) and np.allclose(w[0], paper)
     assert w[0, 1] / w[0, 0] == pytest.approx(5.0)          # 1/count: rarer AU weighs more
     assert w[0].mean() == pytest.approx(1.0)
     assert w[1, 0] == pytest.approx(1.0) and w[1, 1] == pytest.approx(9.0)   # neg/pos
@@ -70,12 +72,15 @@ def test_au_class_weights_and_weighted_bce_by_hand():
     ln2 = np.log(2)
     per = np.where(y > 0, w[1] * ln2, ln2) * w[0]          # BCE at p=0.5 is ln 2, positives scaled
     assert got == pytest.approx(per.mean(-1).mean(), rel=1e-5)
+    got_paper = float(losses.au_loss(logits, torch.from_numpy(y), torch.ones(10, dtype=torch.bool),
+                                     torch.from_numpy(paper)))
+    assert got_paper == pytest.approx((ln2 * paper).mean(), rel=1e-5)
 
 
 def test_expr_weights_inverse_counts_and_masked_rows_ignored():
     y = np.array([0, 0, 0, 1, 5, 5], np.float32)[:, None]
     mask = np.array([1, 1, 1, 1, 1, 0], bool)               # the second 5 is invalid
-    w = losses.class_weights("EXPR", y, mask)
+    w = losses.class_weights("EXPR", y, mask, au_pos_weight=False)
     assert w[1] / w[0] == pytest.approx(3.0) and w[5] == pytest.approx(w[1])
     logits = torch.randn(6, 8)
     full = losses.expr_loss(logits, torch.from_numpy(y), torch.from_numpy(mask), torch.from_numpy(w))

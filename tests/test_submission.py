@@ -437,9 +437,9 @@ def write_fold_metrics(res, tasks, folds, seed=3):
             extra = {"ccc_valence": s[2, j] - 0.05, "ccc_arousal": s[2, j] + 0.05} if task == "VA" else {}
             ft = res / "mae" / task / fold / "finetune_metrics.json"
             ft.parent.mkdir(parents=True)
-            ft.write_text(json.dumps({"task": task, "stage": "finetune_mae", "score": s[0, j]}))
-            # BLB's own framewise_score is not the ablation's MAE row: the fold's finetune file is
-            (d / "blb_metrics.json").write_text(json.dumps(_blb(task, fold, s[1, j], 0.999)))
+            # face frames only: the ablation's MAE row is BLB's framewise_score (BLB / DCL's frames)
+            ft.write_text(json.dumps({"task": task, "stage": "finetune_mae", "score": 0.999}))
+            (d / "blb_metrics.json").write_text(json.dumps(_blb(task, fold, s[1, j], s[0, j])))
             (d / "dcl_metrics.json").write_text(json.dumps({"score": s[2, j], "fold": fold, **extra}))
             ft_files.append(ft)
             st_files += [d / "blb_metrics.json", d / "dcl_metrics.json"]

@@ -370,3 +370,26 @@ def test_settings_come_complete_from_params():
         temporal_hp({k: v for k, v in SMALL.items() if k != "dcl"}, "AU", "dcl")
     with pytest.raises(PipelineError, match="blb_weighted"):
         temporal_hp({**SMALL, "dcl": {**SMALL["dcl"], "inference": "max"}}, "AU", "dcl")
+
+
+def test_framewise_score_gives_no_face_frames_the_training_prior():
+    """The MAE row is scored on BLB's frames: a no-face frame (zero logits = every AU "on")
+    gets the training prior (AU rates: here all off), not sigmoid(0) = 0.5 -> on."""
+    from types import SimpleNamespace
+    from affect_pipeline.metrics import score
+    from affect_pipeline.stores import Labels
+    from affect_pipeline.temporal_eval import framewise_score
+
+    rng = np.random.default_rng(0)
+    y_tr = (rng.random((200, 12)) < 0.1).astype(np.float32)          # AUs rarely on: prior off
+    y_va = (rng.random((40, 12)) < 0.5).astype(np.float32)
+    logits = np.where(y_va > 0, 3.0, -3.0).astype(np.float32)        # a perfect head ...
+    valid = np.arange(40) < 30
+    logits[~valid] = 0.0                                              # ... that saw no face in 10 frames
+    lab = {"t": Labels(y_tr, np.ones(200, bool), "train"), "v": Labels(y_va, np.ones(40, bool), "validation")}
+    data = SimpleNamespace(task="AU", train=["t"], val=["v"], labels_np=lab,
+                           fs=SimpleNamespace(logits={"v": logits}, valid={"v": valid}))
+    want = np.where(valid[:, None], y_va, 0.0)
+    assert framewise_score(data) == pytest.approx(score("AU", want, y_va, np.ones(40, bool))["score"])
+    zeros_on = np.where(valid[:, None], y_va, 1.0)
+    assert framewise_score(data) != pytest.approx(score("AU", zeros_on, y_va, np.ones(40, bool))["score"])
