@@ -27,8 +27,9 @@ def extract_frames(video, out, audio_out, sample_rate: int, threads: int = 1) ->
         r = extract_audio(video, wav_tmp, sample_rate, duration=float(info["duration"]), threads=threads)
         info["has_audio"] = info["has_audio"] and not r["silent"]   # a stream without samples is no audio
         write_json(json_tmp, info)
-    log.info("%s: %d frames, %.3f fps%s, %dx%d, %s", video, info["n_frames"], info["fps"],
-             " (VFR)" if info["vfr"] else "", info["width"], info["height"], info["codec"])
+    log.info("%s: %d frames (container declares %d), %.3f fps%s, %dx%d shown (rotation %d), %s", video,
+             info["n_frames"], info["n_frames_declared"], info["fps"], " (VFR)" if info["vfr"] else "",
+             info["width"], info["height"], info["rotation"], info["codec"])
     if r["silent"]:
         log.warning("%s: no audio; wrote %.2f s of silence to %s", video, r["seconds"], audio_out)
     else:

@@ -3,14 +3,21 @@
 The stage ``extract_frames`` (extract_frames.py) writes both per media file: the frames JSON
 (:func:`frame_info`) and the wav (:func:`extract_audio`).
 
-Conventions every later stage relies on:
+Conventions every later stage relies on -- the frames are what a player shows:
 - Frame i of an annotation file (1-based) is the i-th frame the decoder outputs (presentation
-  order), whatever the container says about frame counts.
+  order), whatever the container says about frame counts: containers over-declare (edit lists,
+  dropped trailing B-frames), so a declared/decoded difference is logged and recorded
+  (``n_frames_declared``, ``n_packets``); only a file whose packets stop short of its declared
+  count (truncated) or a decoder error is refused.
+- Frames come upright and with square pixels: a display matrix (phone video) is applied as
+  ffmpeg's autorotate applies it (``rotation`` in the frames JSON), a sample aspect ratio
+  stretches the width; ``width``/``height`` are the shown size.
 - Timestamps are seconds on the media clock (``pts x time_base``), not renumbered from 0; a
   variable-frame-rate (VFR) file keeps its irregular timestamps and is flagged ``vfr: true``.
 - The wav of :func:`extract_audio` is on the same clock: sample k is media time k / sample_rate
-  (an audio stream that starts late is padded with leading silence), so a feature extractor
-  finds frame i's audio at ``timestamps[i]``.
+  (an audio stream that starts late is padded with leading silence, one that ends early with
+  trailing silence up to the video's end), so a feature extractor finds frame i's audio at
+  ``timestamps[i]``.
 - Decoded frames are never written to disk: ``extract_frames`` decodes once to count frames and
   record timestamps, and ``crop_faces`` decodes again, streaming, through :func:`iter_frame_batches`
   (cheaper than writing and re-reading ~10^5 JPEGs per video; DESIGN allows temp frames, we
@@ -22,9 +29,10 @@ import contextlib
 import logging
 import queue
 import threading
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -83,34 +91,111 @@ def probe(path) -> dict:
 
 
 # ---------------------------------------------------------------- streaming decode
-def iter_frames(path, threads: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
-    """Yield ``(index, timestamp_s, rgb uint8 HxWx3)`` for every decoded frame, streaming.
+@dataclass
+class DecodeStats:
+    """What one decode pass saw besides the frames: for the frames JSON and the truncation check."""
 
-    Every frame is converted to the size of the stream's first frame, so batches stack even if a
-    stream changes resolution mid-way. ``threads`` sets FFmpeg's decoder threads.
-    """
+    packets: int = 0                  # video packets with data that the demuxer returned
+    skipped: int = 0                  # damaged packets the decoder refused (skipped, as a player does)
+    rotation: int = 0                 # display rotation applied, degrees counter-clockwise
+    size: tuple[int, int] = (0, 0)    # (width, height) of the frames yielded: upright, square pixels
+
+
+def _display_matrix(frame) -> np.ndarray | None:
+    sd = frame.side_data.get("DISPLAYMATRIX")
+    return None if sd is None else np.frombuffer(bytes(sd), np.int32)[:9]
+
+
+def _identity(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+def _upright(frame, path=None) -> tuple[int, Callable[[np.ndarray], np.ndarray]]:
+    """The display rotation of ``frame`` (degrees ccw) and the array op that shows it the way
+    ffmpeg's autorotate (players, ffmpeg -i) does: phones store portrait video turned, with a
+    display matrix saying how to turn it back. Quarter turns and mirrors; other angles warn."""
+    m = _display_matrix(frame)
+    if m is None:
+        return 0, _identity
+    rot = int(frame.rotation)
+    theta = (-rot) % 360                        # clockwise, as fftools' get_rotation reads it
+    k = int(round(theta / 90)) % 4
+    if abs(theta - 90 * round(theta / 90)) > 1:
+        log.warning("%s: display rotation %d deg is not a quarter turn; frames left as stored", path, rot)
+        return rot, _identity
+    if k == 1:
+        return rot, (lambda a: a.transpose(1, 0, 2)) if m[3] > 0 else (lambda a: np.rot90(a, -1))
+    if k == 3:
+        return rot, (lambda a: a[::-1, ::-1].transpose(1, 0, 2)) if m[3] < 0 else (lambda a: np.rot90(a, 1))
+    flip_x, flip_y = k == 2 and m[0] < 0, m[4] < 0
+    if not (flip_x or flip_y):
+        return rot, _identity
+    return rot, lambda a: a[::-1 if flip_y else 1, ::-1 if flip_x else 1]
+
+
+def _display_size(frame, stream) -> tuple[int, int]:
+    """(width, height) to convert to: square pixels (a sample aspect ratio stretches the width)."""
+    sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio   # as av_guess_sample_aspect_ratio
+    w = frame.width
+    if sar and float(sar) > 0 and sar != 1:
+        w = max(1, int(round(frame.width * float(sar))))
+    return w, frame.height
+
+
+def _decoded(c, v, path, stats: DecodeStats) -> Iterator:
+    """The stream's frames in presentation order, packet by packet. A packet the demuxer flags as
+    damaged (the cut-off last one of a truncated file) that the decoder refuses is skipped, as a
+    player does; any other decoder or demuxer error is fatal."""
     import av
 
+    packets = c.demux(v)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except (av.FFmpegError, OSError) as e:
+            raise PipelineError(f"{path}: reading failed after {stats.packets} video packets (corrupt or "
+                                f"truncated video: {e})") from e
+        stats.packets += bool(packet.size)
+        try:
+            frames = packet.decode()           # the last, empty packet flushes the decoder
+        except (av.FFmpegError, OSError) as e:
+            if not packet.is_corrupt:
+                raise PipelineError(f"{path}: decoding failed at video packet {stats.packets} (corrupt "
+                                    f"or truncated video: {e})") from e
+            log.warning("%s: skipped damaged video packet %d (%s)", path, stats.packets, e)
+            stats.skipped += 1
+            continue
+        yield from frames
+
+
+def iter_frames(path, threads: int = 1, stats: DecodeStats | None = None
+                ) -> Iterator[tuple[int, float, np.ndarray]]:
+    """Yield ``(index, timestamp_s, rgb uint8 HxWx3)`` for every frame a player shows, streaming.
+
+    Frames come upright (display rotation applied) with square pixels, all at the display size
+    of the stream's first frame, so batches stack even if a stream changes resolution mid-way.
+    ``threads`` sets FFmpeg's decoder threads; ``stats`` (if given) is filled as decoding goes.
+    """
+    stats = DecodeStats() if stats is None else stats
     with _open(path) as c:
         v = _video_stream(c, path)
         v.thread_type = "AUTO"
         v.codec_context.thread_count = max(1, int(threads))
         fps = _rate(v) or 25.0
-        size, t_prev, i = None, None, 0
-        decoded = c.decode(v)
-        while True:
-            try:
-                frame = next(decoded)
-            except StopIteration:
-                break
-            except (av.FFmpegError, OSError) as e:
-                raise PipelineError(f"{path}: decoding failed after {i} frames (corrupt or truncated "
-                                    f"video: {e})") from e
+        size, turn, t_prev, i = None, _identity, None, 0
+        for frame in _decoded(c, v, path, stats):
             if size is None:
-                size = (frame.width, frame.height)
+                size = _display_size(frame, v)
+                stats.rotation, turn = _upright(frame, path)
             t = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else (
                 0.0 if t_prev is None else t_prev + 1.0 / fps)
             rgb = frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
+            if turn is not _identity:
+                rgb = np.ascontiguousarray(turn(rgb))
+            if i == 0:
+                stats.size = (rgb.shape[1], rgb.shape[0])
             yield i, t, rgb
             t_prev, i = t, i + 1
 
@@ -174,24 +259,20 @@ def iter_frame_batches(path, batch_size: int = 32, threads: int = 1, prefetch: i
 
 # ---------------------------------------------------------------- frames JSON
 def frame_info(path, threads: int = 1, show_progress: bool = True) -> dict:
-    """Decode the whole video once: exact frame count, timestamps, VFR flag, plus the probe."""
+    """Decode the whole video once: what a player shows (frame count, per-frame timestamps,
+    upright size, VFR flag) plus the probe, with what the container declared beside it."""
     meta = probe(path)
-    declared = meta.pop("n_frames_declared")
-    ts = []
+    declared, stats, ts = meta["n_frames_declared"], DecodeStats(), []
     bar = progress(total=declared or None, desc=f"decode {Path(path).name}", unit="fr",
                    disable=not show_progress)
-    for _, t, _ in iter_frames(path, threads):
+    for _, t, _ in iter_frames(path, threads, stats):
         ts.append(t)
         bar.update()
     bar.close()
     n = len(ts)
     if n == 0:
         raise PipelineError(f"{path}: the video stream has no decodable frames")
-    if declared and n < 0.99 * declared:
-        raise PipelineError(f"{path}: decoded only {n} of the {declared} frames the container declares "
-                            f"(truncated or corrupt video)")
-    if declared and n != declared:
-        log.warning("%s: decoded %d frames, container declares %d; using the decoded count", path, n, declared)
+    _check_count(path, n, declared, stats)
     ts = np.asarray(ts, np.float64)
     d = np.diff(ts)
     if (d <= 0).any():
@@ -201,8 +282,22 @@ def frame_info(path, threads: int = 1, show_progress: bool = True) -> dict:
     if vfr or not fps:
         fps = float((n - 1) / (ts[-1] - ts[0])) if n > 1 and ts[-1] > ts[0] else (fps or 25.0)
     last = float(np.median(d)) if len(d) else 1.0 / fps
-    return {**meta, "n_frames": n, "fps": fps, "duration": float(ts[-1] + last), "vfr": vfr,
-            "timestamps": [round(float(t), 6) for t in ts]}
+    return {**meta, "width": stats.size[0], "height": stats.size[1], "rotation": stats.rotation,
+            "n_packets": stats.packets, "skipped_packets": stats.skipped, "n_frames": n, "fps": fps,
+            "duration": float(ts[-1] + last), "vfr": vfr, "timestamps": [round(float(t), 6) for t in ts]}
+
+
+def _check_count(path, n: int, declared: int, stats: DecodeStats) -> None:
+    """Decoded frames are the truth. Containers over-declare (edit lists, dropped trailing
+    B-frames: every packet is there, fewer frames are shown) -- logged; a file whose packets stop
+    short of what it declares was cut off -- refused."""
+    if declared and stats.packets < 0.99 * declared:
+        raise PipelineError(f"{path}: decoded only {n} of the {declared} frames the container declares; "
+                            f"the file holds {stats.packets} of their packets (truncated or corrupt video)")
+    if declared and n != declared:
+        log.warning("%s: decoded %d frames, the container declares %d (%d packets: edit list or dropped "
+                    "frames); using the %d decoded, as a player shows them", path, n, declared,
+                    stats.packets, n)
 
 
 def read_frames_json(path) -> dict:
@@ -220,51 +315,58 @@ def read_frames_json(path) -> dict:
 def extract_audio(video, out, sample_rate: int, duration: float | None = None, threads: int = 1) -> dict:
     """Decode the first audio stream to mono PCM16 at ``sample_rate``, streaming, into ``out``.
 
-    No audio stream (or no decodable audio): a silent wav of ``duration`` seconds. Returns a
-    summary dict (samples, seconds, silent).
+    Any rate and channel layout is resampled (libswresample downmix). The wav is on the media
+    clock: silence before an audio stream that starts late, and after one that ends before
+    ``duration`` (the video's); no audio stream (or no decodable audio) gives ``duration`` seconds
+    of silence. Returns a summary dict (samples, seconds, silent).
     """
-    import av
     import soundfile as sf
 
     with _open(video) as c, atomic_path(out) as tmp:
         with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, subtype="PCM_16", format="WAV") as wav:
-            n = 0
-            if c.streams.audio:
-                a = c.streams.audio[0]
-                a.codec_context.thread_count = max(1, int(threads))
-                res = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
-                start = None
-                try:
-                    for frame in c.decode(a):
-                        if start is None:
-                            start = float(frame.time or 0.0)
-                            lead = int(round(start * sample_rate))
-                            if lead > 0:  # keep the wav on the media clock
-                                wav.write(np.zeros(lead, np.int16))
-                                n += lead
-                            skip = max(0, -lead)
-                        for r in res.resample(frame):
-                            s = r.to_ndarray().reshape(-1)
-                            if skip:
-                                s, skip = s[skip:], max(0, skip - len(s))
-                            wav.write(s)
-                            n += len(s)
-                    for r in res.resample(None):
-                        s = r.to_ndarray().reshape(-1)
-                        wav.write(s)
-                        n += len(s)
-                except (av.FFmpegError, OSError) as e:
-                    raise PipelineError(f"{video}: audio decoding failed (corrupt or truncated: {e})") from e
+            n = _write_audio_stream(c, video, wav, sample_rate, threads) if c.streams.audio else 0
             silent = n == 0
-            if silent:
-                if duration is None:
-                    raise PipelineError(f"{video}: no audio stream and no duration to make a silent track")
-                if c.streams.audio:
-                    log.warning("%s: audio stream has no decodable samples; writing silence", video)
-                n = int(round(duration * sample_rate))
-                for s in range(0, n, 1 << 16):
-                    wav.write(np.zeros(min(1 << 16, n - s), np.int16))
-    return {"samples": n, "seconds": n / sample_rate, "silent": silent}
+            if silent and duration is None:
+                raise PipelineError(f"{video}: no audio stream and no duration to make a silent track")
+            if silent and c.streams.audio:
+                log.warning("%s: audio stream has no decodable samples; writing silence", video)
+            total = max(n, int(round(duration * sample_rate))) if duration is not None else n
+            for s in range(n, total, 1 << 16):
+                wav.write(np.zeros(min(1 << 16, total - s), np.int16))
+    return {"samples": total, "seconds": total / sample_rate, "silent": silent}
+
+
+def _write_audio_stream(c, video, wav, sample_rate: int, threads: int) -> int:
+    """Resampled samples of the first audio stream into ``wav``, its first one at its media time
+    (leading silence for a late start, a cut for one before 0); returns the samples written."""
+    import av
+
+    a = c.streams.audio[0]
+    a.codec_context.thread_count = max(1, int(threads))
+    res = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
+    n, skip, start = 0, 0, None
+    try:
+        for frame in c.decode(a):
+            if start is None:
+                start = float(frame.time or 0.0)
+                lead = int(round(start * sample_rate))
+                if lead > 0:  # keep the wav on the media clock
+                    wav.write(np.zeros(lead, np.int16))
+                    n += lead
+                skip = max(0, -lead)
+            for r in res.resample(frame):
+                x = r.to_ndarray().reshape(-1)
+                if skip:
+                    x, skip = x[skip:], max(0, skip - len(x))
+                wav.write(x)
+                n += len(x)
+        for r in res.resample(None):
+            x = r.to_ndarray().reshape(-1)
+            wav.write(x)
+            n += len(x)
+    except (av.FFmpegError, OSError) as e:
+        raise PipelineError(f"{video}: audio decoding failed (corrupt or truncated: {e})") from e
+    return n
 
 
 # ---------------------------------------------------------------- encoding (tests, benchmarks, demo)

@@ -199,3 +199,100 @@ def test_audio_starting_late_is_padded_onto_the_media_clock(tmp_path):
     x, _ = sf.read(tmp_path / "late.wav", dtype="float32")
     onset = np.flatnonzero(np.abs(x) > 0.05)[0]
     assert abs(onset - SR // 2) < 40 and len(x) == pytest.approx(SR, abs=40)
+
+
+def _pattern(h=24, w=40):
+    """An asymmetric picture: every turn and mirror of it is a different array."""
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, :, 0] = np.linspace(0, 250, w, dtype=np.uint8)[None]      # red grows to the right
+    img[:, :, 1] = np.linspace(0, 250, h, dtype=np.uint8)[:, None]   # green grows downwards
+    img[:6, :10, 2] = 255                                              # blue block top left
+    return img
+
+
+# set_display_rotation(degrees ccw, hflip, vflip) -> what a player (ffmpeg's autorotate) shows
+TURNS = {(0, False, False): lambda a: a, (90, False, False): lambda a: np.rot90(a, 1),
+         (180, False, False): lambda a: np.rot90(a, 2), (-90, False, False): lambda a: np.rot90(a, -1),
+         (0, True, False): lambda a: a[:, ::-1], (0, False, True): lambda a: a[::-1]}
+
+
+@pytest.mark.parametrize("turn", list(TURNS), ids=lambda t: f"{t[0]}{'h' * t[1]}{'v' * t[2]}")
+def test_display_rotation_applied_in_every_decode_path(tmp_path, turn):
+    """A phone's rotation tag: frames come out as a player shows them, in iter_frames, the
+    batches crop_faces reads and the frames JSON's size."""
+    path = tmp_path / "turned.mp4"
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=FPS)
+        vs.width, vs.height, vs.pix_fmt = 40, 24, "yuv444p"
+        vs.set_display_rotation(*turn)
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(_pattern(), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, FPS)
+            c.mux(vs.encode(f))
+        c.mux(vs.encode())
+    want = TURNS[turn](_pattern()).astype(np.float32)
+    got = [f for _, _, f in iter_frames(path)]
+    batches = np.concatenate([f for _, _, f in iter_frame_batches(path, batch_size=2)])
+    assert got[0].shape == want.shape and np.abs(got[0] - want).mean() < 4
+    np.testing.assert_array_equal(batches, np.stack(got))
+    info = frame_info(path, show_progress=False)
+    assert (info["height"], info["width"]) == want.shape[:2]
+    assert info["rotation"] % 360 == (180 if turn[1] else turn[0]) % 360
+
+
+def test_anamorphic_pixels_are_shown_square(tmp_path):
+    """A sample aspect ratio of 4:3 (DVD-style): 96x64 stored is shown 128x64, as a player does."""
+    path = tmp_path / "sar.mp4"
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=FPS)
+        vs.width, vs.height, vs.pix_fmt = 96, 64, "yuv420p"
+        vs.codec_context.sample_aspect_ratio = Fraction(4, 3)
+        for i in range(2):
+            f = av.VideoFrame.from_ndarray(_pattern(64, 96), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, FPS)
+            c.mux(vs.encode(f))
+        c.mux(vs.encode())
+    assert next(iter_frames(path))[2].shape == (64, 128, 3)
+    assert (frame_info(path, show_progress=False)["width"]) == 128
+
+
+def test_audio_shorter_than_the_video_is_padded_to_its_duration(media, tmp_path):
+    """The wav covers the whole video: silence after an audio stream that ends early."""
+    r = extract_audio(media["mp4"], tmp_path / "a.wav", SR, duration=3.0)
+    x, _ = sf.read(tmp_path / "a.wav", dtype="float32")
+    assert len(x) == r["samples"] == 3 * SR and not r["silent"]
+    assert np.abs(x[int(N / FPS * SR) + 200:]).max() == 0 and np.abs(x[: SR // 2]).max() > 0.3
+
+
+@pytest.fixture(scope="module")
+def indexed_first(tmp_path_factory):
+    """An MP4 of 50 noise frames with its index first (faststart): cut anywhere, it still opens."""
+    path = tmp_path_factory.mktemp("faststart") / "fast.mp4"
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as c:
+        vs = c.add_stream("libx264", rate=FPS)
+        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+        for i in range(50):
+            f = av.VideoFrame.from_ndarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, FPS)
+            c.mux(vs.encode(f))
+        c.mux(vs.encode())
+    return path
+
+
+def test_file_cut_mid_packet_is_reported_as_truncated(indexed_first, tmp_path):
+    """Cut at 60 %, inside a packet the decoder refuses: the damaged packet is skipped (as a
+    player does) and the file is refused for what it is, a truncated one, naming the counts."""
+    bad = tmp_path / "cut.mp4"
+    bad.write_bytes(indexed_first.read_bytes()[: indexed_first.stat().st_size * 6 // 10])
+    with pytest.raises(PipelineError, match=r"cut\.mp4: decoded only \d+ of the 50 frames .*truncated"):
+        frame_info(bad, show_progress=False)
+
+
+def test_file_missing_the_end_of_its_last_frame_plays(indexed_first, tmp_path, caplog):
+    """The last packet cut short: 49 frames play; decoded frames are the truth, logged."""
+    short = tmp_path / "short.mp4"
+    short.write_bytes(indexed_first.read_bytes()[:-200])
+    info = frame_info(short, show_progress=False)
+    assert info["n_frames"] == 49 and info["n_frames_declared"] == 50 and info["skipped_packets"] <= 1
+    assert "declares 50" in caplog.text
