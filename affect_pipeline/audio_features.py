@@ -311,7 +311,8 @@ def audio_features(model: str, weights, videos: dict[str, Media], out, params: d
 def main(argv: list[str]) -> int:
     p = stage_parser("audio_features", "HuBERT / wav2vec2 / VGGish features per video frame, one shard per model")
     p.add_argument("--model", required=True, choices=MODELS)
-    p.add_argument("--weights", required=True, help="local weights: save_pretrained folder or VGGish .pth")
+    p.add_argument("--weights", required=True, help="local weights: HuBERT / wav2vec2 save_pretrained folder, "
+                   "torchaudio bundle .pth or fairseq .pt (audio_models); VGGish state dict .pth")
     p.add_argument("--weights-key", default=None, help="config key named in errors (audio.<model>.weights)")
     p.add_argument("--videos", required=True, help='JSON {"video id": "media stem"} (or @PATH to one)')
     p.add_argument("--audio", nargs="+", required=True, help="results/audio/{media}.wav (extract_frames)")

@@ -4,19 +4,36 @@ Every model is seen as a regular *feature grid* over the 16 kHz samples: feature
 samples ``[g*stride, g*stride + rf)`` and sits at the centre of that window,
 ``t_g = (g*stride + (rf-1)/2) / sr`` seconds.
 
-- HuBERT / wav2vec2 (transformers, ``save_pretrained`` folder): stride = product of the conv
-  strides (320 = 20 ms), rf = conv receptive field (400 = 25 ms), so t_g = 0.02 g + 0.0125 s.
-  ``layer``: hidden-state index (-1 = last; 0 = the projected CNN features) or "mean" (average
-  of all hidden states). Waveform normalisation (``do_normalize`` of the folder's
-  preprocessor_config.json, default on) uses mean/var of the *whole* file, as a single pass would.
-- VGGish (torchvggish): torchvggish's log-mel front end (25 ms window, 10 ms hop, 64 bands),
-  examples of 96 log-mel frames (0.96 s, rf = 15600 samples) every ``vggish.hop_seconds``
-  (0.96 = torchvggish's own framing), so t_g = hop*g + 0.4875 s. Optional ``vggish.pca``
-  (pca_eigen_vectors, pca_means): PCA whitening + clip to [-2, 2], without torchvggish's 8-bit
-  quantisation (it only loses precision).
+- HuBERT / wav2vec2: stride = product of the conv strides (320 = 20 ms), rf = conv receptive
+  field (400 = 25 ms), so t_g = 0.02 g + 0.0125 s. ``layer``: hidden-state index (-1 = last;
+  0 = the encoder's input: projected CNN features + positional conv) or "mean" (average of all
+  hidden states); the hidden states are transformers' ``output_hidden_states`` (the layers'
+  raw outputs) for every weights format. Waveform normalisation uses mean/var of the *whole*
+  file, as a single pass would. The weights' kind is read from the path and its content:
+  (a) a folder: a transformers ``save_pretrained`` folder, run by transformers; normalisation =
+      ``do_normalize`` of its preprocessor_config.json (default on);
+  (b) a file holding a ``torchaudio.models.Wav2Vec2Model`` state dict (the ``.pth`` files that
+      ``torchaudio.pipelines`` bundles load), built with ``torchaudio.models.wav2vec2_model``.
+      Its arguments come from a sidecar JSON next to it (same stem, ``.json``: the bundle's
+      ``_params``, i.e. wav2vec2_model keywords, plus optional ``normalize_waveform`` (default
+      false) and ``sample_rate`` (16000)); without one, from the one ``torchaudio.pipelines``
+      HUBERT_* / WAV2VEC2_* bundle whose parameter shapes the state dict has (strides, heads and
+      norm order cannot be read from weights, so an unknown shape needs the sidecar);
+  (c) a fairseq checkpoint (a dict with ``model`` and ``cfg`` or ``args``, as fairseq saves it):
+      its config gives the wav2vec2_model arguments (``task.normalize``: normalisation), its keys
+      are mapped by torchaudio's fairseq importer. fairseq/omegaconf objects inside (task
+      dictionaries, enums) load as inert stubs; any other pickled object is refused.
+- VGGish (torchvggish state dict): torchvggish's log-mel front end (25 ms window, 10 ms hop,
+  64 bands), computed with torchaudio on the stage's device (:func:`make_log_mel`, the mel
+  matrix is torchvggish's own), examples of 96 log-mel frames (0.96 s, rf = 15600 samples) every
+  ``vggish.hop_seconds`` (0.96 = torchvggish's own framing), so t_g = hop*g + 0.4875 s. Optional
+  ``vggish.pca`` (pca_eigen_vectors, pca_means): PCA whitening + clip to [-2, 2], without
+  torchvggish's 8-bit quantisation (it only loses precision).
 
-The demo's small random models (``demo/audio_models.py``) have the same file formats and are
-read back by the same loaders.
+(b) and (c) are told apart by content, not by file extension, and run on torchaudio's model;
+the same weights give the same features in all three forms (tests/test_audio_checkpoints.py).
+The demo's small random models (``demo/audio_models.py``) are save_pretrained folders and a
+torchvggish state dict, read back by the same loaders; it also writes them as (b) and (c).
 """
 from __future__ import annotations
 
@@ -25,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .audio_checkpoints import (bundle_spec, fairseq_spec, fairseq_state_dict, load_pickle, numpy_array_globals,
+                                sidecar_spec)
 from .config import need
 from .runtime import PipelineError, autocast, file_digest, load_checkpoint, read_json
 
@@ -91,7 +110,7 @@ def _load_pca(path) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         try:  # torchvggish's released file pickles plain numpy arrays: allow exactly those
-            with torch.serialization.safe_globals(_numpy_array_globals()):
+            with torch.serialization.safe_globals(numpy_array_globals()):
                 d = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any refusal -> one readable line
             raise PipelineError(f"{path}: unreadable VGGish PCA params ({str(e).splitlines()[0]}); "
@@ -106,18 +125,57 @@ def _load_pca(path) -> tuple[np.ndarray, np.ndarray]:
     return E, m
 
 
-def _numpy_array_globals() -> list:
-    """The globals a pickled plain numpy array needs (numpy 1 and 2 module names)."""
-    rec = np._core.multiarray._reconstruct
-    dtypes = [type(np.dtype(t)) for t in (np.float32, np.float64, np.float16, np.int64)]
-    return ([rec, (rec, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype]
-            + dtypes + [(t, f"numpy.dtypes.{t.__name__}") for t in dtypes])
+# ---------------------------------------------------------------- VGGish log-mel front end
+def make_log_mel(hop_frames: int):
+    """torchvggish's log-mel examples as a torch module: (B, L) samples -> (B, n, 96, 64).
+
+    torchaudio's magnitude spectrogram of 400-sample periodic-Hann frames every 160 samples,
+    FFT 512 (torch.stft centres the window in the FFT frame, hence the 56-sample padding that
+    puts frame t on samples [160 t, 160 t + 400) as torchvggish frames it), times torchvggish's
+    mel matrix (triangles in mel space, DC bin dropped), log(x + 0.01), cut into 96-frame examples.
+    """
+    import torch
+    import torchaudio
+    from torchvggish import mel_features, vggish_params as vp
+
+    n_fft = 2 ** int(np.ceil(np.log2(STFT_WIN)))
+
+    class LogMel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.spec = torchaudio.transforms.Spectrogram(n_fft=n_fft, win_length=STFT_WIN, hop_length=STFT_HOP,
+                                                          center=False, power=1.0)
+            mel = mel_features.spectrogram_to_mel_matrix(vp.NUM_MEL_BINS, n_fft // 2 + 1, VGGISH_SR,
+                                                         vp.MEL_MIN_HZ, vp.MEL_MAX_HZ)
+            self.register_buffer("mel", torch.from_numpy(mel).float())
+            self.pad = (n_fft - STFT_WIN) // 2
+
+        def forward(self, wav):
+            if (wav.shape[-1] - STFT_WIN) // STFT_HOP + 1 < EXAMPLE_FRAMES:
+                return wav.new_zeros(wav.shape[0], 0, EXAMPLE_FRAMES, vp.NUM_BANDS)
+            with torch.autocast(wav.device.type, enabled=False):   # bf16 would cost the log-mel precision
+                spec = self.spec(torch.nn.functional.pad(wav.float(), (self.pad, self.pad)))
+                log_mel = torch.log(spec.transpose(1, 2) @ self.mel + vp.LOG_OFFSET)
+            return log_mel.unfold(1, EXAMPLE_FRAMES, hop_frames).transpose(2, 3)
+
+    return LogMel()
+
+
+def vggish_examples(wav: np.ndarray, hop_frames: int) -> np.ndarray:
+    """The log-mel examples (n, 96, 64) of one mono 16 kHz waveform, on the CPU."""
+    import torch
+
+    with torch.inference_mode():
+        return make_log_mel(hop_frames)(torch.as_tensor(np.asarray(wav, np.float32))[None])[0].numpy()
 
 
 # ---------------------------------------------------------------- models on a feature grid
 @dataclass
 class AudioModel:
-    """A loaded extractor: ``forward`` maps equal-length chunks (B, L) to (B, T, dim) features."""
+    """A loaded extractor: ``forward`` maps equal-length chunks (B, L) to (B, T, dim) features.
+
+    ``backend``: "transformers" (HF folder), "torchaudio" (bundle / fairseq weights) or "vggish".
+    """
     name: str
     net: object
     device: object
@@ -131,6 +189,8 @@ class AudioModel:
     hop_frames: int = 0
     pca: tuple | None = None
     example_batch: int = 256
+    backend: str = "transformers"
+    frontend: object = None
 
     def centres(self, g: np.ndarray) -> np.ndarray:
         """Seconds of feature g's window centre."""
@@ -143,46 +203,50 @@ class AudioModel:
         import torch
 
         with torch.inference_mode(), autocast(self.device):
-            if self.name == "vggish":
-                return self._forward_vggish(chunks)
             x = torch.from_numpy(np.ascontiguousarray(chunks, np.float32)).to(self.device)
-            out = self.net(x, output_hidden_states=True, return_dict=True)
-            hs = out.hidden_states
+            if self.backend == "vggish":
+                return self._forward_vggish(x)
+            if self.backend == "torchaudio":
+                hs = torchaudio_hidden_states(self.net, x, None if self.layer == "mean" else int(self.layer))
+            else:
+                hs = self.net(x, output_hidden_states=True, return_dict=True).hidden_states
             h = torch.stack(hs).float().mean(0) if self.layer == "mean" else hs[int(self.layer)]
             return h.float().cpu().numpy()
 
-    def _forward_vggish(self, chunks):
+    def _forward_vggish(self, x):
         import torch
 
-        ex = [vggish_examples(c, self.hop_frames) for c in chunks]
-        t = ex[0].shape[0]
-        x = torch.from_numpy(np.concatenate(ex)[:, None]).to(self.device)
-        y = torch.cat([self.net(x[s:s + self.example_batch]).float()
-                       for s in range(0, len(x), self.example_batch)])
+        ex = self.frontend(x)                                   # (B, T, 96, 64) on the device
+        b, t = ex.shape[:2]
+        ex = ex.reshape(b * t, 1, *ex.shape[2:])
+        y = torch.cat([self.net(ex[s:s + self.example_batch]).float()
+                       for s in range(0, len(ex), self.example_batch)]) if len(ex) else ex.new_zeros(0, self.dim)
         if self.pca is not None:
             E, m = (torch.as_tensor(a, device=self.device) for a in self.pca)
             y = ((y - m) @ E.T).clamp(-2.0, 2.0)
-        return y.cpu().numpy().reshape(len(chunks), t, -1)
+        return y.cpu().numpy().reshape(b, t, -1)
 
 
-def vggish_examples(wav: np.ndarray, hop_frames: int) -> np.ndarray:
-    """torchvggish's log-mel (64 bands, 10 ms hop) cut into 96-frame examples every hop_frames."""
-    from torchvggish import mel_features, vggish_params as vp
+def torchaudio_hidden_states(net, x, upto: int | None = None) -> list:
+    """transformers' hidden states of a torchaudio Wav2Vec2Model: the encoder input (projected CNN
+    features + positional conv, layer-normed in post-norm models), then each layer's raw output.
+    ``upto``: only states 0..upto are computed (negative: counted from the end)."""
+    t = net.encoder.transformer
+    n = len(t.layers)
+    stop = n if upto is None else upto % (n + 1)
+    feats, _ = net.feature_extractor(x, None)
+    h = t._preprocess(net.encoder.feature_projection(feats))   # what Transformer.forward runs first
+    hs = [h]
+    for layer in t.layers[:stop]:
+        h, _ = layer(h)
+        hs.append(h)
+    return hs + [None] * (n - stop)
 
-    n = (len(wav) - STFT_WIN) // STFT_HOP + 1
-    if n < EXAMPLE_FRAMES:
-        return np.zeros((0, EXAMPLE_FRAMES, vp.NUM_BANDS), np.float32)
-    log_mel = mel_features.log_mel_spectrogram(
-        np.asarray(wav, np.float64), audio_sample_rate=vp.SAMPLE_RATE, log_offset=vp.LOG_OFFSET,
-        window_length_secs=vp.STFT_WINDOW_LENGTH_SECONDS, hop_length_secs=vp.STFT_HOP_LENGTH_SECONDS,
-        num_mel_bins=vp.NUM_MEL_BINS, lower_edge_hertz=vp.MEL_MIN_HZ, upper_edge_hertz=vp.MEL_MAX_HZ)
-    return mel_features.frame(log_mel, EXAMPLE_FRAMES, hop_frames).astype(np.float32)
 
-
-def _conv_grid(cfg) -> tuple[int, int]:
+def _conv_grid(kernels, strides) -> tuple[int, int]:
     """(stride, receptive field) in samples of a wav2vec2-style conv feature encoder."""
     stride, rf = 1, 1
-    for k, s in zip(cfg.conv_kernel, cfg.conv_stride):
+    for k, s in zip(kernels, strides):
         rf += (k - 1) * stride
         stride *= s
     return stride, rf
@@ -208,7 +272,12 @@ def load_audio_model(name: str, weights, settings: dict, device=None, weights_ke
         raise PipelineError(f"config key {key} is not set: the {name} weights must be a local path")
     weights = Path(weights)
     if name != "vggish":
-        return _load_hf(name, weights, key, need(settings, "layer", where), device)
+        layer = need(settings, "layer", where)
+        if weights.is_dir():
+            return _load_hf(name, weights, key, layer, device)
+        if not weights.is_file():
+            _missing(weights, key, f"{name} weights (save_pretrained folder, torchaudio .pth or fairseq .pt)")
+        return _load_torchaudio(name, weights, key, layer, device)
     hop_s, pca_path = float(need(settings, "hop_seconds", where)), need(settings, "pca", where)
     example_batch = int(need(settings, "batch_size", where))
     if not weights.is_file():
@@ -224,7 +293,14 @@ def load_audio_model(name: str, weights, settings: dict, device=None, weights_ke
         raise PipelineError(f"{pca_path}: PCA is {pca[0].shape[0]}-d but the VGGish embedding is {dim}-d")
     digest = file_digest(weights) + (f"+pca:{file_digest(pca_path)}" if pca is not None else "")
     return AudioModel(name, net, device, VGGISH_SR, STFT_HOP * hop, (EXAMPLE_FRAMES - 1) * STFT_HOP + STFT_WIN,
-                      dim, digest, hop_frames=hop, pca=pca, example_batch=example_batch)
+                      dim, digest, hop_frames=hop, pca=pca, example_batch=example_batch, backend="vggish",
+                      frontend=make_log_mel(hop).to(device))
+
+
+def _check_layer(name, layer, n_states: int, weights) -> None:
+    if layer != "mean" and not (isinstance(layer, int) and -n_states <= layer < n_states):
+        raise PipelineError(f"audio.{name}.layer = {layer!r}: an index in [{-n_states}, {n_states}) "
+                            f"or \"mean\" ({weights} has {n_states} hidden states)")
 
 
 def _load_hf(name, weights: Path, key, layer, device) -> AudioModel:
@@ -233,9 +309,6 @@ def _load_hf(name, weights: Path, key, layer, device) -> AudioModel:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()        # keep job logs small
-
-    if not weights.is_dir():
-        _missing(weights, key, f"{name} save_pretrained folder")
     cfg_path = weights / "config.json"
     if not cfg_path.exists():
         raise PipelineError(f"{weights}: no config.json: not a save_pretrained folder (config key {key})")
@@ -251,11 +324,40 @@ def _load_hf(name, weights: Path, key, layer, device) -> AudioModel:
     net = net.to(device).eval()
     pre = weights / "preprocessor_config.json"
     pre_cfg = read_json(pre) if pre.exists() else {}
-    n_states = net.config.num_hidden_layers + 1
-    if layer != "mean" and not (isinstance(layer, int) and -n_states <= layer < n_states):
-        raise PipelineError(f"audio.{name}.layer = {layer!r}: an index in [{-n_states}, {n_states}) "
-                            f"or \"mean\" ({weights} has {n_states} hidden states)")
-    stride, rf = _conv_grid(net.config)
+    _check_layer(name, layer, net.config.num_hidden_layers + 1, weights)
+    stride, rf = _conv_grid(net.config.conv_kernel, net.config.conv_stride)
     return AudioModel(name, net, device, int(pre_cfg.get("sampling_rate", 16000)), stride, rf,
                       net.config.hidden_size, file_digest(weights), layer=layer,
                       normalize=bool(pre_cfg.get("do_normalize", True)))
+
+
+# ---------------------------------------------------------------- torchaudio: bundle .pth, fairseq .pt
+def _load_torchaudio(name, weights: Path, key, layer, device) -> AudioModel:
+    """A torchaudio bundle state dict or a fairseq checkpoint (told apart by content), as a
+    torchaudio.models.Wav2Vec2Model."""
+    import torch
+    from torchaudio.models import wav2vec2_model
+
+    ckpt, digest = load_pickle(weights), file_digest(weights)
+    if isinstance(ckpt, dict) and "model" in ckpt and ("cfg" in ckpt or "args" in ckpt):
+        spec, sd = fairseq_spec(ckpt, weights, name), fairseq_state_dict(ckpt["model"], weights)
+    elif isinstance(ckpt, dict) and any(str(k).startswith("feature_extractor.conv_layers.") for k in ckpt):
+        sd = {k: v for k, v in ckpt.items() if not k.startswith("aux.")}    # an ASR head is not a feature
+        sidecar = weights.with_suffix(".json")
+        spec = sidecar_spec(sidecar) if sidecar.exists() else bundle_spec(sd, weights, name)
+        digest += f"+cfg:{file_digest(sidecar)}" if sidecar.exists() else ""
+    else:
+        raise PipelineError(f"{weights}: neither a torchaudio Wav2Vec2Model state dict (feature_extractor.* "
+                            f"keys) nor a fairseq checkpoint (model + cfg/args) (config key {key})")
+    try:
+        net = wav2vec2_model(**{**spec.params, "aux_num_out": None})
+        net.load_state_dict(sd, strict=True)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise PipelineError(f"{weights}: weights do not fit torchaudio wav2vec2_model({spec.params}) "
+                            f"(config key {key}): {str(e).splitlines()[0]}") from e
+    net = net.to(device=device, dtype=torch.float32).eval()
+    _check_layer(name, layer, len(net.encoder.transformer.layers) + 1, weights)
+    convs = spec.params["extractor_conv_layer_config"]
+    stride, rf = _conv_grid([c[1] for c in convs], [c[2] for c in convs])
+    return AudioModel(name, net, device, spec.sample_rate, stride, rf, spec.params["encoder_embed_dim"],
+                      digest, layer=layer, normalize=spec.normalize, backend="torchaudio")

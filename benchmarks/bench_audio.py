@@ -8,11 +8,13 @@ Throughput is video frames per second (audio seconds x fps / wall time); ``stage
 = stage frames/s / forward frames/s (1 = the stage costs nothing beyond the model).
 
 ``run(...)`` returns the rows (a master benchmark calls it); ``memory(...)`` measures the
-stage's peak RSS in fresh processes for short and long audio (the streaming check).
+stage's peak RSS in fresh processes for short and long audio (the streaming check);
+``frontends(...)`` times the VGGish log-mel front end: torchvggish's reference (numpy, CPU) against
+the stage's torchaudio one on ``--device``, on the same audio in the same run.
 Models are the demo-sized random ones by default; ``--paper-size`` uses random models with the
 paper's shapes (HuBERT/wav2vec2 base configs, full VGGish: slow on CPU). Settings are the
 ``audio`` section of workflow_config.yaml (``params`` replaces keys of it).
-``python benchmarks/bench_audio.py [--seconds S] [--fps F] [--threads T] [--memory]`` prints tables.
+``python benchmarks/bench_audio.py [--seconds S] [--fps F] [--threads T] [--memory] [--frontend]`` prints tables.
 """
 from __future__ import annotations
 
@@ -122,6 +124,50 @@ def run(models=("hubert", "wav2vec2", "vggish"), seconds: float = 60.0, fps: flo
     return rows
 
 
+def frontends(seconds: float = 60.0, device: str = "cpu", threads: int = 1, repeats: int = 3) -> list[dict]:
+    """VGGish log-mel examples (0.96 s framing) of the same audio: torchvggish's
+    ``vggish_input.waveform_to_examples`` (float64 numpy, the reference) and the stage's
+    ``make_log_mel`` (torchaudio, float32, on ``device``, host-to-device copy and sync included).
+    Best of ``repeats`` after a warm-up; ``vs_reference`` = reference seconds / these seconds."""
+    import torch
+    from torchvggish import vggish_input
+
+    from affect_pipeline.audio_models import make_log_mel
+    from affect_pipeline.runtime import pick_device, setup_torch
+
+    setup_torch(threads)
+    dev = pick_device(device)
+    audio = synth_audio(seconds)
+    fe = make_log_mel(96).to(dev)
+
+    def ours():
+        with torch.inference_mode():
+            out = fe(torch.from_numpy(audio).to(dev)[None])
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+        return out
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    t_ref = best(lambda: vggish_input.waveform_to_examples(audio.astype(np.float64), SR, return_tensor=False))
+    t_ours = best(ours)
+    ref = vggish_input.waveform_to_examples(audio.astype(np.float64), SR, return_tensor=False)
+    err = float(np.abs(ours()[0].cpu().numpy() - ref).max())
+    return [{"frontend": "torchvggish waveform_to_examples (numpy f64)", "device": "cpu", "audio_s": seconds,
+             "threads": threads, "ms": 1e3 * t_ref, "x_realtime": seconds / t_ref, "vs_reference": 1.0,
+             "max_abs_diff": "0"},
+            {"frontend": "make_log_mel (torchaudio f32)", "device": str(dev), "audio_s": seconds, "threads": threads,
+             "ms": 1e3 * t_ours, "x_realtime": seconds / t_ours, "vs_reference": t_ref / t_ours,
+             "max_abs_diff": f"{err:.1e}"}]
+
+
 _MEM_SNIPPET = """
 import json, resource, sys
 from affect_pipeline import audio_features as af
@@ -179,10 +225,14 @@ if __name__ == "__main__":
     ap.add_argument("--paper-size", action="store_true", help="random models with the paper's shapes")
     ap.add_argument("--weights-dir", default=None, help="folder with hubert/, wav2vec2/, vggish.pth")
     ap.add_argument("--memory", action="store_true", help="also measure peak RSS, 60 s vs 600 s audio")
+    ap.add_argument("--frontend", action="store_true", help="only time the VGGish log-mel front ends")
     a = ap.parse_args()
     import logging
 
     logging.basicConfig(level=logging.WARNING)
+    if a.frontend:
+        print(_table(frontends(a.seconds, a.device, a.threads)))
+        sys.exit(0)
     print(_table(run(a.models, a.seconds, a.fps, a.threads, a.device, paper_size=a.paper_size,
                      weights_dir=a.weights_dir)))
     if a.memory:
