@@ -258,16 +258,41 @@ def load_encoder_state(encoder: ViTEncoder, sd: dict, source) -> None:
 _DROP_PREFIXES = ("decoder_", "decoder.", "mask_token", "head.", "fc_norm.")
 
 
+def _plain_data_globals() -> list:
+    """What training scripts' checkpoints carry besides tensors and that runs no code when
+    unpickled: facebookresearch/mae's ``args`` (argparse.Namespace) and numpy scalars, dtypes and
+    arrays, under numpy 2's module names and numpy 1's (``numpy.core``), the ones older files use."""
+    import argparse
+
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy 1
+        from numpy.core import multiarray
+
+    dtypes = [getattr(np.dtypes, n) for n in np.dtypes.__all__]
+    numpy1 = [(f, f"numpy.core.multiarray.{f.__name__}") for f in (multiarray.scalar, multiarray._reconstruct)]
+    return [argparse.Namespace, np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct,
+            *dtypes, *numpy1]
+
+
+def load_foreign_checkpoint(path) -> object:
+    """``load_checkpoint`` (weights_only) that also accepts :func:`_plain_data_globals`: a training
+    script's checkpoint loads; one whose pickle calls a function or builds another class is refused."""
+    with torch.serialization.safe_globals(_plain_data_globals()):
+        return load_checkpoint(path)
+
+
 def import_mae_face(path, cfg: dict) -> dict:
     """Convert MAE-Face's ``mae_face_pretrain_vit_base.pth`` (or any timm-keyed ViT) to our format.
 
     The file is a dict whose ``model`` (or ``state_dict``, or the dict itself) holds timm
     ``vit_base_patch16`` keys; ``module.`` / ``encoder.`` prefixes are stripped, decoder / head keys
-    dropped. Loaded with ``weights_only=True``, so a checkpoint with pickled code is refused.
-    Returns the encoder checkpoint dict (see :func:`encoder_checkpoint`).
+    dropped. Loaded with ``weights_only=True`` (plus the plain data of training checkpoints such as
+    facebookresearch/mae's ``{"model", "optimizer", "epoch", "scaler", "args"}``), so a checkpoint
+    with pickled code is refused. Returns the encoder checkpoint dict (see :func:`encoder_checkpoint`).
     """
     cfg = model_config(cfg)
-    obj = load_checkpoint(path)
+    obj = load_foreign_checkpoint(path)
     sd = obj
     if isinstance(obj, dict):
         for key in ("model", "state_dict", "encoder"):

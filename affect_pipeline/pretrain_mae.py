@@ -5,11 +5,13 @@ AdamW (betas 0.9 / 0.95, as MAE), lr = base_lr × effective batch / base_batch, 
 cosine, bf16 autocast on GPU, gradient accumulation, DDP under torchrun (each of the W processes
 uses ``--threads // W`` CPU threads; only rank 0 writes). Pretraining runs for days at Aff-Wild2
 scale, so it is crash-safe: ``{out}.resume.pt`` is written atomically after every epoch and picked
-up on restart when the settings match; ``--out`` is written only at the end.
+up on restart when the run is the same (:func:`fingerprint`: face stores and images, settings, code,
+world size, seed); a stale or unreadable one starts afresh. ``--out`` is written only at the end.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -22,10 +24,10 @@ import numpy as np
 import torch
 
 from .config import settings
-from .face_data import Loader, face_frames, image_files, make_loader, stack_crops, standardize, to_unit
+from .face_data import Crops, Loader, face_frames, image_files, make_loader, stack_crops, standardize, to_unit
 from .mae import MaskedAutoencoderViT, encoder_checkpoint, import_mae_face, model_config
 from .runtime import (PipelineError, autocast, load_checkpoint, progress, save_checkpoint, setup_torch,
-                      stage_parser, write_text)
+                      source_digest, stage_parser, write_text)
 from .training import (Dist, adamw, all_mean, finish_distributed, init_distributed, shard,
                        warmup_cosine, wrap_ddp)
 
@@ -87,8 +89,28 @@ def pretrain_crops(faces: list[str], p: PretrainSettings, img_size: int, seed: i
     return ds
 
 
-def _fingerprint(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+#: the modules whose code decides what a pretraining run computes
+CODE = ("affect_pipeline.pretrain_mae", "affect_pipeline.mae", "affect_pipeline.face_data",
+        "affect_pipeline.training", "affect_pipeline.stores", "affect_pipeline.runtime")
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_stamp(path: str) -> list:
+    """Size + mtime: every store is written through an atomic rename, so a rewrite changes both
+    (a copy that does not keep mtimes only costs a fresh start); a stat, not a read of ~GBs."""
+    st = os.stat(path)
+    return [path, st.st_size, st.st_mtime_ns]
+
+
+def fingerprint(ds: Crops, cfg: dict, p: PretrainSettings, world: int, seed: int) -> dict:
+    """What decides a run's result, digest by part: a resume file is continued only if all match."""
+    frames = hashlib.sha256(np.ascontiguousarray(ds.file_id).tobytes() + np.ascontiguousarray(ds.frame).tobytes())
+    return {"inputs": _digest([[_file_stamp(f) for f in ds.files], frames.hexdigest()]),
+            "settings": _digest([cfg, asdict(p)]), "code": source_digest(*CODE),
+            "run": _digest({"world": world, "seed": seed})}
 
 
 def pretrain_mae(faces: list[str], out, curve, params: dict, threads: int = 1, device: str = "auto",
@@ -119,7 +141,7 @@ def pretrain_mae(faces: list[str], out, curve, params: dict, threads: int = 1, d
     log.info("MAE pretraining: %d crops, %d epochs x %d steps, effective batch %d (=%d x %d x %d), peak lr %.3g",
              len(ds), p.epochs, spe, eff, p.batch_size, p.accum_steps, d.world, plan.peak_lr)
 
-    fp = _fingerprint(cfg, asdict(p), [str(f) for f in ds.files], len(ds), d.world, seed)
+    fp = fingerprint(ds, cfg, p, d.world, seed)
     start, rows = _resume(resume_path(out), fp, model, opt, d)
     sched.step_update(start * spe)
     run = Run(wrap_ddp(model, d), opt, sched, loader, p, plan, d, seed)
@@ -155,18 +177,30 @@ def _import(checkpoint, cfg: dict, out, curve, threads: int, seed: int) -> dict:
     return ckpt
 
 
-def _resume(rpath: Path, fp: str, model, opt, d: Dist) -> tuple[int, list]:
-    """(first epoch, curve rows so far) from a resume file of the same settings, else (0, [])."""
+def _resume(rpath: Path, fp: dict, model, opt, d: Dist) -> tuple[int, list]:
+    """(first epoch, curve rows so far) from a resume file of the same run, else (0, []): a stale
+    one (other inputs, settings, code) or an unreadable one (truncated by a kill, damaged) starts
+    afresh with a warning, and is replaced after the next epoch."""
     if not rpath.exists():
         return 0, []
-    state = load_checkpoint(rpath, map_location=str(d.device))
-    if state.get("fingerprint") != fp:
-        log.warning("%s belongs to other settings/inputs; starting afresh", rpath)
+    fresh = ({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, copy.deepcopy(opt.state_dict()))
+    try:
+        state = load_checkpoint(rpath, map_location=str(d.device))
+        old = state.get("fingerprint") if isinstance(state, dict) else None
+        changed = [k for k in fp if not isinstance(old, dict) or old.get(k) != fp[k]]
+        if changed:
+            log.warning("%s was made with other %s; starting afresh", rpath, "/".join(changed))
+            return 0, []
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        epoch, rows = int(state["epoch"]), [list(r) for r in state["curve"]]
+    except (PipelineError, KeyError, TypeError, ValueError, RuntimeError) as e:
+        log.warning("%s: unusable resume file (%s); starting afresh", rpath, e)
+        model.load_state_dict(fresh[0])
+        opt.load_state_dict(fresh[1])
         return 0, []
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["opt"])
-    log.info("resuming from %s after epoch %d", rpath, int(state["epoch"]))
-    return int(state["epoch"]), list(state["curve"])
+    log.info("resuming from %s after epoch %d", rpath, epoch)
+    return epoch, rows
 
 
 def _epoch(run: Run, epoch: int) -> float:

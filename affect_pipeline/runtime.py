@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import random
+import re
+import socket
 import sys
 import time
 from pathlib import Path
@@ -63,16 +65,77 @@ def parse_params(text: str) -> dict:
 
 
 # ---------------------------------------------------------------- atomic outputs
+#: a temporary file untouched for this long belongs to no running job (longer than any job's wall
+#: time × its retry in profiles/slurm, but for pretrain_mae, whose temporary lives only seconds)
+STALE_TMP_HOURS = float(os.environ.get("AFFECT_STALE_TMP_HOURS", "24"))
+
+
+def _writer_tag() -> str:
+    """Host (and, on Linux, PID namespace) of this process: a PID is only meaningful within both."""
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "localhost"
+    with contextlib.suppress(OSError):
+        host += "-" + re.sub(r"\D", "", os.readlink("/proc/self/ns/pid"))
+    return host
+
+
+_TAG = _writer_tag()
+_TMP_NAME = re.compile(r"\.(?P<out>.+)\.tmp(?P<pid>\d+)(?:@(?P<tag>[A-Za-z0-9-]+))?")
+
+
+def temp_sibling(path: str | os.PathLike) -> Path:
+    """``.{name}.tmp{pid}@{host}``: hidden, and naming the writer so that a later job can tell
+    whether it still runs (:func:`remove_stale_temps`)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}@{_TAG}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike, max_age_h: float | None = None) -> list[Path]:
+    """Delete the temporary files of killed writers in ``folder`` (a killed crop_faces job leaves up
+    to a GB): those of this host whose PID is dead, and any untouched for ``max_age_h`` hours (the
+    only safe test for another host's, or for older code's names without a host)."""
+    max_age = (STALE_TMP_HOURS if max_age_h is None else max_age_h) * 3600
+    removed = []
+    with contextlib.suppress(OSError), os.scandir(folder) as it:   # tidying never fails a writer
+        for e in it:
+            m = _TMP_NAME.fullmatch(e.name)
+            if not m or int(m["pid"]) == os.getpid() and m["tag"] == _TAG:
+                continue
+            with contextlib.suppress(OSError):
+                dead = m["tag"] == _TAG and not _pid_alive(int(m["pid"]))
+                if e.is_file(follow_symlinks=False) and (
+                        dead or time.time() - e.stat(follow_symlinks=False).st_mtime > max_age):
+                    os.unlink(e.path)
+                    removed.append(Path(e.path))
+    if removed:
+        log.warning("removed %d temporary file(s) left by killed jobs: %s", len(removed),
+                    ", ".join(str(r) for r in removed[:5]))
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto ``path`` only if the block succeeds.
 
-    A crash (or kill -9) leaves at most a ``.tmp`` file that no rule lists as an output, never a
-    half-written file under the real name.
+    A crash (or kill -9) leaves at most a hidden ``.{name}.tmp{pid}@{host}`` file that no rule lists
+    as an output, never a half-written file under the real name; the next writer in the same
+    folder removes it once its writer is known dead (:func:`remove_stale_temps`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    remove_stale_temps(path.parent)
+    tmp = temp_sibling(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -127,6 +190,17 @@ def file_digest(path: str | os.PathLike, n: int = 16) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()[:n]
+
+
+def source_digest(*modules: str) -> str:
+    """Short sha256 of the named modules' source files: a resume file made by other code is stale."""
+    import importlib
+
+    h = hashlib.sha256()
+    for name in modules:
+        src = importlib.import_module(name).__file__
+        h.update(name.encode() + (Path(src).read_bytes() if src else b""))
+    return h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -16,6 +16,7 @@ All writers go through :func:`affect_pipeline.runtime.atomic_path` (shards throu
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 from dataclasses import dataclass, field
@@ -30,12 +31,39 @@ from .runtime import PipelineError, atomic_path
 log = logging.getLogger(__name__)
 
 
+def is_lock_error(e: OSError) -> bool:
+    """HDF5 could not take its file lock (held elsewhere, or unsupported by the file system)."""
+    return "unable to lock file" in str(e).lower()
+
+
+def lock_message(path, kind: str, e: OSError) -> str:
+    """What a lock failure means and what to do: never "corrupt, delete it"."""
+    if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK) or f"errno = {errno.EAGAIN}," in str(e):
+        return (f"{path}: {kind} is locked by another process that has it open ({e}): a job still "
+                f"running (e.g. one left on a compute node after its Snakemake died) or a notebook; "
+                f"let it finish or stop it. If no process has it open (a lock a shared file system "
+                f"kept after a crash), export HDF5_USE_FILE_LOCKING=FALSE before Snakemake "
+                f"(docs/cluster.md)")
+    return (f"{path}: the file system refuses HDF5's file lock for this {kind} ({e}); export "
+            f"HDF5_USE_FILE_LOCKING=FALSE before Snakemake (shared file systems: docs/cluster.md)")
+
+
+def h5_file(path, mode: str, kind: str) -> h5py.File:
+    """``h5py.File`` that reports a lock failure as a lock (never as corruption), with its fix."""
+    try:
+        return h5py.File(path, mode)
+    except OSError as e:
+        if is_lock_error(e):
+            raise PipelineError(lock_message(path, kind, e)) from e
+        raise
+
+
 def _open(path, kind: str) -> h5py.File:
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"{path}: {kind} not found")
     try:
-        return h5py.File(path, "r")
+        return h5_file(path, "r", kind)
     except OSError as e:
         raise PipelineError(f"{path}: unreadable {kind} (truncated or corrupt HDF5: {e}); "
                             f"delete it and rerun the rule that makes it") from e
@@ -93,7 +121,7 @@ class FaceStoreWriter:
 def write_face_store(path, *, video_id: str, size: int, backend: str, fps: float,
                      n_landmarks: int = 5, **attrs) -> Iterator[FaceStoreWriter]:
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with h5_file(tmp, "w", "face store") as f:
             w = FaceStoreWriter(f, n_landmarks, size)
             yield w
             f.attrs.update(dict(video_id=video_id, n_frames=w.n, size=size, backend=backend,
@@ -176,30 +204,40 @@ class FeatureShardWriter:
     Videos go to ``{out}.partial`` (each group flagged ``complete`` once written and flushed);
     :meth:`close` renames it to ``out``. A rerun with the same ``fingerprint`` (extractor,
     checkpoint digest, settings) keeps the partial file's complete videos (:meth:`done`); a
-    different fingerprint, or a partial file HDF5 cannot open (killed mid-write), starts afresh.
+    different fingerprint, or a partial file HDF5 cannot read (killed mid-write, truncated,
+    damaged), starts afresh with a warning. A partial file another process holds (its lock) is an
+    error: that job may still be writing it.
     """
 
     def __init__(self, out, *, extractor: str, fingerprint: str, **attrs):
         self.out, self.partial = Path(out), Path(f"{out}.partial")
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.f = None
-        if self.partial.exists():
-            try:
-                f = h5py.File(self.partial, "a")
-                if f.attrs.get("fingerprint") == fingerprint:
-                    self.f = f
-                    for v in [k for k in f if not f[k].attrs.get("complete", False)]:
-                        del f[v]
-                    log.info("%s: resuming, %d videos already done", self.partial, len(f))
-                else:
-                    f.close()
-            except OSError as e:
-                log.warning("%s: unreadable partial shard (%s); starting afresh", self.partial, e)
-            if self.f is None:
-                self.partial.unlink()
+        self.f = self._resume(fingerprint) if self.partial.exists() else None
         if self.f is None:
-            self.f = h5py.File(self.partial, "w")
+            self.partial.unlink(missing_ok=True)
+            self.f = h5_file(self.partial, "w", "partial feature shard")
             self.f.attrs.update(dict(extractor=extractor, fingerprint=fingerprint, **attrs))
+
+    def _resume(self, fingerprint: str) -> h5py.File | None:
+        """The open partial file with only its complete videos, or None (other settings, damaged)."""
+        f = None
+        try:
+            f = h5_file(self.partial, "a", "partial feature shard")
+            if f.attrs.get("fingerprint") != fingerprint:
+                log.info("%s: made with other settings; starting afresh", self.partial)
+                f.close()
+                return None
+            for v in [k for k in f if not f[k].attrs.get("complete", False)]:
+                del f[v]
+            log.info("%s: resuming, %d videos already done", self.partial, len(f))
+            return f
+        except (OSError, KeyError, RuntimeError, ValueError) as e:
+            log.warning("%s: unreadable partial shard (%s: %s); starting afresh", self.partial,
+                        type(e).__name__, e)
+            if f is not None:
+                with contextlib.suppress(Exception):
+                    f.close()
+            return None
 
     def done(self, video: str) -> bool:
         return video in self.f and bool(self.f[video].attrs.get("complete", False))
@@ -291,7 +329,7 @@ class Labels:
 
 def write_labels(path, task: str, labels: dict[str, Labels], **attrs) -> None:
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with h5_file(tmp, "w", "label store") as f:
             f.attrs.update(dict(task=task, **attrs))
             for vid, lab in labels.items():
                 g = f.create_group(vid)

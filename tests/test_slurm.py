@@ -1,7 +1,9 @@
 """profiles/slurm against a real Slurm: jobs go through sbatch, the run finishes, outputs exist.
 
 Needs a running Slurm (`.ci/slurm/start.sh` gives a single-node one with fake GPUs and no
-accounting, so job states come from squeue). Skipped, saying why, when `sinfo` does not answer.
+accounting, so job states come from squeue). Skipped, saying why, when no Slurm answers or it
+would not run the jobs (`sbatch --test-only`: no root to start one, a cluster that refuses the
+profile's requests); failed instead under AFFECT_REQUIRE_SLURM=1 (CI, once Slurm is started).
 The repo profile is used as it is; only what a 2-core CI node cannot give is overridden on the
 command line: threads (one per job) and the status-poll intervals (seconds, not a minute).
 """
@@ -19,23 +21,56 @@ import yaml
 from conftest import CUT_DEMO, REPO, SNAKEMAKE
 
 
-def _slurm_state():
-    """None when a Slurm controller answers, else the reason to skip."""
-    if not shutil.which("sinfo"):
-        return "no Slurm client (sinfo) on PATH; start one with .ci/slurm/start.sh"
+#: what the Slurm tests ask of the cluster (the profile's train_blb request); probed with
+#: ``sbatch --test-only``, which submits nothing
+PROBE = ["sbatch", "--test-only", "--gpus=1", "--mem=48000", "--cpus-per-task=2", "--time=5", "--wrap", "true"]
+
+
+def _answer(cmd):
+    """(return code, output) of a Slurm client call, or (None, why it could not run)."""
     try:
-        p = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=15)
     except subprocess.TimeoutExpired:
-        return "sinfo did not answer within 15 s"
-    if p.returncode != 0:
-        return f"sinfo failed: {p.stderr.strip()[:200]} (start Slurm with .ci/slurm/start.sh)"
-    if not re.search(r"idle|mixed|alloc", p.stdout):
-        return f"no usable Slurm node (states: {p.stdout.split()})"
+        return None, f"{cmd[0]} did not answer within 15 s"
+    except OSError as e:
+        return None, f"{cmd[0]} cannot run: {e}"
+    return p.returncode, (p.stdout + p.stderr).strip()
+
+
+def _slurm_state():
+    """None when a Slurm controller answers and would run the tests' jobs, else the reason to skip."""
+    if not shutil.which("sinfo") or not shutil.which("sbatch"):
+        return "no Slurm client (sinfo/sbatch) on PATH; start one with .ci/slurm/start.sh (as root)"
+    rc, out = _answer(["sinfo", "-h", "-o", "%T"])
+    if rc != 0:
+        return f"sinfo failed: {out[:200]} (start Slurm with .ci/slurm/start.sh, as root)"
+    if not re.search(r"idle|mixed|alloc", out):
+        return f"no usable Slurm node (states: {out.split()})"
+    rc, out = _answer(PROBE)
+    if rc != 0:
+        return f"this Slurm would not run the tests' jobs (`{' '.join(PROBE)}`: {out[:300]})"
     return None
 
 
 _REASON = _slurm_state()
-needs_slurm = pytest.mark.skipif(_REASON is not None, reason=str(_REASON))
+#: .ci/run sets this once it started Slurm: there a Slurm test that cannot run fails, never skips
+_REQUIRED = os.environ.get("AFFECT_REQUIRE_SLURM") == "1"
+
+
+def needs_slurm(test):
+    """Skip ``test``, saying why, where no usable Slurm answers (no root to start one, no Slurm,
+    a cluster that refuses the profile's requests); fail it instead where CI requires Slurm."""
+    if _REASON is None:
+        return test
+    if _REQUIRED:
+        return pytest.mark.usefixtures("_slurm_required")(test)
+    return pytest.mark.skip(reason=_REASON)(test)
+
+
+@pytest.fixture
+def _slurm_required():
+    pytest.fail(f"AFFECT_REQUIRE_SLURM=1 but Slurm is not usable: {_REASON}")
+
 
 PROFILE = REPO / "profiles" / "slurm"
 HEAVY = ["crop_faces", "pretrain_mae", "finetune_mae", "visual_features", "audio_features",
