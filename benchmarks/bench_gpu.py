@@ -63,7 +63,7 @@ def row(stage: str, value: float | None, unit: str, ref: float | None = None, re
 
 #: what the checks import (requirements.txt names): absent -> a clear stop, another version -> a note
 NEEDED = ("torch", "torchvision", "timm", "transformers", "facenet-pytorch", "torchvggish", "soundfile", "h5py",
-          "numpy", "av", "opencv-python", "scikit-image", "scipy", "pyyaml", "tqdm")
+          "numpy", "torchaudio", "av", "opencv-python", "scikit-image", "scipy", "pyyaml", "tqdm")
 
 
 def check_pins(requirements: Path = REPO / "requirements.txt") -> list[str]:
@@ -143,10 +143,14 @@ def check_audio(dev, s: Sizes, threads: int) -> list[dict]:
     from benchmarks import bench_audio
 
     size = "paper size" if s.audio_paper_size else "demo size"
-    return [row(f"audio_features {r['model']} ({size})", r["stage_fps"], "frames/s", r["model_fps"],
+    rows = [row(f"audio_features {r['model']} ({size})", r["stage_fps"], "frames/s", r["model_fps"],
                 "model forward on the same audio", f"{s.audio_seconds:g} s of audio")
             for r in bench_audio.run(seconds=s.audio_seconds, threads=threads, device=str(dev),
                                      paper_size=s.audio_paper_size)]
+    ref, ours = bench_audio.frontends(seconds=s.audio_seconds, device=str(dev), threads=threads)
+    rows.append(row(f"VGGish log-mel (torchaudio, {ours['device']})", ours["x_realtime"], "x real time",
+                    ref["x_realtime"], "torchvggish numpy front end (CPU)", f"max abs diff {ours['max_abs_diff']}"))
+    return rows
 
 
 def check_temporal(dev, s: Sizes, threads: int) -> list[dict]:
