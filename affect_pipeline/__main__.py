@@ -27,6 +27,7 @@ STAGES = {
     "validate_submission": "affect_pipeline.submission:main",
     "summarize": "affect_pipeline.summarize:main",
     "report_plots": "affect_pipeline.report_plots:main",
+    "seed_ablation": "affect_pipeline.seed_ablation:main",
 }
 
 

@@ -262,3 +262,55 @@ def faces_sheet(rows: list[FaceRow], n_cols: int):
     fig.suptitle("face crops (green: face found, red: none)", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# ======================================================================== multi-seed ablation
+def _stage_bars(ax, tasks: dict):
+    """Each task's stages as mean ± sd bars over the (fold, seed) cells."""
+    stages = list(STAGE_LABEL)
+    x, w = np.arange(len(tasks)), 0.8 / len(stages)
+    for i, st in enumerate(stages):
+        s = [t["stages"][st] for t in tasks.values()]
+        ax.bar(x + (i - 1) * w, [np.nan if v["mean"] is None else v["mean"] for v in s], w,
+               yerr=[0 if v["sd"] is None else v["sd"] for v in s], capsize=3, label=STAGE_LABEL[st])
+    ax.scatter(x, [np.nan if t["baseline"] is None else t["baseline"] for t in tasks.values()], marker="_",
+               s=400, color="black", zorder=3, label="constant baseline")
+    ax.set_xlim(-0.75, len(tasks) - 0.25)
+    ax.set_xticks(x, [f"{k}\n{t['metric']}" for k, t in tasks.items()], fontsize=8)
+    ax.set_title("validation score, mean ± sd over folds × seeds", fontsize=9)
+    ax.legend(fontsize=7)
+
+
+def _paired_strip(ax, tasks: dict, seeds: list):
+    """Every (fold, seed) cell's DCL − BLB, a colour per seed, with the task's mean ± sd."""
+    colors = {s: f"C{i}" for i, s in enumerate(seeds)}
+    rng = np.random.default_rng(0)
+    for k, t in enumerate(tasks.values()):
+        for c in t["cells"]:
+            if c["blb"] is not None and c["dcl"] is not None:
+                ax.scatter(k + rng.uniform(-0.2, 0.2), c["dcl"] - c["blb"], s=14, color=colors[c["seed"]])
+        p = t["dcl_minus_blb"]
+        if p["mean"] is not None:
+            ax.errorbar(k + 0.3, p["mean"], yerr=p["sd"] or 0, fmt="D", color="black", capsize=3)
+            ax.annotate(f"{p['wins']}/{p['n']}\np={p['p_sign']:.2g}", (k + 0.33, p["mean"]), fontsize=7)
+    for s, col in colors.items():
+        ax.scatter([], [], color=col, s=14, label=f"seed {s}")
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xlim(-0.5, len(tasks) - 0.1)
+    ax.set_xticks(range(len(tasks)), list(tasks), fontsize=8)
+    ax.set_title("DCL − BLB per (fold, seed) cell: DCL wins / cells, sign test", fontsize=9)
+    ax.legend(fontsize=7)
+
+
+def seed_ablation(table: dict):
+    """The multi-seed ablation (:mod:`affect_pipeline.seed_ablation` table): stages and the paired gap."""
+    tasks = table["tasks"]
+    if not tasks:
+        return placeholder("multi-seed ablation", "the table has no task")
+    fig, (a, b) = pyplot().subplots(1, 2, figsize=(12, 4))
+    _stage_bars(a, tasks)
+    _paired_strip(b, tasks, table["seeds"])
+    fig.suptitle(f"seeds {', '.join(map(str, table['seeds']))} — all tasks: {table['all']['verdict']}",
+                 fontsize=9, wrap=True)
+    fig.tight_layout()
+    return fig

@@ -121,6 +121,31 @@ rule report_plots:
         " > {log:q} 2>&1"
 
 
+# The multi-seed ablation (python -m benchmarks.ablation --run DIR) writes
+# metrics/ablation_seeds.json into a finished run: when it is there, the report shows its figure.
+SEED_ABLATION = os.path.exists("results/metrics/ablation_seeds.json")
+
+
+rule seed_ablation:
+    input:
+        "results/metrics/ablation_seeds.json",
+    output:
+        report(
+            "results/report/ablation_seeds.png",
+            category="Metrics",
+            caption="../report/ablation_seeds.rst",
+        ),
+    log:
+        "results/logs/seed_ablation.log",
+    conda:
+        CONDA_ENV
+    threads: 1
+    params:
+        code=code_digest("seed_ablation"),
+    shell:
+        "affect seed_ablation --table {input:q} --png {output:q} > {log:q} 2>&1"
+
+
 rule run_config:
     output:
         "results/config.yaml",
@@ -141,3 +166,4 @@ rule submission:
         "results/config.yaml",
         "results/metrics/summary.json",
         [f"results/report/{f.name}" for f in FIGURES],
+        ["results/report/ablation_seeds.png"] if SEED_ABLATION else [],
