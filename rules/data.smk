@@ -9,13 +9,14 @@ if "demo" in config:
             "results/logs/make_demo.log",
         conda:
             CONDA_ENV
-        threads: 1
+        threads: 4  # a fork pool renders the media files (same bytes at any count); nothing else runs yet
         params:
             demo=as_json(config["demo"]),
             root=lambda wc, output: os.path.dirname(output[0]),
             code=code_digest("make_demo"),
         shell:
-            "affect make_demo --out {params.root:q} --params {params.demo:q} > {log:q} 2>&1"
+            "affect make_demo --out {params.root:q} --params {params.demo:q} --threads {threads}"
+            " > {log:q} 2>&1"
 
     rule make_demo_audio_models:
         output:

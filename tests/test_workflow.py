@@ -53,36 +53,39 @@ def test_every_frame_of_every_test_video_has_a_row(demo_run):
     assert rows[0].startswith(f"{order[0]}/00001.jpg,")
 
 
-def test_demo_metrics_beat_baselines(demo_run):
-    """Held-back demo test labels: the submission beats both the best constant prediction and
-    chance. ERI has only three test videos (a PCC over 3 points is noise), so it is held to its
-    cross-validated score over the five folds instead."""
+def test_demo_learns_every_task(demo_run):
+    """Held-back demo test labels (seed 0 measured AU 0.62, EXPR 0.68, VA 0.71, ERI 0.71 over 10
+    videos): every task well above the best constant prediction and chance, every expression
+    class recognised, ERI scored over its 10 Hume test videos. Margins leave room for another
+    CPU's float rounding, not for a demo that stopped learning."""
     work, _ = demo_run
     summary = json.loads((work / "results/metrics/summary.json").read_text())
-    t = summary["test"]["VA"]
-    print("VA", t["score"], "baseline", t["baseline"], "chance", t["chance"])
-    assert t["score"] > max(t["baseline"], t["chance"]) + 0.02, ("VA", t)
-    eri = summary["test"]["ERI"]
-    assert eri["videos"] == 3 and -1 <= eri["score"] <= 1
+    margins = {"AU": 0.15, "EXPR": 0.3, "VA": 0.4, "ERI": 0.3}
+    for task, margin in margins.items():
+        t = summary["test"][task]
+        print(task, t["score"], "baseline", t["baseline"], "chance", t["chance"], "videos", t["videos"])
+        assert t["score"] > max(t["baseline"], t["chance"] or 0.0) + margin, (task, t)
+    assert min(summary["test"]["EXPR"]["per_class"]) > 0.15, summary["test"]["EXPR"]["per_class"]
+    assert summary["test"]["ERI"]["videos"] >= 10
+
+
+def test_framewise_finetune_beats_its_baseline(demo_run):
+    """The frame-wise MAE fine-tune carries the visual signal on its own: on the official
+    validation split each frame task's head beats the constant predictor by a clear margin
+    (seed 0: AU +0.25, EXPR +0.41, VA +0.62)."""
+    work, _ = demo_run
+    for task in ("AU", "EXPR", "VA"):
+        m = json.loads((work / f"results/mae/{task}/official/finetune_metrics.json").read_text())
+        print(task, "finetune", m["score"], "baseline", m["baseline"])
+        assert m["score"] > m["baseline"] + 0.12, (task, m["score"], m["baseline"])
     rows = {tuple(r.split("\t")[:2]): r.split("\t") for r in (work / "results/metrics/ablation.tsv").read_text().splitlines()}
-    assert {("AU", "BLB"), ("AU", "DCL"), ("EXPR", "MAE finetune"), ("VA", "DCL")} <= set(rows)
+    assert {("AU", "MAE finetune"), ("AU", "BLB"), ("AU", "DCL"), ("EXPR", "MAE finetune"), ("VA", "DCL"),
+            ("ERI", "BLB")} <= set(rows)
     header = (work / "results/metrics/ablation.tsv").read_text().splitlines()[0].split("\t")
     mean_col = next(h for h in header if h.startswith("mean(fold1-"))
     cv = float(rows[("ERI", "BLB")][header.index(mean_col)])
     print(f"ERI BLB mean PCC over {mean_col[5:-1]} validation:", cv)
-    assert cv > 0.1
-
-
-@pytest.mark.xfail(reason="issue 15: with honest per-fold encoders the demo's AU / EXPR test scores sit at "
-                          "the constant baseline / chance (measured AU 0.26 vs 0.24, EXPR 0.125 vs 0.121); "
-                          "the demo must become learnable before this holds again", strict=False)
-def test_demo_au_expr_beat_baselines(demo_run):
-    work, _ = demo_run
-    summary = json.loads((work / "results/metrics/summary.json").read_text())
-    for task in ("AU", "EXPR"):
-        t = summary["test"][task]
-        print(task, t["score"], "baseline", t["baseline"], "chance", t["chance"])
-        assert t["score"] > max(t["baseline"], t["chance"]) + 0.02, (task, t)
+    assert cv > 0.2
 
 
 def test_faces_found_and_stores_complete(demo_run):

@@ -1,7 +1,8 @@
 """The demo's face: the photograph ``skimage.data.astronaut()`` animated frame by frame.
 
-12 AUs are smooth landmark-centred displacement fields (cv2.remap) plus a little shading (mouth
-gap, glabella, nasolabial folds), so every label is visible in the pixels. Apparent identities
+12 AUs are smooth landmark-centred displacement fields (cv2.remap) plus shading (mouth gap,
+glabella, nasolabial folds), strong enough to move features by a few pixels in the 64-px crops the
+demo's ViT sees, so every label is visible in the pixels. Apparent identities
 differ per video: in-plane pose, scale, aspect, position, colour, gamma, mirroring, background
 (gradients, noise, textures) and gentle head motion over time.
 """
@@ -25,7 +26,12 @@ FACE_HEIGHT = 110.0                       # MTCNN box height (px)
 HEAD_ELLIPSE = ((227.0, 122.0), (80.0, 112.0))   # centre, semi-axes: outer limit of the matte
 FACE_ELLIPSE = ((225.0, 128.0), (44.0, 58.0))    # always opaque (skin and teeth are light too)
 
-# (cx, cy, sigma_x, sigma_y, dx, dy): Gaussian displacement bumps at full intensity (px).
+# (cx, cy, sigma_x, sigma_y, dx, dy): Gaussian displacement bumps at full intensity (px), before
+# DEFORM_GAIN / SPREAD: a 64-px crop shows a face at ~1/3 of this photograph's scale, where the
+# raw amplitudes (2-6 px here) would move features by about one pixel.
+DEFORM_GAIN = 1.8          # displacement x 1.8
+SPREAD = 1.5               # bump widths x 1.5 (keeps the warp fold-free: max gradient < 0.9)
+SHADE_GAIN = 1.6           # log-shading x 1.6 (mouth gap, glabella, nasolabial folds)
 AU_BUMPS = {
     "AU1": [(209, 93, 6, 5, 0, -6), (240, 95, 6, 5, 0, -6), (224, 84, 14, 6, 0, -2)],
     "AU2": [(191, 91, 7, 5, -1, -6), (259, 93, 7, 5, 1, -6)],
@@ -65,10 +71,11 @@ def _smoothstep(x):
     return x * x * (3 - 2 * x)
 
 
-def _jaw_field(xx, yy):
-    """AU26: everything between the lower lip and the chin moves down, fading out on the neck."""
-    prof = _smoothstep((yy - 143) / 8) * (1 - _smoothstep((yy - 178) / 22))
-    return 8.0 * prof * np.exp(-0.5 * ((xx - 224) / 30) ** 2)
+def _jaw_field(xx, yy, drop: float):
+    """AU26: everything between the lower lip and the chin moves down by ``drop`` px, fading out
+    on the neck; the ramp below the lip is 1.6 x ``drop`` long, so the warp cannot fold."""
+    prof = _smoothstep((yy - 143) / (1.6 * drop)) * (1 - _smoothstep((yy - 178) / 22))
+    return drop * prof * np.exp(-0.5 * ((xx - 224) / 30) ** 2)
 
 
 class FaceAnimator:
@@ -90,12 +97,12 @@ class FaceAnimator:
         shade = np.zeros((len(AU_NAMES), h, w), np.float32)
         for j, au in enumerate(AU_NAMES):
             for cx, cy, sx, sy, dx, dy in AU_BUMPS[au]:
-                g = _gauss(xx, yy, cx, cy, sx, sy)
-                disp[j, ..., 0] += dx * g
-                disp[j, ..., 1] += dy * g
+                g = _gauss(xx, yy, cx, cy, SPREAD * sx, SPREAD * sy)
+                disp[j, ..., 0] += DEFORM_GAIN * dx * g
+                disp[j, ..., 1] += DEFORM_GAIN * dy * g
             for cx, cy, sx, sy, gain in AU_SHADES.get(au, []):
-                shade[j] += np.log(gain) * _gauss(xx, yy, cx, cy, sx, sy)
-        disp[AU_NAMES.index("AU26"), ..., 1] += _jaw_field(xx, yy)
+                shade[j] += SHADE_GAIN * np.log(gain) * _gauss(xx, yy, cx, cy, SPREAD * sx, sy)
+        disp[AU_NAMES.index("AU26"), ..., 1] += _jaw_field(xx, yy, 8.0 * DEFORM_GAIN)
         touched = (np.abs(disp).max((0, 3)) > 0.02) | (np.abs(shade).max(0) > 0.005)
         ys, xs = np.nonzero(touched)
         self.roi = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))

@@ -1,7 +1,7 @@
 """What the demo's faces show, frame by frame: the label plans and the label files made from them.
 
-Expressions are 1–2.6 s segments with a prototype AU combination whose intensity ramps in and
-out; the EXPR label is the segment's class (ramps included). Classes come from a shuffled
+Expressions are 1–2.6 s segments with a prototype AU combination (each class its own) whose
+intensity ramps in and out over 0.2 s; the EXPR label is the segment's class (ramps included). Classes come from a shuffled
 per-split cycle, so every class occurs in train, validation and test. Valence/arousal follow a
 per-class prototype plus smooth noise; arousal scales the AU amplitudes (and drives the voice).
 Spontaneous AU events keep the AUs from being a function of the expression.
@@ -27,7 +27,9 @@ EXPR_PROTOTYPES = {
     "Happiness": {"AU6": 0.9, "AU12": 1.0, "AU25": 0.8},
     "Sadness": {"AU1": 0.9, "AU4": 0.8, "AU15": 0.9},
     "Surprise": {"AU1": 1.0, "AU2": 1.0, "AU25": 0.9, "AU26": 0.9},
-    "Other": None,                                     # a random mix per segment
+    # a combination no other class shows (outer brow raise without AU1, a pressed smile): a random
+    # mix per segment would often look like one of the six, and no face model could tell them apart
+    "Other": {"AU2": 1.0, "AU12": 0.9, "AU24": 0.9},
 }
 # (valence, arousal) prototypes; Other draws its own per segment
 VA_PROTOTYPES = {"Neutral": (0.0, -0.2), "Anger": (-0.6, 0.7), "Disgust": (-0.6, 0.25),
@@ -112,11 +114,8 @@ def plan_track(video_id: str, n: int, fps: int, seed: int, next_class, calm: flo
     weights = np.zeros((n, len(AU_NAMES)))
     for s, e, c in segs:
         name = EXPR_NAMES[c]
-        env = _envelope(e - s, min(int(0.32 * fps), (e - s) // 4)) * rng.uniform(0.7, 1.15)
+        env = _envelope(e - s, min(int(0.2 * fps), (e - s) // 5)) * rng.uniform(0.85, 1.15)
         proto = EXPR_PROTOTYPES[name]
-        if proto is None:                                 # Other: a random mix of 2–3 AUs
-            picks = rng.choice(len(AU_NAMES), size=int(rng.integers(2, 4)), replace=False)
-            proto = {AU_NAMES[i]: rng.uniform(0.75, 1.0) for i in picks}
         va = VA_PROTOTYPES[name] or (rng.uniform(-0.4, 0.4), rng.uniform(-0.3, 0.5))
         va = np.array(va) + rng.uniform(-0.15, 0.15, 2) + (0, -calm * (name == "Happiness"))
         expr[s:e] = c
