@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,13 +150,32 @@ def face_frames(path, frames_per_video: int, seed: int) -> np.ndarray:
 
 
 def image_files(dirs: list[str]) -> list[Path]:
-    """Every image under the given folders (e.g. AffectNet for pretraining)."""
+    """Every image under the given folders (e.g. AffectNet for pretraining), through linked
+    folders (data sets on shared disks are linked in); hidden files (macOS ``._x.jpg``) are not
+    images. A folder without any image is a mistake (a wrong path, an unpacked archive)."""
     out = []
     for d in dirs or []:
         if not Path(d).is_dir():
             raise PipelineError(f"{d}: mae.pretrain.extra_image_dirs entry is not a folder")
-        out += sorted(q for q in Path(d).rglob("*") if q.suffix.lower() in IMAGE_EXTS)
+        found = sorted(q for q in _walk_files(Path(d)) if q.suffix.lower() in IMAGE_EXTS)
+        if not found:
+            raise PipelineError(f"{d}: mae.pretrain.extra_image_dirs entry holds no images "
+                                f"({', '.join(IMAGE_EXTS)}, searched recursively)")
+        out += found
     return out
+
+
+def _walk_files(root: Path):
+    """Files under ``root`` that are not hidden, following linked folders (each real folder once)."""
+    seen = set()
+    for top, subdirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:                  # a link back up, or a second link to the same folder
+            subdirs.clear()
+            continue
+        seen.add(real)
+        subdirs[:] = [s for s in subdirs if not s.startswith(".")]
+        yield from (Path(top, f) for f in files if not f.startswith("."))
 
 
 @dataclass

@@ -42,9 +42,10 @@ _START_CWD = os.getcwd()
 
 
 def _key() -> str:
-    """Names the server that may run this job: same interpreter, venv contents, launcher code."""
-    h = hashlib.sha256(f"{sys.executable}|{PRELOAD}".encode())
+    """Names the server that may run this job: same interpreter, venv contents, launcher code and
+    package checkout (two checkouts sharing a venv must not run each other's stage code)."""
     pkg = Path(__file__).resolve().parent
+    h = hashlib.sha256(f"{sys.executable}|{PRELOAD}|{pkg}".encode())
     for f in (pkg / "warm.py", pkg / "__init__.py"):
         h.update(f.read_bytes())
     for p in sys.path:
