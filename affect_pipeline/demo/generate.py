@@ -16,7 +16,8 @@ through the data keys of ``demo_config.yaml``; the random seed is ``demo.seed``:
 
 Annotation files carry a few invalid rows like the real data (AU all -1, EXPR -1, VA -5) and two
 deliberate length mismatches (demo_004 EXPR one row long, demo_005 VA three rows short); the
-test_labels files never do. Same params give byte-identical label files and videos.
+test_labels files never do. Same params give byte-identical label files and manifest, and the same
+rendered frames and audio (``rendered``: their digests); the encoded bytes are up to the encoder.
 """
 from __future__ import annotations
 
@@ -202,7 +203,7 @@ def write_hume_labels(seed: int, out: Path, plan: DemoPlan) -> dict[str, np.ndar
 
 # ---------------------------------------------------------------- the stage
 def render_all(plan: DemoPlan, out: Path, threads: int) -> dict[str, dict]:
-    """Render every media file (a fork pool when threads > 1: same bytes); path under out -> facts."""
+    """Render every media file (a fork pool when threads > 1: same frames); path under out -> facts."""
     media = {}
     bar = progress(total=sum(j.plans[0].n_frames for j in plan.jobs), desc="make_demo", unit="frame")
     if threads > 1:
@@ -238,12 +239,14 @@ def make_demo(out: str | Path, params: dict, threads: int = 1) -> dict:
             for fid, split in plan.tree.hume}
     by_split = {s: [plan.plans[v.video_id] for v in plan.tree.videos if v.split == s] for s in SPLITS}
     eri_all = np.array([eri[f] for f, _ in plan.tree.hume]).reshape(-1, len(ERI_NAMES))
+    rendered = {path: {k: info[k] for k in ("frames_sha256", "audio_sha256")} for path, info in sorted(media.items())}
     manifest = {"generator": f"affect_pipeline.demo v{GENERATOR_VERSION}", "seed": spec.seed,
                 "params": asdict(spec), "source_image": "skimage.data.astronaut()",
                 "audio_sample_rate": SAMPLE_RATE, "videos": vids, "hume": hume,
                 "test_lists": {t: f"affwild2/test_lists/{n}" for t, n in TEST_LISTS.items()},
                 "annotation_length_mismatch": facts["length_mismatch"],
-                "invalid_rows": facts["invalid_rows"], "label_stats": label_stats(by_split, eri_all)}
+                "invalid_rows": facts["invalid_rows"], "label_stats": label_stats(by_split, eri_all),
+                "rendered": rendered}
     write_json(out / "manifest.json", manifest)          # last: the tree is complete
     return manifest
 

@@ -1,11 +1,14 @@
 """The demo's media files: a voice-like audio track and the encoded videos (one face or a pair).
 
 The voice's pitch and loudness rise with arousal and its timbre brightens with valence, so the
-audio carries part of the signal. Encoders run single-threaded: same plan, same bytes.
+audio carries part of the signal. The same plan renders the same frames and samples (their digests
+go into the manifest); the encoded bytes may differ between calls: PyAV 18's bundled x264 /
+swscale do not encode the very same frames reproducibly, even single-threaded.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -128,9 +131,13 @@ def render_media(job: MediaJob) -> dict:
     n = job.plans[0].n_frames
     width = job.size * len(job.plans)
 
-    def frames():
+    digest = hashlib.sha256()
+
+    def frames():        # the rendered frames' digest: what the seed fixes (the encoder rounds on)
         for i in range(n):
-            yield np.concatenate([r.frame(p.au[i], i / job.fps) for r, p in zip(rends, job.plans)], 1)
+            f = np.concatenate([r.frame(p.au[i], i / job.fps) for r, p in zip(rends, job.plans)], 1)
+            digest.update(f.tobytes())
+            yield f
 
     audio = None
     if job.has_audio:
@@ -138,7 +145,8 @@ def render_media(job: MediaJob) -> dict:
         audio = np.clip(audio / len(job.plans) ** 0.5, -1, 1).astype(np.float32)
     write_video(job.path, frames(), n, job.fps, width, job.size, audio, job.avi)
     return {"media": job.path.name, "n_frames": n, "fps": job.fps, "width": width,
-            "height": job.size, "has_audio": job.has_audio}
+            "height": job.size, "has_audio": job.has_audio, "frames_sha256": digest.hexdigest(),
+            "audio_sha256": hashlib.sha256(audio.tobytes()).hexdigest() if audio is not None else None}
 
 
 @functools.lru_cache(maxsize=1)
