@@ -325,7 +325,7 @@ def odd_tree(root: Path) -> Path:
     return root / "odd.yaml"
 
 
-ODD_IDS = ['"demo" é 000', "o'neil 日本", "x;touch PWNED", "$(touch PWNED) `touch PWNED`", "pair ü_left", "pair ü_right"]
+ODD_IDS = ["«demo» é & 000", "o'neil 日本", "x;touch PWNED", "$(touch PWNED) `touch PWNED`", "pair ü_left", "pair ü_right"]
 TARGETS = (["results/index/videos.tsv"] + [f"results/faces/{v}.h5" for v in ODD_IDS]
            + [f"results/audio/{v}.wav" for v in ODD_IDS[:4]])
 _RUN: dict = {}

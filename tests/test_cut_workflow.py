@@ -1,9 +1,10 @@
 """The cut-down demo (tests/conftest.py CUT_DEMO: VA, 3 folds, per-fold encoders) run to
-`submission` once: the fold count reaches every product, and each fold's encoder never saw
-its validation videos' labels."""
+`submission` once: the fold count reaches every product, each fold's encoder never saw its
+validation videos' labels, and the wild encodings (test videos of that run) reach the submission."""
 import json
 
 import h5py
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -33,3 +34,29 @@ def test_each_fold_encoder_never_saw_its_validation_labels(trained_run):
         assert set(m["train_videos"]) <= set(split["train"]), fold
         with h5py.File(run / f"features/mae/VA/{fold}.h5", "r") as f:
             assert f.attrs["fold"] == fold and f.attrs["task"] == "VA"
+
+
+def test_wild_encodings_reach_submission(trained_run):
+    """Every wild variant (tests/wild_media.py) is a VA test video of the run: one submission row
+    per decoded frame, faces found on nearly every frame (upright after rotation), a 16 kHz wav."""
+    import soundfile as sf
+
+    from affect_pipeline.submission import read_submission
+
+    run = trained_run / "run" / "results"
+    ids = (trained_run / "wild_ids.txt").read_text().split()
+    assert len(ids) >= 8, ids
+    sub = read_submission("VA", run / "submission/VA/predictions.txt")
+    for vid in ids:
+        frames = json.loads((run / f"frames/{vid}.json").read_text())
+        assert len(sub[vid]) == frames["n_frames"], vid
+        assert np.isfinite(sub[vid]).all() and (np.abs(sub[vid]) <= 1).all(), vid
+        with h5py.File(run / f"faces/{vid}.h5", "r") as f:
+            found = np.asarray(f["found"][:], bool)
+        assert len(found) == frames["n_frames"] and found.mean() >= 0.8, (vid, found.mean())
+        info = sf.info(str(run / f"audio/{vid}.wav"))
+        assert info.samplerate == 16000 and info.channels == 1, vid
+        assert abs(info.duration - frames["n_frames"] / frames["fps"]) < 0.25, (vid, info.duration)
+    assert "wild_overdeclared" in ids
+    over = json.loads((run / "frames/wild_overdeclared.json").read_text())
+    assert over["n_frames_declared"] > over["n_frames"]   # the edit-list file that used to stop the run

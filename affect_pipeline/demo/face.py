@@ -31,7 +31,10 @@ FACE_ELLIPSE = ((225.0, 128.0), (44.0, 58.0))    # always opaque (skin and teeth
 # raw amplitudes (2-6 px here) would move features by about one pixel.
 DEFORM_GAIN = 1.8          # displacement x 1.8
 SPREAD = 1.5               # bump widths x 1.5 (keeps the warp fold-free: max gradient < 0.9)
-SHADE_GAIN = 1.6           # log-shading x 1.6 (mouth gap, glabella, nasolabial folds)
+SHADE_GAIN = 1.6           # log-shading x 1.6 (glabella, nasolabial folds; the mouth gap keeps its own)
+#: brows move less: at DEFORM_GAIN their bumps dragged the eyes along, and MTCNN (which needs
+#: the eyes) lost a third of full-intensity Surprise faces (AU1+2) and 1 in 12 Anger (AU4+7)
+BROW_GAIN = {"AU1": 1.4, "AU2": 1.4, "AU4": 1.4}
 AU_BUMPS = {
     "AU1": [(209, 93, 6, 5, 0, -6), (240, 95, 6, 5, 0, -6), (224, 84, 14, 6, 0, -2)],
     "AU2": [(191, 91, 7, 5, -1, -6), (259, 93, 7, 5, 1, -6)],
@@ -96,12 +99,14 @@ class FaceAnimator:
         disp = np.zeros((len(AU_NAMES), h, w, 2), np.float32)
         shade = np.zeros((len(AU_NAMES), h, w), np.float32)
         for j, au in enumerate(AU_NAMES):
+            gain = BROW_GAIN.get(au, DEFORM_GAIN)
             for cx, cy, sx, sy, dx, dy in AU_BUMPS[au]:
                 g = _gauss(xx, yy, cx, cy, SPREAD * sx, SPREAD * sy)
-                disp[j, ..., 0] += DEFORM_GAIN * dx * g
-                disp[j, ..., 1] += DEFORM_GAIN * dy * g
+                disp[j, ..., 0] += gain * dx * g
+                disp[j, ..., 1] += gain * dy * g
+            k = 1.0 if au in ("AU25", "AU26") else SHADE_GAIN   # a darker mouth hid faces from MTCNN
             for cx, cy, sx, sy, gain in AU_SHADES.get(au, []):
-                shade[j] += SHADE_GAIN * np.log(gain) * _gauss(xx, yy, cx, cy, SPREAD * sx, sy)
+                shade[j] += k * np.log(gain) * _gauss(xx, yy, cx, cy, SPREAD * sx, sy)
         disp[AU_NAMES.index("AU26"), ..., 1] += _jaw_field(xx, yy, 8.0 * DEFORM_GAIN)
         touched = (np.abs(disp).max((0, 3)) > 0.02) | (np.abs(shade).max(0) > 0.005)
         ys, xs = np.nonzero(touched)
