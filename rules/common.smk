@@ -61,7 +61,7 @@ def as_json(obj):
 
 # ---------------------------------------------------------------- code digests
 _PKG = Path(workflow.basedir, "affect_pipeline")
-_DIGESTS = {}
+_DIGESTS, _IMPORTS = {}, {}
 
 
 def _module_file(module):
@@ -70,7 +70,14 @@ def _module_file(module):
 
 
 def _package_imports(module):
-    """affect_pipeline modules that `module` imports (anywhere in its source, lazily or not)."""
+    """affect_pipeline modules that `module` imports (anywhere in its source, lazily or not);
+    each module is parsed once per Snakefile parse, however many stages import it."""
+    if module not in _IMPORTS:
+        _IMPORTS[module] = _parse_imports(module)
+    return _IMPORTS[module]
+
+
+def _parse_imports(module):
     path, found = _module_file(module), set()
     if not path.exists():
         return path, found
