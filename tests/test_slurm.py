@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -73,30 +74,57 @@ def _slurm_required():
 
 
 PROFILE = REPO / "profiles" / "slurm"
-HEAVY = ["crop_faces", "pretrain_mae", "finetune_mae", "visual_features", "audio_features",
-         "train_blb", "mine_hard_clips", "train_dcl", "predict"]
+#: every rule and checkpoint of the workflow; all get one thread on CI, whatever they declare
+#: (a job asking more CPUs than the node has pends forever with reason PartitionConfig)
+RULES = sorted(set(re.findall(r"^\s*(?:rule|checkpoint) (\w+):",
+                              "".join(p.read_text() for p in (REPO / "rules").glob("*.smk")), re.M)))
 # CI-only overrides: a 2-core node, and polling in seconds (MinJobAge 600 >= 3 x 5 s keeps squeue)
-CI_ARGS = ["--set-threads", *[f"{r}=1" for r in HEAVY],
+CI_ARGS = ["--set-threads", *[f"{r}=1" for r in RULES],
            "--slurm-init-seconds-before-status-checks", "5", "--seconds-between-status-checks", "5",
            "--slurm-keep-successful-logs", "--jobs", "4"]
+#: squeue reasons of a pending job that Slurm will never start on this cluster as configured
+NEVER_STARTS = {"PartitionConfig", "BadConstraints", "PartitionNodeLimit", "PartitionTimeLimit",
+                "ReqNodeNotAvail", "InvalidQOS", "QOSMaxCpuPerJobLimit", "AssocMaxCpuPerJobLimit"}
+
+
+def never_starting(slurm_ids):
+    """The squeue lines ("id state reason cpus") of those jobs that pend for a reason no wait cures."""
+    if not slurm_ids:
+        return []
+    rc, out = _answer(["squeue", "-h", "-j", ",".join(slurm_ids), "-o", "%i %T %r %C"])
+    lines = out.splitlines() if rc == 0 else []
+    return [ln for ln in lines if len(ln.split()) >= 3 and ln.split()[2] in NEVER_STARTS]
 
 
 def run_profile(args, cwd, timeout):
-    """snakemake --workflow-profile profiles/slurm ...; kills the whole process group on timeout
-    (a Snakemake stuck waiting for job states ignores SIGTERM)."""
+    """snakemake --workflow-profile profiles/slurm ...; fails at once, naming the job and its
+    reason, when a submitted job can never start (instead of waiting out the timeout), and kills
+    the whole process group on timeout (a Snakemake stuck waiting for job states ignores SIGTERM)."""
     cmd = [SNAKEMAKE, "--workflow-profile", str(PROFILE), *args]
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    deadline, stuck = time.time() + timeout, []
+    while proc.poll() is None and time.time() < deadline:
+        time.sleep(5)
+        stuck = never_starting(list(submitted("".join(lines)).values()))
+        if stuck:
+            break
+    if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
+        proc.wait()
+        reader.join(10)
+        out = "".join(lines)
         ids = list(submitted(out).values())
         if ids:  # do not leave the run's jobs queued
             subprocess.run(["scancel", *ids], capture_output=True)
-        pytest.fail(f"snakemake did not finish within {timeout} s:\n{out[-6000:]}")
-    return proc.returncode, out
+        why = (f"Slurm will never start {stuck} (id state reason cpus)" if stuck
+               else f"snakemake did not finish within {timeout} s")
+        pytest.fail(f"{why}:\n{out[-6000:]}")
+    reader.join(10)
+    return proc.returncode, "".join(lines)
 
 
 def submitted(out):
