@@ -189,11 +189,17 @@ class MTCNNBackend:
     n_landmarks, detector_landmarks = 5, True
 
     def __init__(self, params: FaceParams, device):
+        import torch
         from facenet_pytorch import MTCNN
 
         self.threshold = params.score_threshold
         self.net = MTCNN(keep_all=True, select_largest=False, post_process=False,
                          min_face_size=params.min_face_size, device=device)
+        # channels-last convolutions and max-pools: R-Net / O-Net run on every P-Net candidate
+        # (~30 a frame), and their NCHW max-pools are most of the time. Measured on the demo's
+        # 160 px videos, 1 CPU thread: 4.8-43 -> 2.7-24 ms a frame, boxes equal within 1e-4 px
+        for net in (self.net.pnet, self.net.rnet, self.net.onet):
+            net.to(memory_format=torch.channels_last)
 
     def detect(self, frames: np.ndarray):
         import torch

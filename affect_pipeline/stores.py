@@ -167,8 +167,11 @@ class FaceStore(_Reader):
         idx = np.asarray(idx, dtype=np.int64)
         out = np.zeros((len(idx), self.size, self.size, 3), np.uint8)
         ds = self.f["jpeg"]
+        lo, hi = (int(idx.min()), int(idx.max()) + 1) if len(idx) else (0, 0)
+        # one slice read when the rows are dense (a row at a time costs 15x as much in h5py)
+        block = ds[lo:hi] if 0 <= lo and hi <= ds.shape[0] and hi - lo <= 4 * len(idx) else None
         for k, i in enumerate(idx):
-            buf = ds[int(i)]
+            buf = block[i - lo] if block is not None else ds[int(i)]
             if buf.size:
                 img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
                 if img is None:

@@ -13,7 +13,7 @@ from .clips import batches, eval_clips, gather, stitch
 from .fold_data import FeatureSet, FoldData
 from .losses import activate, task_loss
 from .metrics import MAIN_METRIC, constant_baseline, score, tune_au_thresholds
-from .runtime import autocast, log
+from .runtime import autocast
 from .training import fit
 
 
@@ -113,16 +113,12 @@ def metrics_doc(stage: str, data: FoldData, best: dict, best_epoch: int, extra: 
 def fit_scored(model, step, epoch_batches, judge, sched, steps_per_epoch: int, desc: str):
     """``training.fit`` that also returns the best epoch's full validation metrics.
 
-    ``judge(model) -> dict`` is called once per epoch (on the EMA weights); each epoch is logged
-    as "``desc`` epoch k/N" so a job's log shows how far it got."""
+    ``judge(model) -> dict`` is called once per epoch (on the EMA weights); ``fit`` logs each."""
     seen: list[dict] = []
 
     def scored(m):
-        ev = judge(m)
-        seen.append(ev)
-        log.info("%s epoch %d/%d: val loss %.4f, val score %.4f", desc, len(seen), sched.epochs,
-                 ev["loss"], ev["score"])
-        return ev
+        seen.append(judge(m))
+        return seen[-1]
 
     res = fit(model, step, epoch_batches, scored, sched, steps_per_epoch, desc=desc)
     return res, seen[res.best_epoch - 1] if seen else {}

@@ -185,8 +185,8 @@ def fit(model: torch.nn.Module, step: Callable[[object], torch.Tensor],
         ev = evaluate(judged)
         res.curve.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": float(ev.get("loss", float("nan"))),
                           "val_score": float(ev["score"]), "lr": opt.param_groups[0]["lr"]})
-        log.info("%s epoch %d: train loss %.4f, val loss %.4f, val score %.4f", desc, epoch + 1, train_loss,
-                 res.curve[-1]["val_loss"], ev["score"])
+        log.info("%s epoch %d/%d: train loss %.4f, val loss %.4f, val score %.4f", desc, epoch + 1,
+                 sched.epochs, train_loss, res.curve[-1]["val_loss"], ev["score"])
         if res.best_state is None or ev["score"] > res.best_score or np.isnan(res.best_score):
             res.best_score, res.best_epoch = float(ev["score"]), epoch + 1
             res.best_state = {k: v.detach().cpu().clone() for k, v in judged.state_dict().items()}

@@ -175,6 +175,17 @@ def test_store_rows_found_and_attrs(media, face_store):
     assert crops.shape == (30, 112, 112, 3) and crops[s.found].mean() > 40
 
 
+def test_read_crops_in_any_order(face_store):
+    """Dense, sparse, shuffled and repeated rows give the crops read one at a time."""
+    with FaceStore(face_store) as s:
+        one = np.stack([s.read_crops([i])[0] for i in range(s.n_frames)])
+        rng = np.random.default_rng(0)
+        for idx in (np.arange(s.n_frames), rng.permutation(s.n_frames), np.array([0, s.n_frames - 1]),
+                    np.array([3, 3, 1])):
+            np.testing.assert_array_equal(s.read_crops(idx), one[idx])
+        assert s.read_crops([]).shape == (0, s.size, s.size, 3)
+
+
 def test_crops_are_aligned(face_store):
     """MTCNN run again on the stored crops finds the eyes where the template puts them.
 
@@ -189,6 +200,25 @@ def test_crops_are_aligned(face_store):
     eyes = err[:, :2].max(1)
     assert np.median(eyes) < 0.04 and np.mean(eyes < 0.08) >= 0.85, eyes
     assert np.median(err.max(1)) < 0.1, err
+
+
+def test_channels_last_mtcnn_finds_what_facenet_finds(media):
+    """The backend's channels-last nets (for speed) give facenet-pytorch's own boxes, scores and
+    landmarks on the same frames: only the memory layout changed, not the detector."""
+    from facenet_pytorch import MTCNN
+
+    frames = np.stack(list(moving(face_img(160), 8)))
+    ours = faces.MTCNNBackend(face_params(min_face_size=30, score_threshold=0.0), "cpu")
+    assert ours.net.rnet.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    ref = MTCNN(keep_all=True, select_largest=False, post_process=False, min_face_size=30, device="cpu")
+    with torch.inference_mode():
+        boxes, probs, points = ref.detect(frames, landmarks=True)
+    for (b, p, pt), rb, rp, rpt in zip(ours.detect(frames), boxes, probs, points):
+        rb, rp, rpt = (np.asarray(a, np.float64) for a in (rb, rp, rpt))
+        assert b.shape == rb.shape and len(b) >= 1
+        np.testing.assert_allclose(b, rb, atol=1e-2)
+        np.testing.assert_allclose(p, rp, atol=1e-4)
+        np.testing.assert_allclose(pt, rpt, atol=1e-2)
 
 
 def test_margin_shrinks_the_face(media, tmp_path):
