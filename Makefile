@@ -2,7 +2,7 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
-CORES   ?= 8
+CORES   ?= $(shell nproc 2>/dev/null || echo 2)   # the machine's cores: more 1-thread jobs than cores only contend
 
 .PHONY: venv demo report test test-fast bench lint fmt clean
 
