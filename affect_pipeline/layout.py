@@ -31,6 +31,7 @@ Aff-Wild2 id, and two used media files with one stem (they would share ``frames/
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -75,8 +76,8 @@ class VideoEntry:
     splits: dict = field(default_factory=dict)       # task -> train | validation | test
     annotations: dict = field(default_factory=dict)  # task -> annotation file
 
-    @property
-    def media(self) -> str:
+    @functools.cached_property
+    def media(self) -> str:          # asked per job and per input: 3,700 times for 600 videos
         return Path(self.path).stem
 
 

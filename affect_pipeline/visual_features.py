@@ -1,12 +1,13 @@
-"""``visual_features``: one fine-tuned encoder streams many videos into one feature shard.
+"""``visual_features``: a task's fine-tuned encoders (one a fold) stream its videos into their shards.
 
-The model is loaded once per job (at Aff-Wild2 scale a job per video would spend most of a GPU's
-time on imports, CUDA start-up and weight loading). Per video group: ``features`` = the mean of
-the final-norm patch tokens (the head's input, so ``logits = head(features)``), ``valid`` = a face
-was found, extra ``logits``; frames without a face are not run through the model: their rows are
-zeros. A thread decodes the next batch's JPEGs (cv2 releases the GIL), also across videos, while
-the model runs on the current one. The shard is resumable: a killed or failed job's finished
-videos are kept in ``{out}.partial`` and not recomputed by the next attempt.
+The models are loaded once per job and each video's crops decoded once for all of them (at
+Aff-Wild2 scale a job per video would spend most of a GPU's time on imports, CUDA start-up and
+weight loading; a job per fold, on decoding the same JPEGs again). Per video group: ``features`` =
+the mean of the final-norm patch tokens (the head's input, so ``logits = head(features)``),
+``valid`` = a face was found, extra ``logits``; frames without a face are not run through the
+model: their rows are zeros. A thread decodes the next batch's JPEGs (cv2 releases the GIL), also
+across videos, while the models run on the current one. Each shard is resumable: a killed or failed
+job's finished videos are kept in ``{out}.partial`` and not recomputed by the next attempt.
 """
 from __future__ import annotations
 
@@ -156,32 +157,53 @@ def face_videos(faces: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+@dataclass(eq=False)  # hashed by identity: the per-video dict of who still lacks it
+class Encoder:
+    """One fine-tuned encoder of the job and the shard it fills."""
+    model: ViTClassifier
+    writer: FeatureShardWriter
+
+
 def fingerprint(model_digest: str, params: dict) -> str:
     return hashlib.sha256(json.dumps([model_digest, params], sort_keys=True).encode()).hexdigest()[:16]
 
 
-def visual_features(model_path, faces: list[str], out, params: dict, threads: int = 1,
-                    device: str = "auto") -> Path:
-    """Features + logits of every video's frames into the shard ``out``; returns ``out``."""
+def visual_features(models, faces: list[str], outs, params: dict, threads: int = 1,
+                    device: str = "auto") -> list[Path]:
+    """Features + logits of every video's frames, one shard per encoder (``models[i]`` into
+    ``outs[i]``; a single path each is one encoder). Each face store is decoded once for all the
+    encoders: a task's fold encoders share one pass over its videos."""
+    models = [models] if isinstance(models, (str, Path)) else list(models)
+    outs = [outs] if isinstance(outs, (str, Path)) else list(outs)
+    if len(models) != len(outs) or not models:
+        raise PipelineError(f"visual_features: {len(models)} --model for {len(outs)} --out; need one shard per encoder")
     p = settings(FeatureSettings, params, "mae.features")
     setup_torch(threads, 0)
     dev = pick_device(device)
-    model = load_finetuned(model_path, dev)
-    digest = file_digest(model_path)
     videos = face_videos(faces)
-    writer = FeatureShardWriter(out, extractor=f"mae_{model.task}", fingerprint=fingerprint(digest, params),
-                                task=model.task, fold=model.fold, checkpoint_digest=digest,
-                                pooling="mean_patch_tokens", no_face="zeros")
+    encoders = []
     try:
-        todo = [(v, f) for v, f in videos if not _reusable(writer, v, f)]
-        log.info("%s: %d videos, %d already in %s, %d to compute", out, len(videos), len(videos) - len(todo),
-                 writer.partial, len(todo))
-        _run(model, todo, writer, p.batch_size, dev)
-        writer.close([v for v, _ in videos])
+        for path, out in zip(models, outs):
+            model, digest = load_finetuned(path, dev), file_digest(path)
+            encoders.append(Encoder(model, FeatureShardWriter(
+                out, extractor=f"mae_{model.task}", fingerprint=fingerprint(digest, params), task=model.task,
+                fold=model.fold, checkpoint_digest=digest, pooling="mean_patch_tokens", no_face="zeros")))
+        sizes = {e.model.config["img_size"] for e in encoders}
+        if len(sizes) > 1:
+            raise PipelineError(f"visual_features: encoders of different img_size {sorted(sizes)} in one job")
+        todo = {v: [e for e in encoders if not _reusable(e.writer, v, f)] for v, f in videos}
+        for e in encoders:
+            n = sum(e in need for need in todo.values())
+            log.info("%s: %d videos, %d already in %s, %d to compute", e.writer.out, len(videos), len(videos) - n,
+                     e.writer.partial, n)
+        _run([(v, f) for v, f in videos if todo[v]], todo, sizes.pop(), p.batch_size, dev)
+        for e in encoders:
+            e.writer.close([v for v, _ in videos])
     except BaseException:
-        writer.abort()
+        for e in encoders:
+            e.writer.abort()
         raise
-    return Path(out)
+    return [Path(o) for o in outs]
 
 
 def _reusable(writer: FeatureShardWriter, video: str, path: str) -> bool:
@@ -189,35 +211,40 @@ def _reusable(writer: FeatureShardWriter, video: str, path: str) -> bool:
     return writer.done(video) and writer.f[video].attrs.get("faces_digest") == file_digest(path)
 
 
-def _run(model: ViTClassifier, todo: list[tuple[str, str]], writer: FeatureShardWriter, bs: int, dev) -> None:
-    size, dim = model.config["img_size"], model.config["embed_dim"]
-    feats = logits = bar = None
-    for item in decode_ahead(todo, bs, size):
+def _run(videos: list[tuple[str, str]], todo: dict, size: int, bs: int, dev) -> None:
+    """Decode each video's found frames once; every encoder that lacks the video embeds them."""
+    out = bar = None
+    for item in decode_ahead(videos, bs, size):
         if isinstance(item, Failed):
             e = item.error
             cause = str(e) if isinstance(e, PipelineError) else \
                 f"{item.path}: unreadable face store, truncated or corrupt? ({type(e).__name__}: {e})"
             raise PipelineError(f"video {item.video!r}: {cause}") from e
         if isinstance(item, Chunk):
-            feats[item.rows], logits[item.rows] = embed_crops(model, item.crops, bs, dev)
+            for enc, (feats, logits) in out.items():
+                feats[item.rows], logits[item.rows] = embed_crops(enc.model, item.crops, bs, dev)
             bar.update(1)
-        elif feats is None:  # a video starts
+        elif out is None:  # a video starts
             n = len(item.found)
-            feats, logits = np.zeros((n, dim), np.float32), np.zeros((n, model.outputs), np.float32)
-            bar = progress(total=-(-int(item.found.sum()) // bs), desc=f"mae_{model.task} {item.video}", unit="batch")
+            out = {enc: (np.zeros((n, enc.model.config["embed_dim"]), np.float32),
+                         np.zeros((n, enc.model.outputs), np.float32)) for enc in todo[item.video]}
+            names = ",".join(f"{enc.model.task}/{enc.model.fold}" for enc in out)
+            bar = progress(total=-(-int(item.found.sum()) // bs), desc=f"mae {names} {item.video}", unit="batch")
         else:  # the video is complete
             bar.close()
-            writer.write(item.video, feats, item.found, fps=item.fps, extra={"logits": logits},
-                         faces_digest=item.digest)
-            log.info("video %s: %d frames, %d with a face", item.video, len(item.found), int(item.found.sum()))
-            feats = logits = bar = None
+            for enc, (feats, logits) in out.items():
+                enc.writer.write(item.video, feats, item.found, fps=item.fps, extra={"logits": logits},
+                                 faces_digest=item.digest)
+            log.info("video %s: %d frames, %d with a face (%d encoders)", item.video, len(item.found),
+                     int(item.found.sum()), len(out))
+            out = bar = None
 
 
 def main(argv: list[str]) -> int:
     ap = stage_parser("visual_features", "per-frame features + logits of one fine-tuned MAE encoder")
-    ap.add_argument("--model", required=True, help="results/mae/{task}/{fold}/finetune.pt")
+    ap.add_argument("--model", nargs="+", required=True, help="results/mae/{task}/{fold}/finetune.pt, one a shard")
     ap.add_argument("--faces", nargs="+", required=True, help="face stores results/faces/{video}.h5")
-    ap.add_argument("--out", required=True, help="results/features/mae/{task}/{fold}.h5")
+    ap.add_argument("--out", nargs="+", required=True, help="results/features/mae/{task}/{fold}.h5, in --model order")
     a = ap.parse_args(argv)
     visual_features(a.model, a.faces, a.out, a.params, a.threads, a.device)
     return 0

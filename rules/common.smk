@@ -62,6 +62,11 @@ def as_json(obj):
 # ---------------------------------------------------------------- code digests
 _PKG = Path(workflow.basedir, "affect_pipeline")
 _DIGESTS, _IMPORTS = {}, {}
+# parsed imports by module source digest: parsing 38 modules' ASTs was a tenth of a 600-video
+# dry run; a module's imports change only with its source, so a parse re-parses only edited ones
+_IMPORT_CACHE = Path(".snakemake", "affect_pipeline_imports.json")
+# cache key -> [sure, maybe]: as read from _IMPORT_CACHE, + what this parse parsed itself
+_PARSED = {}
 
 
 def _module_file(module):
@@ -69,22 +74,69 @@ def _module_file(module):
     return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
+def _read_import_cache():
+    try:
+        entries = json.loads(_IMPORT_CACHE.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(entries, dict):
+        return {}
+    return {
+        k: v
+        for k, v in entries.items()
+        if k
+        and isinstance(v, list)
+        and len(v) == 2
+        and all(isinstance(x, list) for x in v)
+    }
+
+
+def _write_import_cache(entries):
+    """Atomic (jobs on a cluster parse the Snakefile concurrently); a read-only dir keeps none."""
+    try:
+        _IMPORT_CACHE.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _IMPORT_CACHE.with_name(f"{_IMPORT_CACHE.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries, sort_keys=True))
+        os.replace(tmp, _IMPORT_CACHE)
+    except OSError:
+        pass
+
+
 def _package_imports(module):
-    """affect_pipeline modules that `module` imports (anywhere in its source, lazily or not);
-    each module is parsed once per Snakefile parse, however many stages import it."""
+    """(file, source or None, affect_pipeline modules that `module` imports anywhere in its
+    source, lazily or not); read once per Snakefile parse, parsed only when its source changed.
+    """
     if module not in _IMPORTS:
-        _IMPORTS[module] = _parse_imports(module)
-    return _IMPORTS[module]
+        if not _PARSED:
+            _PARSED.update(_read_import_cache(), **{"": "loaded"})
+        path = _module_file(module)
+        src = path.read_bytes() if path.exists() else None
+        key = f"{module}:{hashlib.sha256(src or b'').hexdigest()}"
+        if key not in _PARSED:
+            _PARSED[key] = _parse_imports(module, path, src)
+            _PARSED[""] = "changed"
+        sure, maybe = _PARSED[key]
+        found = set(sure) | {m for m in maybe if _module_file(m).exists()}
+        _IMPORTS[module] = (path, src, found, key)
+    return _IMPORTS[module][:3]
 
 
-def _parse_imports(module):
-    path, found = _module_file(module), set()
-    if not path.exists():
-        return path, found
+def _save_import_cache():
+    """Keep only the entries of the modules this parse read (edited modules' old ones go)."""
+    if _PARSED.get("") == "changed":
+        _write_import_cache({k: _PARSED[k] for *_, k in _IMPORTS.values()})
+        _PARSED[""] = "loaded"
+
+
+def _parse_imports(module, path, src):
+    """[modules imported by name, `from X import y` names that are modules if their file exists]"""
+    sure, maybe = set(), set()
+    if src is None:
+        return [], []
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(src)):
         if isinstance(node, ast.Import):
-            found.update(
+            sure.update(
                 a.name for a in node.names if a.name.startswith("affect_pipeline")
             )
         elif isinstance(node, ast.ImportFrom):
@@ -93,13 +145,9 @@ def _parse_imports(module):
                 parent = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parent + ([base] if base else []))
             if base.startswith("affect_pipeline"):
-                found.add(base)
-                found.update(
-                    f"{base}.{a.name}"
-                    for a in node.names
-                    if _module_file(f"{base}.{a.name}").exists()
-                )
-    return path, found
+                sure.add(base)
+                maybe.update(f"{base}.{a.name}" for a in node.names)
+    return sorted(sure), sorted(maybe)
 
 
 def code_digest(stage):
@@ -114,10 +162,11 @@ def code_digest(stage):
             if m in seen or m == "affect_pipeline.warm":
                 continue
             seen.add(m)
-            path, deps = _package_imports(m)
-            h.update(m.encode() + (path.read_bytes() if path.exists() else b"missing"))
+            path, src, deps = _package_imports(m)
+            h.update(m.encode() + (src if src is not None else b"missing"))
             todo.extend(sorted(deps))
         _DIGESTS[stage] = h.hexdigest()[:16]
+        _save_import_cache()
     return _DIGESTS[stage]
 
 

@@ -67,15 +67,18 @@ rule finetune_mae:
 
 
 rule visual_features:
+    """One job per task: its fold encoders share one decode of each face store."""
     input:
-        model=lambda wc: encoder(wc.task, wc.fold),
+        models=lambda wc: [encoder(wc.task, f) for f in FINETUNE_FOLDS],
         faces=lambda wc: face_stores(task_videos(wc.task)),
     output:
-        "results/features/mae/{task}/{fold}.h5",
+        expand("results/features/mae/{{task}}/{fold}.h5", fold=FINETUNE_FOLDS),
     log:
-        "results/logs/visual_features/{task}/{fold}.log",
+        "results/logs/visual_features/{task}.log",
     benchmark:
-        "results/benchmarks/visual_features/{task}/{fold}.tsv"
+        "results/benchmarks/visual_features/{task}.tsv"
+    wildcard_constraints:
+        task="|".join(FRAME_TASKS) or "none",
     conda:
         CONDA_ENV
     threads: THREADS
@@ -85,5 +88,16 @@ rule visual_features:
         mae=as_json(config["mae"]["features"]),
         code=code_digest("visual_features"),
     shell:
-        "affect visual_features --model {input.model:q} --faces {input.faces:q} --out {output:q}"
+        "affect visual_features --model {input.models:q} --faces {input.faces:q} --out {output:q}"
         " --params {params.mae:q} --threads {threads} > {log:q} 2>&1"
+
+
+# ERI's videos (Hume) are in no Aff-Wild2 fold: one shard, by the official encoder of ERI_VISUAL
+use rule visual_features as visual_features_eri with:
+    input:
+        models=[encoder("ERI", "official")],
+        faces=lambda wc: face_stores(task_videos("ERI")),
+    output:
+        "results/features/mae/{task}/official.h5",
+    wildcard_constraints:
+        task="ERI",

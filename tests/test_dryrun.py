@@ -30,8 +30,9 @@ def test_dry_run_600_videos_is_fast(tmp_path):
     assert counts["extract_frames"] == 600
     assert counts["crop_faces"] == 612
     assert counts["train_blb"] == 18 and counts["predict"] == 15
-    # model stages stream many videos: an encoder per task x fold, a job per audio model
-    assert counts["finetune_mae"] == 18 and counts["visual_features"] == 18
+    # model stages stream many videos: an encoder per task x fold, one features job per task (its
+    # fold encoders share each video's decode), a job per audio model
+    assert counts["finetune_mae"] == 18 and counts["visual_features"] == 3
     assert counts["audio_features"] == 3
     assert counts["total"] <= 1500, counts["total"]
     assert "make_demo" not in counts          # real data: the demo is not generated
@@ -81,5 +82,5 @@ def test_shared_encoder_for_cheap_runs(tmp_path):
     out = p.stdout + p.stderr
     counts = {ln.split()[0]: int(ln.split()[1]) for ln in out.splitlines()
               if len(ln.split()) == 2 and ln.split()[1].isdigit()}
-    assert counts["finetune_mae"] == 2 and counts["visual_features"] == 2, counts
+    assert counts["finetune_mae"] == 2 and counts["visual_features"] == 2, counts   # one encoder each
     assert counts["train_blb"] == 12, counts

@@ -457,6 +457,39 @@ def test_visual_features_resume_after_a_bad_face_store(dataset, va_encoder, tmp_
     assert "3 videos, 2 already in" in caplog.text and "video vid1:" in caplog.text
 
 
+def test_fold_encoders_share_one_decode(dataset, va_encoder, tmp_path, caplog):
+    """Two encoders in one job write the shards two one-encoder jobs write; a shard already
+    complete in its partial file is kept, and only the encoder lacking the videos runs them."""
+    caplog.set_level(logging.INFO, logger="affect_pipeline")
+    other = tmp_path / "other.pt"                          # a second encoder: another head
+    ck = torch.load(va_encoder, weights_only=True)
+    ck["fold"] = "fold1"
+    ck["model"]["head.weight"] = -2 * ck["model"]["head.weight"]
+    torch.save(ck, other)
+    faces = [dataset / "faces" / f"vid{v}.h5" for v in (5, 6, 7)]
+    single = [tmp_path / "a1.h5", tmp_path / "b1.h5"]
+    for model, out in zip((va_encoder, other), single):
+        assert VF.main(features_args(model, faces, out)) == 0
+    both = [tmp_path / "a2.h5", tmp_path / "b2.h5"]
+    shutil.copy(single[0], f"{both[0]}.partial")          # encoder a's shard already done
+    caplog.clear()
+    assert VF.main(["--model", str(va_encoder), str(other), "--faces", *map(str, faces), "--out", *map(str, both),
+                    "--params", json.dumps({"batch_size": 7}), "--device", "cpu"]) == 0
+    assert f"{both[0]}: 3 videos, 3 already in" in caplog.text and f"{both[1]}: 3 videos, 0 already in" in caplog.text
+    assert caplog.text.count("(1 encoders)") == 3                   # each video decoded once, for b
+    for one, two in zip(single, both):
+        with FeatureShard(one) as x, FeatureShard(two) as y:
+            assert x.attrs["fold"] == y.attrs["fold"] and sorted(x.videos()) == sorted(y.videos())
+            for v in x.videos():
+                fx, fy = x.read(v, extra=("logits",)), y.read(v, extra=("logits",))
+                assert np.array_equal(fx.features, fy.features) and np.array_equal(fx.extra["logits"], fy.extra["logits"])
+    with FeatureShard(both[1]) as b, FeatureShard(both[0]) as a:
+        assert b.attrs["fold"] == "fold1" and not np.array_equal(a.read("vid5", extra=("logits",)).extra["logits"],
+                                                                 b.read("vid5", extra=("logits",)).extra["logits"])
+    with pytest.raises(PipelineError, match="2 --model for 1 --out"):
+        VF.visual_features([va_encoder, other], faces, tmp_path / "x.h5", {"batch_size": 8}, 1, "cpu")
+
+
 def test_features_reject_wrong_checkpoint_and_missing_key(dataset, random_encoder, va_encoder, tmp_path):
     faces = [dataset / "faces" / "vid0.h5"]
     with pytest.raises(PipelineError, match="not a finetune_mae checkpoint"):

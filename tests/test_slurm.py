@@ -74,10 +74,18 @@ def _slurm_required():
 
 
 PROFILE = REPO / "profiles" / "slurm"
-#: every rule and checkpoint of the workflow; all get one thread on CI, whatever they declare
+RULE_NAME = re.compile(r"^\s*(?:rule|checkpoint) (\w+):|^use rule \w+ as (\w+)", re.M)
+
+
+def workflow_rules() -> set[str]:
+    """Every rule name of rules/*.smk: rules, checkpoints and `use rule A as B` copies."""
+    text = "".join(p.read_text() for p in (REPO / "rules").glob("*.smk"))
+    return {a or b for a, b in RULE_NAME.findall(text)}
+
+
+#: every rule of the workflow; all get one thread on CI, whatever they declare
 #: (a job asking more CPUs than the node has pends forever with reason PartitionConfig)
-RULES = sorted(set(re.findall(r"^\s*(?:rule|checkpoint) (\w+):",
-                              "".join(p.read_text() for p in (REPO / "rules").glob("*.smk")), re.M)))
+RULES = sorted(workflow_rules())
 # CI-only overrides: a 2-core node, and polling in seconds (MinJobAge 600 >= 3 x 5 s keeps squeue)
 CI_ARGS = ["--set-threads", *[f"{r}=1" for r in RULES],
            "--slurm-init-seconds-before-status-checks", "5", "--seconds-between-status-checks", "5",
@@ -137,7 +145,7 @@ def test_profile_parses_and_names_real_rules(tmp_path):
     Snakemake accepts the profile: a dry run shows the heavy rules' resources (no Slurm needed)."""
     prof = yaml.safe_load((PROFILE / "config.yaml").read_text())
     assert prof["executor"] == "slurm" and prof["slurm-status-command"] == "squeue"
-    rules = set(re.findall(r"^rule (\w+):", "".join(p.read_text() for p in (REPO / "rules").glob("*.smk")), re.M))
+    rules = workflow_rules()
     assert set(prof["set-resources"]) <= rules, set(prof["set-resources"]) - rules
     assert set(prof["set-threads"]) <= rules
     for rule, res in prof["set-resources"].items():
