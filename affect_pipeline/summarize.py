@@ -153,6 +153,12 @@ def task_scores(task: str, metrics: dict, folds) -> dict:
                     t[key][st][fold] = doc(fold, st)[key]
     for st in STAGES:
         t["mean"][st] = _mean(t["folds"][f][st] for f in cv_folds(folds))
+    # the DCL's best epoch under each dcl.inference combination (validation): what its default rests on
+    inf = {f: (doc(f, "dcl") or {}).get("inference_scores") for f in folds}
+    if any(inf.values()):
+        modes = sorted({m for v in inf.values() if v for m in v})
+        t["dcl_inference"] = {"folds": {f: v for f, v in inf.items() if v},
+                              "mean": {m: _mean((inf[f] or {}).get(m) for f in folds) for m in modes}}
     if all(v is None for f in t["folds"].values() for v in f.values()):
         log.warning("summarize: no metrics given for task %s", task)
     return t

@@ -27,7 +27,7 @@ import torch
 from .clips import Clip
 from .fold_data import FoldData, FoldInputs, Job, TemporalHP, TrainOutputs, fold_parser, load_fold, temporal_hp
 from .runtime import PipelineError, autocast, log, read_json, save_checkpoint, write_json, write_text
-from .temporal import DualBranch, build_model, dcl_loss, interpolate_logits
+from .temporal import INFERENCE, DualBranch, build_model, dcl_loss, interpolate_logits
 from .temporal_checkpoint import check_clip_len, checkpoint_meta, model_from_checkpoint, norm_of, read_temporal_checkpoint
 from .temporal_eval import evaluate, fit_scored, metrics_doc
 from .training import curve_csv
@@ -85,6 +85,13 @@ def fit_dcl(blb, clb, data: FoldData, d_clb: list[Clip], hp: TemporalHP, device,
     return res, best, len(d_init)
 
 
+def inference_scores(blb, clb, res, data: FoldData, hp: TemporalHP, device) -> dict:
+    """The best epoch's validation score under every ``dcl.inference`` combination (the best epoch
+    itself is chosen under the configured one): what the choice of its default rests on."""
+    clb.load_state_dict(res.best_state)
+    return {m: evaluate(DualBranch(blb, clb, m), data, int(hp.branch.batch_size), device)["score"] for m in INFERENCE}
+
+
 def train_dcl(inp: FoldInputs, blb_path: Path, clb_clips: Path, out: TrainOutputs, hp: TemporalHP,
               job: Job = Job()) -> dict:
     """Train the CLB, then write dcl.pt (both branches), the metrics and the curve; returns the metrics."""
@@ -99,7 +106,8 @@ def train_dcl(inp: FoldInputs, blb_path: Path, clb_clips: Path, out: TrainOutput
     d_clb = read_clb_clips(clb_clips, data)
     res, best, n = fit_dcl(blb, clb, data, d_clb, hp, device, job.seed)
     doc = metrics_doc("dcl", data, best, res.best_epoch, {"blb_score": ck.get("score"), "inference": hp.dcl.inference,
-                                                          "n_clips": n, "n_clb_clips": len(d_clb)})
+                                                          "n_clips": n, "n_clb_clips": len(d_clb),
+                                                          "inference_scores": inference_scores(blb, clb, res, data, hp, device)})
     save_checkpoint({**checkpoint_meta(data, hp), "stage": "dcl", "config": ck["config"],
                      "blb_state": {k: v.cpu() for k, v in blb.state_dict().items()},
                      "clb_state": res.best_state, "inference": hp.dcl.inference,

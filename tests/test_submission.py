@@ -440,7 +440,9 @@ def write_fold_metrics(res, tasks, folds, seed=3):
             # face frames only: the ablation's MAE row is BLB's framewise_score (BLB / DCL's frames)
             ft.write_text(json.dumps({"task": task, "stage": "finetune_mae", "score": 0.999}))
             (d / "blb_metrics.json").write_text(json.dumps(_blb(task, fold, s[1, j], s[0, j])))
-            (d / "dcl_metrics.json").write_text(json.dumps({"score": s[2, j], "fold": fold, **extra}))
+            inf = {"mean": s[2, j], "blb_weighted": s[2, j] + 0.01 * j}
+            (d / "dcl_metrics.json").write_text(json.dumps({"score": s[2, j], "fold": fold, "inference_scores": inf,
+                                                            **extra}))
             ft_files.append(ft)
             st_files += [d / "blb_metrics.json", d / "dcl_metrics.json"]
     return table, ft_files, st_files
@@ -470,6 +472,9 @@ def test_summary_and_ablation_equal_the_inputs(tmp_path, k):
     val = next(r for r in rows if r[0] == "VA" and r[1] == "DCL" and r[2] == "CCC valence")
     np.testing.assert_allclose([float(x) for x in val[3:4 + k]], table["VA"][2] - 0.05, atol=1e-4)
     np.testing.assert_allclose(float(val[4 + k]), (table["VA"][2, 1:] - 0.05).mean(), atol=1e-4)
+    inf = summary["tasks"]["VA"]["dcl_inference"]                   # over every fold, official too
+    assert inf["mean"]["mean"] == pytest.approx(table["VA"][2].mean())
+    assert inf["mean"]["blb_weighted"] == pytest.approx(table["VA"][2].mean() + 0.01 * np.arange(k + 1).mean())
     assert not any(r[0] == "ERI" for r in rows[1:])                 # nothing given -> no rows
     assert "fold5" not in rows[0] if k == 3 else "fold5" in rows[0]
 

@@ -305,6 +305,10 @@ def test_dcl_inference_modes_and_checkpoint_holds_both_branches(tmp_path):
                    o / f"dcl_{mode}.pt", "--metrics", o / f"m_{mode}.json", "--curve", o / f"c_{mode}.csv"], p) == 0
         ck = load_checkpoint(o / f"dcl_{mode}.pt")
         assert {"blb_state", "clb_state", "norm_mean", "norm_std", "feature_dims", "feature_names"} <= set(ck)
+        # every combination scored on the best epoch; the configured one is the reported score
+        scores = json.loads((o / f"m_{mode}.json").read_text())
+        assert set(scores["inference_scores"]) == {"mean", "blb_weighted", "blb", "clb"}
+        assert scores["inference_scores"][mode] == pytest.approx(scores["score"], abs=1e-9)
         model = load_temporal(o / f"dcl_{mode}.pt")
         x = torch.randn(2, 16, 14)
         with torch.no_grad():
