@@ -54,10 +54,11 @@ def test_every_frame_of_every_test_video_has_a_row(demo_run):
 
 
 def test_demo_learns_every_task(demo_run):
-    """Held-back demo test labels (seed 0 measured AU 0.61, EXPR 0.63, VA 0.62, ERI 0.59 over 10
-    videos): every task well above the best constant prediction and chance, seven of the eight
-    expression classes recognised (Other is the weak one: 0.06), ERI scored over its 10 Hume test
-    videos. Margins leave room for float rounding and the demo encoder's run-to-run bytes (see
+    """Held-back demo test labels (seed 0, 8 test videos, measured AU 0.56, EXPR 0.58 with every
+    class 0.41-0.78, VA 0.51, ERI 0.45 over 10 videos): every task well above the best constant
+    prediction and chance, every expression class recognised (the generator's earlier "Other"
+    looked like Neutral: 0.09-0.36, Neutral 0.18 once), ERI scored over its 10 Hume test videos.
+    Margins leave room for float rounding and the demo encoder's run-to-run bytes (see
     test_demo), not for a demo that stopped learning."""
     work, _ = demo_run
     summary = json.loads((work / "results/metrics/summary.json").read_text())
@@ -66,14 +67,14 @@ def test_demo_learns_every_task(demo_run):
         t = summary["test"][task]
         print(task, t["score"], "baseline", t["baseline"], "chance", t["chance"], "videos", t["videos"])
         assert t["score"] > max(t["baseline"], t["chance"] or 0.0) + margin, (task, t)
-    assert sorted(summary["test"]["EXPR"]["per_class"])[1] > 0.2, summary["test"]["EXPR"]["per_class"]
+    assert min(summary["test"]["EXPR"]["per_class"]) > 0.2, summary["test"]["EXPR"]["per_class"]
     assert summary["test"]["ERI"]["videos"] >= 10
 
 
 def test_framewise_finetune_beats_its_baseline(demo_run):
     """The frame-wise MAE fine-tune carries the visual signal on its own: on the official
     validation split each frame task's head beats the constant predictor by a clear margin
-    (seed 0: AU +0.24, EXPR +0.37, VA +0.45)."""
+    (seed 0: AU +0.26, EXPR +0.34, VA +0.59)."""
     work, _ = demo_run
     for task in ("AU", "EXPR", "VA"):
         m = json.loads((work / f"results/mae/{task}/official/finetune_metrics.json").read_text())

@@ -32,9 +32,13 @@ FACE_ELLIPSE = ((225.0, 128.0), (44.0, 58.0))    # always opaque (skin and teeth
 DEFORM_GAIN = 1.8          # displacement x 1.8
 SPREAD = 1.5               # bump widths x 1.5 (keeps the warp fold-free: max gradient < 0.9)
 SHADE_GAIN = 1.6           # log-shading x 1.6 (glabella, nasolabial folds; the mouth gap keeps its own)
-#: brows move less: at DEFORM_GAIN their bumps dragged the eyes along, and MTCNN (which needs
-#: the eyes) lost a third of full-intensity Surprise faces (AU1+2) and 1 in 12 Anger (AU4+7)
-BROW_GAIN = {"AU1": 1.4, "AU2": 1.4, "AU4": 1.4}
+#: per-AU gains where DEFORM_GAIN is wrong for this photograph. Brows move less: at DEFORM_GAIN
+#: their bumps dragged the eyes along, and MTCNN (which needs the eyes) lost a third of
+#: full-intensity Surprise faces (AU1+2) and 1 in 12 Anger (AU4+7). Cheeks and lip corners move
+#: more: the astronaut already smiles, so at DEFORM_GAIN a smile (AU12), a cheek raise (AU6) or
+#: pressed lips (AU24) barely changed a 64-px crop; the demo's test AU12 F1 was 0.41, and "Other"
+#: (AU2+12+24) was told from Neutral in 6 of 78 frames
+AU_GAIN = {"AU1": 1.4, "AU2": 1.4, "AU4": 1.4, "AU6": 2.8, "AU12": 2.8, "AU24": 2.8}
 AU_BUMPS = {
     "AU1": [(209, 93, 6, 5, 0, -6), (240, 95, 6, 5, 0, -6), (224, 84, 14, 6, 0, -2)],
     "AU2": [(191, 91, 7, 5, -1, -6), (259, 93, 7, 5, 1, -6)],
@@ -99,7 +103,7 @@ class FaceAnimator:
         disp = np.zeros((len(AU_NAMES), h, w, 2), np.float32)
         shade = np.zeros((len(AU_NAMES), h, w), np.float32)
         for j, au in enumerate(AU_NAMES):
-            gain = BROW_GAIN.get(au, DEFORM_GAIN)
+            gain = AU_GAIN.get(au, DEFORM_GAIN)
             for cx, cy, sx, sy, dx, dy in AU_BUMPS[au]:
                 g = _gauss(xx, yy, cx, cy, SPREAD * sx, SPREAD * sy)
                 disp[j, ..., 0] += gain * dx * g

@@ -33,7 +33,7 @@ from .labels import (HUME_DOMINANT, Plan, annotation_text, class_stream, eri_int
                      keyed_rng, label_stats, plan_track)
 from .media import SAMPLE_RATE, MediaJob, render_media
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 CHALLENGE_DIRS = {"AU": "AU_Detection_Challenge", "EXPR": "EXPR_Classification_Challenge",
                   "VA": "VA_Estimation_Challenge"}
 SPLIT_DIRS = {"train": "Train_Set", "validation": "Validation_Set"}

@@ -27,9 +27,12 @@ EXPR_PROTOTYPES = {
     "Happiness": {"AU6": 0.9, "AU12": 1.0, "AU25": 0.8},
     "Sadness": {"AU1": 0.9, "AU4": 0.8, "AU15": 0.9},
     "Surprise": {"AU1": 1.0, "AU2": 1.0, "AU25": 0.9, "AU26": 0.9},
-    # a combination no other class shows (outer brow raise without AU1, a pressed smile): a random
-    # mix per segment would often look like one of the six, and no face model could tell them apart
-    "Other": {"AU2": 1.0, "AU12": 0.9, "AU24": 0.9},
+    # a combination no other class shows, of AUs a 64-px crop shows well (tightened lids, lip
+    # corners down, jaw dropped with the lips parted, as a dropped jaw parts them): a random mix
+    # per segment would often look like one of the six; the earlier AU2+12+24 (outer brows, a
+    # pressed smile) differed from Neutral or Happiness by a few pixels of this smiling
+    # photograph, and was found in 6 of 78 test frames
+    "Other": {"AU7": 0.9, "AU15": 1.0, "AU25": 0.8, "AU26": 0.9},
 }
 # (valence, arousal) prototypes; Other draws its own per segment
 VA_PROTOTYPES = {"Neutral": (0.0, -0.2), "Anger": (-0.6, 0.7), "Disgust": (-0.6, 0.25),
