@@ -228,8 +228,9 @@ def _run(videos: list[tuple[str, str]], todo: dict, size: int, bs: int, dev) -> 
             n = len(item.found)
             out = {enc: (np.zeros((n, enc.model.config["embed_dim"]), np.float32),
                          np.zeros((n, enc.model.outputs), np.float32)) for enc in todo[item.video]}
-            names = ",".join(f"{enc.model.task}/{enc.model.fold}" for enc in out)
-            bar = progress(total=-(-int(item.found.sum()) // bs), desc=f"mae {names} {item.video}", unit="batch")
+            tasks = "+".join(dict.fromkeys(f"mae_{enc.model.task}" for enc in out))
+            folds = ", ".join(enc.model.fold for enc in out)
+            bar = progress(total=-(-int(item.found.sum()) // bs), desc=f"{tasks} {item.video} ({folds})", unit="batch")
         else:  # the video is complete
             bar.close()
             for enc, (feats, logits) in out.items():

@@ -40,7 +40,8 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 UPSTREAM = ("results/frames", "results/audio", "results/faces", "results/index", "results/folds",
             "results/mae/pretrain.pt", "results/mae/pretrain_curve.csv")
 #: the only rules a seed may run
-RERUN = frozenset({"finetune_mae", "visual_features", "train_blb", "mine_hard_clips", "train_dcl"})
+RERUN = frozenset({"finetune_mae", "visual_features", "visual_features_eri", "train_blb", "mine_hard_clips",
+                   "train_dcl"})
 DATA_KEYS = ("demo.root", "affwild2.videos", "affwild2.annotations", "affwild2.test_lists",
              "affwild2.cropped_aligned", "hume.root", "scoring.test_labels", "mae.checkpoint")
 
