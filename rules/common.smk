@@ -65,8 +65,6 @@ _DIGESTS, _IMPORTS = {}, {}
 # parsed imports by module source digest: parsing 38 modules' ASTs was a tenth of a 600-video
 # dry run; a module's imports change only with its source, so a parse re-parses only edited ones
 _IMPORT_CACHE = Path(".snakemake", "affect_pipeline_imports.json")
-# cache key -> [sure, maybe]: as read from _IMPORT_CACHE, + what this parse parsed itself
-_PARSED = {}
 
 
 def _module_file(module):
@@ -102,19 +100,22 @@ def _write_import_cache(entries):
         pass
 
 
+# cache key -> [sure, maybe]: the cache file's entries + what this parse parsed itself
+_PARSED = _read_import_cache()
+_UNSAVED = set()  # keys this parse parsed and has not written yet
+
+
 def _package_imports(module):
     """(file, source or None, affect_pipeline modules that `module` imports anywhere in its
     source, lazily or not); read once per Snakefile parse, parsed only when its source changed.
     """
     if module not in _IMPORTS:
-        if not _PARSED:
-            _PARSED.update(_read_import_cache(), **{"": "loaded"})
         path = _module_file(module)
         src = path.read_bytes() if path.exists() else None
         key = f"{module}:{hashlib.sha256(src or b'').hexdigest()}"
         if key not in _PARSED:
             _PARSED[key] = _parse_imports(module, path, src)
-            _PARSED[""] = "changed"
+            _UNSAVED.add(key)
         sure, maybe = _PARSED[key]
         found = set(sure) | {m for m in maybe if _module_file(m).exists()}
         _IMPORTS[module] = (path, src, found, key)
@@ -123,9 +124,9 @@ def _package_imports(module):
 
 def _save_import_cache():
     """Keep only the entries of the modules this parse read (edited modules' old ones go)."""
-    if _PARSED.get("") == "changed":
+    if _UNSAVED:
         _write_import_cache({k: _PARSED[k] for *_, k in _IMPORTS.values()})
-        _PARSED[""] = "loaded"
+        _UNSAVED.clear()
 
 
 def _parse_imports(module, path, src):
