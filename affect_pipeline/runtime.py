@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import socket
 import sys
 import time
@@ -114,9 +115,11 @@ def remove_stale_temps(folder: str | os.PathLike, max_age_h: float | None = None
                 continue
             with contextlib.suppress(OSError):
                 dead = m["tag"] == _TAG and not _pid_alive(int(m["pid"]))
-                if e.is_file(follow_symlinks=False) and (
-                        dead or time.time() - e.stat(follow_symlinks=False).st_mtime > max_age):
-                    os.unlink(e.path)
+                if (dead or time.time() - e.stat(follow_symlinks=False).st_mtime > max_age):
+                    if e.is_dir(follow_symlinks=False):    # a batch directory being assembled
+                        shutil.rmtree(e.path)
+                    else:
+                        os.unlink(e.path)
                     removed.append(Path(e.path))
     if removed:
         log.warning("removed %d temporary file(s) left by killed jobs: %s", len(removed),
@@ -142,6 +145,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary sibling folder; it replaces ``path`` (all or nothing) only if the
+    block succeeds, else it is removed (a kill leaves it to :func:`remove_stale_temps`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent)
+    tmp = temp_sibling(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -24,7 +24,7 @@ import torch
 from affect_pipeline import face_data as D
 from affect_pipeline import mae as M
 from affect_pipeline import pretrain_mae as P
-from affect_pipeline.runtime import PipelineError, atomic_path, remove_stale_temps, temp_sibling
+from affect_pipeline.runtime import PipelineError, atomic_dir, atomic_path, remove_stale_temps, temp_sibling
 from affect_pipeline.stores import FaceStore, FeatureShardWriter, Labels
 from conftest import REPO
 from test_mae import PRE, TINY, NotAWeight, _face, write_store
@@ -288,6 +288,22 @@ def test_temporaries_of_killed_writers_are_removed_by_the_next_writer(tmp_path, 
     assert FaceStore(out).n_frames == 12
     # the sleeper is dead now: its temporary goes with the next write there
     assert remove_stale_temps(out.parent) == [files["alive here"]]
+
+
+def test_atomic_dir_is_all_or_nothing_and_a_dead_writers_folder_goes(tmp_path):
+    out = tmp_path / "batch"
+    with atomic_dir(out) as t:
+        (t / "a.h5").write_bytes(b"1")
+    with pytest.raises(RuntimeError), atomic_dir(out) as t:    # a failing rewrite keeps the old folder
+        (t / "b.h5").write_bytes(b"2")
+        raise RuntimeError("detector crashed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch"] and [p.name for p in out.iterdir()] == ["a.h5"]
+    dead = tmp_path / f".batch.tmp{_dead_pid()}@{temp_sibling(out).name.split('@')[1]}"   # a kill -9 mid-way
+    (dead / "c.h5").parent.mkdir()
+    (dead / "c.h5").write_bytes(b"3")
+    with atomic_dir(out) as t:
+        (t / "c.h5").write_bytes(b"3")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch"] and [p.name for p in out.iterdir()] == ["c.h5"]
 
 
 def test_temporary_names_name_their_writer(tmp_path):

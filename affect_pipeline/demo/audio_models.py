@@ -9,15 +9,13 @@ torchaudio bundle state dict + sidecar, a fairseq-shaped checkpoint), for the eq
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from ..audio_models import make_vggish
-from ..runtime import setup_torch, stage_parser, write_json
+from ..runtime import atomic_dir, setup_torch, stage_parser, write_json
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +43,7 @@ def make_demo_audio_models(out_dir, seed: int) -> Path:
     import torch
     from transformers import HubertModel, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out_dir) as tmp:
         cfgs = demo_configs()
         for name, cls in (("hubert", HubertModel), ("wav2vec2", Wav2Vec2Model)):
             torch.manual_seed(seed)
@@ -58,12 +52,7 @@ def make_demo_audio_models(out_dir, seed: int) -> Path:
         torch.manual_seed(seed)
         torch.save(make_vggish(**DEMO_VGGISH).state_dict(), tmp / "vggish.pth")
         (tmp / "README.txt").write_text(f"Randomly initialised demo audio models (seed {seed}); not pretrained.\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return Path(out_dir)
 
 
 # ---------------------------------------------------------------- the same weights in torchaudio's formats
