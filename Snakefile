@@ -19,7 +19,7 @@ include: "rules/common.smk"
 wildcard_constraints:
     task="AU|EXPR|VA|ERI",
     fold="official|fold[0-9]+",
-    video="[^/]+",
+    batch="(affwild2|hume)_[0-9]+",
     media="[^/]+",
     model="hubert|wav2vec2|vggish",
 

@@ -1,4 +1,5 @@
-"""crop_faces: one face per decoded frame, detected, tracked and aligned, into ``faces/{video}.h5``.
+"""crop_faces: one face per decoded frame, detected, tracked and aligned, into ``faces/{video}.h5``;
+a whole batch of videos (``faces/{batch}/``, one Snakemake job) with the detector loaded once.
 
 Detection (backends mtcnn / face_alignment, see :mod:`.faces`) streams the video in batches;
 the ``cropped_aligned`` backend reads the official Aff-Wild2 crops
@@ -7,20 +8,32 @@ without a face. Every decoded frame gets a row; a frame without an accepted face
 found=false (the store fills zeros). The store must have exactly the frames JSON's ``n_frames``
 rows and its timestamps, else the job fails naming the video.
 
+A batch keeps what it computed: each store is written to ``{cache}/{video}.{key}.h5`` (key: the
+params, the stage's code digest, the media file's size and mtime, its frames JSON, side and crop
+folder) and hard-linked into the batch directory, which appears, complete, only when every video
+succeeded. A failing video fails the job naming itself; its batch-mates' stores are reused by the
+rerun, as they are when the batch gains a video.
+
 The ``faces`` section of workflow_config.yaml arrives complete via ``--params``; torch and the
 detector are imported only when detecting.
 """
 from __future__ import annotations
 
+import glob
+import hashlib
+import json
 import logging
-from dataclasses import dataclass, replace
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from .faces import FaceParams, faces_in_batch, make_backend
-from .runtime import PipelineError, pick_device, progress, setup_torch, stage_parser
-from .stores import write_face_store
+from .runtime import PipelineError, atomic_dir, pick_device, progress, setup_torch, stage_parser
+from .stores import FaceStore, write_face_store
 from .video import iter_frame_batches, read_frames_json
 
 log = logging.getLogger("affect_pipeline.crop_faces")
@@ -38,13 +51,15 @@ class FaceJob:
     cropped_dir: Path | None = None  # official cropped_aligned root (backend cropped_aligned)
 
 
-def crop_faces(job: FaceJob, params: FaceParams, *, threads: int = 1, device="cpu") -> dict:
-    """Write ``job.out``; returns ``{"n_frames", "n_found"}``."""
+def crop_faces(job: FaceJob, params: FaceParams, *, threads: int = 1, device="cpu", backend=None) -> dict:
+    """Write ``job.out``; returns ``{"n_frames", "n_found"}``. ``backend``: a loaded detector."""
+    if job.cropped_dir is not None:
+        params = replace(params, backend="cropped_aligned")
     if params.backend == "cropped_aligned":
         if job.cropped_dir is None:
             raise PipelineError("faces.backend cropped_aligned needs --cropped-dir (affwild2.cropped_aligned)")
         return official_crops(job, params)
-    return detect_faces(job, params, threads=threads, device=device)
+    return detect_faces(job, params, threads=threads, device=device, backend=backend)
 
 
 # ---------------------------------------------------------------- detection
@@ -79,9 +94,9 @@ def _check_batch(video, idx: np.ndarray, ts: np.ndarray, ref_ts: np.ndarray) -> 
                             f"{int(idx[0])}+ (a different or re-encoded video? rerun extract_frames)")
 
 
-def detect_faces(job: FaceJob, params: FaceParams, *, threads: int = 1, device="cpu") -> dict:
+def detect_faces(job: FaceJob, params: FaceParams, *, threads: int = 1, device="cpu", backend=None) -> dict:
     """Detect, track and align faces in ``job.video``, streaming, into the face store."""
-    backend = make_backend(params, device)
+    backend = backend or make_backend(params, device)
     n_expected, prev, n_found = int(job.info["n_frames"]), None, 0
     ref_ts = np.asarray(job.info["timestamps"], np.float64)
     bar = progress(total=n_expected, desc=f"faces {job.video_id}", unit="fr")
@@ -146,20 +161,95 @@ def official_crops(job: FaceJob, params: FaceParams) -> dict:
     return {"n_frames": n, "n_found": n_found}
 
 
+# ---------------------------------------------------------------- batches
+def store_key(job: FaceJob, params: FaceParams, frames_file, code: str) -> str:
+    """What a cached store was made from; a rerun reuses it only when all of it is unchanged."""
+    st = job.video.stat()
+    made_of = [asdict(params), code, str(job.video), st.st_size, st.st_mtime_ns,
+               hashlib.sha256(Path(frames_file).read_bytes()).hexdigest(), job.side, str(job.cropped_dir)]
+    return hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _prune(cache: Path, video_id: str, keep: Path) -> None:
+    """Drop a video's cached stores from other keys (older params, code or media)."""
+    own = re.compile(re.escape(video_id) + r"\.[0-9a-f]{16}\.h5")
+    for p in cache.glob(f"{glob.escape(video_id)}.*.h5"):
+        if p != keep and own.fullmatch(p.name):
+            p.unlink(missing_ok=True)
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:            # a filesystem without hard links: a copy
+        shutil.copy2(src, dst)
+
+
+def crop_batch(videos: list[dict], out, cache, params: FaceParams, code: str, *, threads: int = 1,
+               device="cpu") -> dict:
+    """Every video of a batch (``videos``: dicts id, video, frames, side, cropped_dir) into
+    ``out/{id}.h5``, the detector loaded once; returns per video ``{"n_frames", "n_found"}``."""
+    out, cache = Path(out), Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    backend, stores, results, failed = None, {}, {}, {}
+    for i, v in enumerate(videos, 1):
+        try:
+            cdir = Path(v["cropped_dir"]) if v.get("cropped_dir") else None
+            job = FaceJob(Path(v["video"]), read_frames_json(v["frames"]), Path(), v["id"], v.get("side") or "none", cdir)
+            stored = cache / f"{v['id']}.{store_key(job, params, v['frames'], code)}.h5"
+            if stored.exists():
+                log.info("[%d/%d] %s: store kept from an earlier run (%s)", i, len(videos), v["id"], stored)
+                with FaceStore(stored) as fs:
+                    results[v["id"]] = {"n_frames": fs.n_frames, "n_found": int(fs.found.sum())}
+            else:
+                log.info("[%d/%d] %s", i, len(videos), v["id"])
+                if backend is None and cdir is None and params.backend != "cropped_aligned":
+                    backend = make_backend(params, device)
+                results[v["id"]] = r = crop_faces(replace(job, out=stored), params, threads=threads,
+                                                  device=device, backend=backend)
+                report(job, r)
+            stores[v["id"]] = stored
+            _prune(cache, v["id"], stored)
+        except Exception as e:  # noqa: BLE001 - the video's own failure: named; its batch-mates go on
+            failed[v["id"]] = str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
+            log.error("%s: %s", v["id"], failed[v["id"]], exc_info=not isinstance(e, PipelineError))
+    if failed:
+        raise PipelineError(f"{out.name}: {len(failed)} of {len(videos)} video(s) failed (the other stores are "
+                            f"kept in {cache} for the rerun): " + "; ".join(f"{k}: {m}" for k, m in failed.items()))
+    with atomic_dir(out) as tmp:
+        for vid, stored in stores.items():
+            _link(stored, tmp / f"{vid}.h5")
+    return results
+
+
+def report(job: FaceJob, r: dict) -> None:
+    if r["n_found"] == 0:
+        log.warning("%s: no face found in any of its %d frames; the store marks every frame found=false",
+                    job.video, r["n_frames"])
+    log.info("%s: face in %d/%d frames (%.1f %%)", job.video_id, r["n_found"], r["n_frames"],
+             100 * r["n_found"] / max(r["n_frames"], 1))
+
+
 # ---------------------------------------------------------------- CLI
 def main(argv: list[str]) -> int:
-    p = stage_parser("crop_faces", "Detect, track and align one face per frame into faces/{video}.h5.")
-    p.add_argument("--video", required=True, help="the media file")
-    p.add_argument("--frames", required=True, help="frames JSON of the media file (n_frames, timestamps)")
-    p.add_argument("--out", required=True, help="results/faces/{video}.h5 (the stem is the video id)")
+    p = stage_parser("crop_faces", "Detect, track and align one face per frame: one video into faces/{video}.h5, "
+                     "or a batch of videos into faces/{batch}/{video}.h5.")
+    p.add_argument("--out", required=True, help="the store (--video), or the batch directory (--batch)")
+    p.add_argument("--batch", default=None, help="JSON list of {id, video, frames, side, cropped_dir}: the "
+                   "batch's videos (instead of --video ...)")
+    p.add_argument("--cache", default=None, help="with --batch: where each video's store is kept between runs")
+    p.add_argument("--code-digest", default="", help="with --batch: the stage code's digest (a cached store "
+                   "made by other code is not reused)")
+    p.add_argument("--video", help="the media file")
+    p.add_argument("--frames", help="frames JSON of the media file (n_frames, timestamps)")
     p.add_argument("--side", choices=["left", "right", "none"], default="none")
     p.add_argument("--cropped-dir", default=None, help="official cropped_aligned root (backend cropped_aligned)")
     a = p.parse_args(argv)
+    if (a.batch is None) == (a.video is None) or (a.video and not a.frames) or (a.batch and not a.cache):
+        p.error("give --batch JSON --cache DIR, or --video and --frames")
     params = FaceParams.from_config(a.params)
     if a.cropped_dir:
         params = replace(params, backend="cropped_aligned")
-    job = FaceJob(Path(a.video), read_frames_json(a.frames), Path(a.out), Path(a.out).stem, a.side,
-                  Path(a.cropped_dir) if a.cropped_dir else None)
     import cv2
 
     cv2.setNumThreads(a.threads)
@@ -167,10 +257,14 @@ def main(argv: list[str]) -> int:
     if params.backend != "cropped_aligned":
         setup_torch(a.threads, a.seed)
         device = pick_device(a.device)
-    r = crop_faces(job, params, threads=a.threads, device=device)
-    if r["n_found"] == 0:
-        log.warning("%s: no face found in any of its %d frames; the store marks every frame found=false",
-                    a.video, r["n_frames"])
-    log.info("%s: face in %d/%d frames (%.1f %%) -> %s [%d threads]", job.video_id, r["n_found"],
-             r["n_frames"], 100 * r["n_found"] / max(r["n_frames"], 1), a.out, a.threads)
+    if a.batch is not None:
+        videos = json.loads(a.batch)
+        r = crop_batch(videos, a.out, a.cache, params, a.code_digest, threads=a.threads, device=device)
+        n, found = sum(x["n_frames"] for x in r.values()), sum(x["n_found"] for x in r.values())
+        log.info("%s: %d videos, face in %d/%d frames -> %s [%d threads]", Path(a.out).name, len(r), found, n,
+                 a.out, a.threads)
+        return 0
+    job = FaceJob(Path(a.video), read_frames_json(a.frames), Path(a.out), Path(a.out).stem, a.side,
+                  Path(a.cropped_dir) if a.cropped_dir else None)
+    report(job, crop_faces(job, params, threads=a.threads, device=device))
     return 0

@@ -27,7 +27,7 @@ from .mae import CHECKPOINT_FORMAT, ViTClassifier, load_encoder_state, read_enco
 from .metrics import MAIN_METRIC, constant_baseline, score
 from .runtime import (PipelineError, autocast, read_json, save_checkpoint, setup_torch, stage_parser,
                       write_json, write_text)
-from .stores import read_labels
+from .stores import face_store_paths, read_labels
 from .training import (Schedule, curve_csv, finish_distributed, fit, init_distributed, shard, unwrap,
                        wrap_ddp)
 
@@ -108,7 +108,7 @@ def read_fold(path, fold: str) -> tuple[list[str], list[str]]:
 
 def fold_frames(inp: FinetuneInputs, img_size: int, p: FinetuneSettings, seed: int) -> FoldFrames:
     train_ids, val_ids = read_fold(inp.folds, inp.fold)
-    faces = {Path(f).stem: str(f) for f in inp.faces}
+    faces = face_store_paths(inp.faces)
     tr_labels = read_labels(inp.labels, train_ids)
     train = labelled_frames(inp.task, tr_labels, faces, img_size)
     val = labelled_frames(inp.task, read_labels(inp.labels, val_ids), faces, img_size, p.val_frames_per_video, seed)

@@ -34,6 +34,7 @@ import csv
 import functools
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
@@ -115,11 +116,34 @@ class Layout:
                                        if (task is None and e.splits) or e.splits.get(task) in splits)
         return list(self.answers[key])
 
+    def face_batches(self, n: int) -> dict[str, list[str]]:
+        """batch name -> its video ids, for the per-batch stage ``crop_faces``: ``{dataset}_{k}``
+        with k = crc32(id) mod n, so a video keeps its batch when videos are added or removed
+        (only the batches that gain or lose one rerun), and Hume and Aff-Wild2 never share one."""
+        key = ("batches", n)
+        if key not in self.answers:
+            out = {}
+            for v in self.ids():
+                out.setdefault(face_batch(v, "hume" if "ERI" in self.videos[v].splits else "affwild2", n), []).append(v)
+            self.answers[key] = dict(sorted(out.items()))
+        return self.answers[key]
+
+    def face_batch(self, video: str, n: int) -> str:
+        key = ("batch_of", n)
+        if key not in self.answers:
+            self.answers[key] = {v: b for b, vs in self.face_batches(n).items() for v in vs}
+        return self.answers[key][video]
+
     def media_paths(self) -> dict[str, str]:
         """media stem -> path, for every media file some used video needs."""
         if "media" not in self.answers:
             self.answers["media"] = {e.media: e.path for e in self.videos.values() if e.splits}
         return self.answers["media"]
+
+
+def face_batch(video_id: str, dataset: str, n: int) -> str:
+    """The crop_faces batch of a video (see :meth:`Layout.face_batches`)."""
+    return f"{dataset}_{zlib.crc32(video_id.encode()) % n:0{len(str(max(n - 1, 0)))}d}"
 
 
 def enabled_tasks(config: dict) -> tuple:

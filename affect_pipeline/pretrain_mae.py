@@ -28,6 +28,7 @@ from .face_data import Crops, Loader, face_frames, image_files, make_loader, sta
 from .mae import MaskedAutoencoderViT, encoder_checkpoint, import_mae_face, model_config
 from .runtime import (PipelineError, autocast, load_checkpoint, progress, save_checkpoint, setup_torch,
                       source_digest, stage_parser, write_text)
+from .stores import face_store_paths
 from .training import (Dist, adamw, all_mean, finish_distributed, init_distributed, shard,
                        warmup_cosine, wrap_ddp)
 
@@ -237,9 +238,11 @@ def _epoch(run: Run, epoch: int) -> float:
 
 def main(argv: list[str]) -> int:
     ap = stage_parser("pretrain_mae", "MAE pretraining on face crops (or import of a pretrained encoder)")
-    ap.add_argument("--faces", nargs="*", default=[], help="face stores (results/faces/{video}.h5)")
+    ap.add_argument("--faces", nargs="*", default=[], help="face stores or batch directories (faces/{batch})")
+    ap.add_argument("--videos", nargs="*", default=None, help="learn from these videos' stores only (default: all)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--curve", required=True, help="CSV: epoch, step, loss, lr")
     a = ap.parse_args(argv)
-    pretrain_mae(a.faces, a.out, a.curve, a.params, a.threads, a.device, a.seed)
+    faces = list(face_store_paths(a.faces, a.videos or None).values()) if a.faces else []
+    pretrain_mae(faces, a.out, a.curve, a.params, a.threads, a.device, a.seed)
     return 0

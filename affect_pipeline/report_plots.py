@@ -301,15 +301,18 @@ def main(argv: list[str]) -> int:
     p.add_argument("--predictions", nargs="*", default=[], help="predictions/VA/{fold}.h5 (validation groups)")
     p.add_argument("--labels", nargs="*", default=[], help="index/labels/{task}.h5")
     p.add_argument("--ensembles", nargs="*", default=[], help="submission/{task}/ensemble.h5")
-    p.add_argument("--faces", nargs="*", default=[], help="a few face stores for the contact sheet")
+    p.add_argument("--faces", nargs="*", default=[], help="face stores or batch directories (faces/{batch})")
+    p.add_argument("--face-videos", nargs="*", default=None, help="the videos of the contact sheet (default: all)")
     p.add_argument("--test-labels", default=None, help="held-back truth for the timelines (demo test_labels/)")
     p.add_argument("--tasks", nargs="+", required=True, choices=TASKS,
                    help="enabled tasks; the others get a 'task disabled' placeholder")
     p.add_argument("--videos", type=int, default=3, help="test videos in the timelines")
     p.add_argument("--out-dir", required=True, help="results/report")
     a = p.parse_args(argv)
+    from .stores import face_store_paths
+
     inp = ReportInputs(Path(a.summary), tuple(a.curves), tuple(a.predictions), tuple(a.labels),
-                       tuple(a.ensembles), tuple(a.faces), Path(a.test_labels) if a.test_labels else None,
+                       tuple(a.ensembles), tuple(face_store_paths(a.faces, a.face_videos).values()), Path(a.test_labels) if a.test_labels else None,
                        tuple(a.tasks))
     for name, s in make_report(inp, a.out_dir, a.videos).items():
         log.info("%-26s %s", name, s)

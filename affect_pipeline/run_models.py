@@ -58,7 +58,8 @@ def check_faces(faces_dir: Path, params: dict) -> None:
     """The run's face stores (if kept) record the crop settings: a different --config is refused."""
     import h5py
 
-    first = next(iter(sorted(faces_dir.glob("*.h5"))), None) if faces_dir.is_dir() else None
+    stores = sorted(faces_dir.glob("*/*.h5")) + sorted(faces_dir.glob("*.h5")) if faces_dir.is_dir() else []
+    first = next(iter(stores), None)          # faces/{batch}/{video}.h5 (a run before batches: faces/*.h5)
     if first is None:
         return
     with h5py.File(first, "r") as f:

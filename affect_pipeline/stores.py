@@ -1,9 +1,9 @@
 """The HDF5 stores that connect stages: face crops, per-frame features, labels.
 
 Formats (DESIGN.md):
-- face store ``faces/{video}.h5`` — one row per decoded frame: ``jpeg`` (vlen uint8, empty when
-  no face), ``found`` bool, ``score`` f4, ``box`` f4 (x1, y1, x2, y2), ``landmarks`` f4 (L, 2),
-  ``timestamps`` f8 seconds; attrs video_id, n_frames, size, backend, fps, fill ("zeros": a
+- face store ``faces/{batch}/{video}.h5`` (a directory per ``crop_faces`` batch) — one row per
+  decoded frame: ``jpeg`` (vlen uint8, empty when no face), ``found`` bool, ``score`` f4,
+  ``box`` f4 (x1, y1, x2, y2), ``landmarks`` f4 (L, 2), ``timestamps`` f8 seconds; attrs video_id, n_frames, size, backend, fps, fill ("zeros": a
   frame without a face decodes to a black crop that later stages mask with ``found``).
 - feature shard ``features/{model}.h5`` / ``features/mae/{task}/{fold}.h5`` — one job's output:
   a group per video with ``features`` (n_frames, D) f2, ``valid`` (n_frames,) bool, optional
@@ -139,6 +139,24 @@ class _Reader:
 
     def close(self):
         self.f.close()
+
+
+def face_store_paths(faces, videos=None) -> dict[str, str]:
+    """video id -> face store, from store files ``{video}.h5`` and/or the batch directories
+    ``crop_faces`` writes (``faces/{batch}/{video}.h5``). ``videos``: keep just these, each of
+    which must be there; a video found twice is refused."""
+    out: dict[str, str] = {}
+    for f in map(Path, faces):
+        for p in sorted(f.glob("*.h5")) if f.is_dir() else [f]:
+            if p.stem in out:
+                raise PipelineError(f"--faces gives video {p.stem!r} twice: {out[p.stem]} and {p}")
+            out[p.stem] = str(p)
+    if videos is None:
+        return out
+    missing = [v for v in videos if v not in out]
+    if missing:
+        raise PipelineError(f"no face store for video(s) {missing[:5]} in --faces {[str(f) for f in faces][:3]}")
+    return {v: out[v] for v in videos}
 
 
 class FaceStore(_Reader):

@@ -28,7 +28,7 @@ from .face_data import resize_crops, standardize, to_unit
 from .mae import CHECKPOINT_FORMAT, ViTClassifier, model_config
 from .runtime import (PipelineError, autocast, file_digest, load_checkpoint, pick_device, progress,
                       setup_torch, stage_parser)
-from .stores import FaceStore, FeatureShardWriter
+from .stores import FaceStore, FeatureShardWriter, face_store_paths
 
 log = logging.getLogger(__name__)
 
@@ -244,8 +244,10 @@ def _run(videos: list[tuple[str, str]], todo: dict, size: int, bs: int, dev) -> 
 def main(argv: list[str]) -> int:
     ap = stage_parser("visual_features", "per-frame features + logits of one fine-tuned MAE encoder")
     ap.add_argument("--model", nargs="+", required=True, help="results/mae/{task}/{fold}/finetune.pt, one a shard")
-    ap.add_argument("--faces", nargs="+", required=True, help="face stores results/faces/{video}.h5")
+    ap.add_argument("--faces", nargs="+", required=True, help="face stores or batch directories (faces/{batch})")
+    ap.add_argument("--videos", nargs="*", default=None, help="the videos to encode (default: every store)")
     ap.add_argument("--out", nargs="+", required=True, help="results/features/mae/{task}/{fold}.h5, in --model order")
     a = ap.parse_args(argv)
-    visual_features(a.model, a.faces, a.out, a.params, a.threads, a.device)
+    faces = list(face_store_paths(a.faces, a.videos).values())
+    visual_features(a.model, faces, a.out, a.params, a.threads, a.device)
     return 0

@@ -180,8 +180,14 @@ def frames_json(video):
     return f"results/frames/{layout().videos[video].media}.json"
 
 
-def face_stores(videos):
-    return [f"results/faces/{v}.h5" for v in videos]
+def face_batches(videos):
+    """The crop_faces batch directories holding these videos' face stores."""
+    n = config["resources"]["face_batches"]
+    return sorted({f"results/faces/{layout().face_batch(v, n)}" for v in videos})
+
+
+def batch_videos(batch):
+    return layout().face_batches(config["resources"]["face_batches"]).get(batch, [])
 
 
 def visual_task(task):
@@ -284,27 +290,43 @@ FINETUNE_FOLDS = (
 )  # per_fold false: one (official) encoder per task
 
 
-def cropped_dir(wc):
+def cropped_dir(video):
     """The official crops of this video, when the cropped_aligned backend is chosen."""
     base = config["affwild2"]["cropped_aligned"]
     return (
-        os.path.join(base, wc.video)
-        if base and "ERI" not in layout().videos[wc.video].splits
+        os.path.join(base, video)
+        if base and "ERI" not in layout().videos[video].splits
         else ""
     )
 
 
+def crop_batch(wc):
+    """The batch's videos for `crop_faces --batch`: media, frames JSON, side, official crops."""
+    return as_json(
+        [
+            dict(
+                id=v,
+                video=layout().videos[v].path,
+                frames=frames_json(v),
+                side=layout().videos[v].side or "none",
+                cropped_dir=cropped_dir(v),
+            )
+            for v in batch_videos(wc.batch)
+        ]
+    )
+
+
 def faces_params(wc):
-    """faces config; Aff-Wild2 videos with official crops use them instead of detecting."""
-    backend = "cropped_aligned" if cropped_dir(wc) else config["faces"]["backend"]
+    """faces config; a batch whose (Aff-Wild2) videos all have official crops uses them instead of
+    detecting."""
+    official = all(cropped_dir(v) for v in batch_videos(wc.batch))
+    backend = "cropped_aligned" if official else config["faces"]["backend"]
     return as_json({**config["faces"], "backend": backend})
 
 
-def pretrain_faces(wc=None):
-    """Faces the MAE learns from: every training video of every enabled frame task."""
-    return face_stores(
-        sorted({v for t in FRAME_TASKS for v in task_videos(t, ("train",))})
-    )
+def pretrain_videos(wc=None):
+    """Videos the MAE learns from: every training video of every enabled frame task."""
+    return sorted({v for t in FRAME_TASKS for v in task_videos(t, ("train",))})
 
 
 def audio_media(wc=None):
@@ -312,8 +334,6 @@ def audio_media(wc=None):
     return sorted({layout().videos[v].media for v in layout().ids()})
 
 
-def report_faces(wc):
-    """A few test videos' face stores for the contact sheet."""
-    return face_stores(
-        sorted({v for t in TASKS for v in task_videos(t, ("test",))})[:4]
-    )
+def report_videos(wc=None):
+    """A few test videos for the faces contact sheet."""
+    return sorted({v for t in TASKS for v in task_videos(t, ("test",))})[:4]

@@ -76,28 +76,25 @@ rule index_dataset:
 
 
 rule crop_faces:
+    """One job per stable batch of videos (faces.batches): the detector loads once per batch."""
     input:
-        video=lambda wc: layout().videos[wc.video].path,
-        frames=lambda wc: frames_json(wc.video),
+        videos=lambda wc: [layout().videos[v].path for v in batch_videos(wc.batch)],
+        frames=lambda wc: [frames_json(v) for v in batch_videos(wc.batch)],
     output:
-        "results/faces/{video}.h5",
+        directory("results/faces/{batch}"),
     log:
-        "results/logs/crop_faces/{video}.log",
+        "results/logs/crop_faces/{batch}.log",
     benchmark:
-        "results/benchmarks/crop_faces/{video}.tsv"
+        "results/benchmarks/crop_faces/{batch}.tsv"
     conda:
         CONDA_ENV
     threads: 1
     resources:
         **res("crop_faces"),
     params:
+        batch=crop_batch,
         faces=faces_params,
-        side=lambda wc: layout().videos[wc.video].side or "none",
-        cropped=lambda wc: (
-            f"--cropped-dir {shlex.quote(cropped_dir(wc))}" if cropped_dir(wc) else ""
-        ),
         code=code_digest("crop_faces"),
     shell:
-        "affect crop_faces --video {input.video:q} --frames {input.frames:q}"
-        " --out {output:q} --side {params.side} {params.cropped}"
-        " --params {params.faces:q} --threads {threads} > {log:q} 2>&1"
+        "affect crop_faces --batch {params.batch:q} --out {output:q} --cache results/faces/.cache"
+        " --code-digest {params.code} --params {params.faces:q} --threads {threads} > {log:q} 2>&1"

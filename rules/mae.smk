@@ -3,7 +3,9 @@
 
 rule pretrain_mae:
     input:
-        faces=[] if config["mae"]["checkpoint"] else pretrain_faces,
+        faces=lambda wc: (
+            [] if config["mae"]["checkpoint"] else face_batches(pretrain_videos())
+        ),
         checkpoint=lambda wc: (
             [weights("mae.checkpoint")] if config["mae"]["checkpoint"] else []
         ),
@@ -28,9 +30,11 @@ rule pretrain_mae:
         seed=config["seed"],
         mae=mae_params("checkpoint", "pretrain", "gpus"),
         launch=torch_launcher(config["mae"]["gpus"]),
+        # the batches also hold validation / test videos: only these are learnt from
+        videos=lambda wc: [] if config["mae"]["checkpoint"] else pretrain_videos(),
         code=code_digest("pretrain_mae"),
     shell:
-        "{params.launch} pretrain_mae --faces {input.faces:q} --out {output.model:q} --curve {output.curve:q}"
+        "{params.launch} pretrain_mae --faces {input.faces:q} --videos {params.videos:q} --out {output.model:q} --curve {output.curve:q}"
         " --params {params.mae:q} --threads {threads} --seed {params.seed} > {log:q} 2>&1"
 
 
@@ -40,7 +44,7 @@ rule finetune_mae:
         folds="results/folds/{task}.json",
         labels="results/index/labels/{task}.h5",
         # every fold's train + validation videos are among these; the job reads its fold's only
-        faces=lambda wc: face_stores(task_videos(wc.task, ("train", "validation"))),
+        faces=lambda wc: face_batches(task_videos(wc.task, ("train", "validation"))),
     output:
         model="results/mae/{task}/{fold}/finetune.pt",
         metrics="results/mae/{task}/{fold}/finetune_metrics.json",
@@ -70,7 +74,7 @@ rule visual_features:
     """One job per task: its fold encoders share one decode of each face store."""
     input:
         models=lambda wc: [encoder(wc.task, f) for f in FINETUNE_FOLDS],
-        faces=lambda wc: face_stores(task_videos(wc.task)),
+        faces=lambda wc: face_batches(task_videos(wc.task)),
     output:
         expand("results/features/mae/{{task}}/{fold}.h5", fold=FINETUNE_FOLDS),
     log:
@@ -86,9 +90,11 @@ rule visual_features:
         **res("visual_features"),
     params:
         mae=as_json(config["mae"]["features"]),
+        videos=lambda wc: task_videos(wc.task),
         code=code_digest("visual_features"),
     shell:
-        "affect visual_features --model {input.models:q} --faces {input.faces:q} --out {output:q}"
+        "affect visual_features --model {input.models:q} --faces {input.faces:q}"
+        " --videos {params.videos:q} --out {output:q}"
         " --params {params.mae:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -96,7 +102,7 @@ rule visual_features:
 use rule visual_features as visual_features_eri with:
     input:
         models=[encoder("ERI", "official")],
-        faces=lambda wc: face_stores(task_videos("ERI")),
+        faces=lambda wc: face_batches(task_videos("ERI")),
     output:
         "results/features/mae/{task}/official.h5",
     wildcard_constraints:

@@ -37,6 +37,23 @@ CUT_DEMO = {
 }
 
 
+def face_store_of(results, video: str) -> Path:
+    """Where crop_faces put a video's face store: ``{results}/faces/{batch}/{video}.h5``."""
+    import glob
+
+    hits = list(Path(results, "faces").glob(f"*/{glob.escape(video)}.h5"))
+    assert len(hits) == 1, (video, hits)
+    return hits[0]
+
+
+def face_batch_target(video: str, config: dict | None = None, dataset: str = "affwild2") -> str:
+    """The crop_faces output (batch directory) holding ``video``, under ``config``'s batch count."""
+    from affect_pipeline.layout import face_batch
+
+    n = ((config or {}).get("resources") or {}).get("face_batches") or workflow_defaults()["resources"]["face_batches"]
+    return f"results/faces/{face_batch(video, dataset, n)}"
+
+
 def cut_demo_configs(tmp_path, extra: dict | None = None) -> list[str]:
     """``--configfile`` arguments for the cut-down demo: demo_config.yaml, then CUT_DEMO (+ extra)."""
     import yaml

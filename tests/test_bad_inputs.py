@@ -27,7 +27,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, SNAKEMAKE
+from conftest import REPO, SNAKEMAKE, face_batch_target, face_store_of
 from test_temporal import SMALL
 from affect_pipeline.runtime import write_json
 
@@ -320,14 +320,21 @@ def odd_tree(root: Path) -> Path:
         f.write_text("".join(rename(ln) + "\n" for ln in f.read_text().splitlines() if ln.strip()))
     cfg = {"affwild2": {k: str(aff / k) for k in ("videos", "annotations", "test_lists")} | {"cropped_aligned": None},
            "hume": {"root": None}, "tasks": ["AU", "EXPR", "VA"], "temporal": {"features": ["mae"]},
-           "faces": {"size": 64, "batch_size": 16, "min_face_size": 40}}
+           "faces": {"size": 64, "batch_size": 16, "min_face_size": 40}, "resources": ODD_RESOURCES}
     (root / "odd.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
     return root / "odd.yaml"
 
 
 ODD_IDS = ["«demo» é & 000", "o'neil 日本", "x;touch PWNED", "$(touch PWNED) `touch PWNED`", "pair ü_left", "pair ü_right"]
-TARGETS = (["results/index/videos.tsv"] + [f"results/faces/{v}.h5" for v in ODD_IDS]
-           + [f"results/audio/{v}.wav" for v in ODD_IDS[:4]])
+ODD_RESOURCES = {"face_batches": 2}      # two crop_faces batches of three videos each
+BATCHES = sorted({face_batch_target(v, {"resources": ODD_RESOURCES}) for v in ODD_IDS})
+
+
+def odd_batch(video: str) -> str:
+    return face_batch_target(video, {"resources": ODD_RESOURCES}).rsplit("/", 1)[1]
+
+
+TARGETS = ["results/index/videos.tsv", *BATCHES] + [f"results/audio/{v}.wav" for v in ODD_IDS[:4]]
 _RUN: dict = {}
 
 
@@ -337,8 +344,9 @@ def _snakemake(cfg, work, *extra):
 
 
 def odd_workflow(tmp_path_factory) -> dict:
-    """Snakemake on the odd tree, SIGKILLed (whole process group) while a crop_faces job runs,
-    then ``--unlock`` + ``--rerun-incomplete`` to the end. Memoised: one run per session."""
+    """Snakemake on the odd tree, SIGKILLed (whole process group) while a crop_faces batch job runs
+    that has finished one of its videos, then ``--unlock`` + ``--rerun-incomplete`` to the end.
+    Memoised: one run per session."""
     if _RUN:
         return _RUN
     root = tmp_path_factory.mktemp("odd")
@@ -349,18 +357,21 @@ def odd_workflow(tmp_path_factory) -> dict:
     first = subprocess.Popen(_snakemake(cfg, work, *TARGETS), cwd=work, env=ENV, start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     faces, logs = work / "results/faces", work / "results/logs/crop_faces"
-    killed_in = None
+    killed_in = cached = None
     while first.poll() is None and time.time() - t0 < 400:
-        done = {p.stem for p in faces.glob("*.h5")} if faces.exists() else set()
-        running = {p.stem for p in logs.glob("*.log")} - done if logs.exists() else set()
-        if done and running:             # one crop job finished, another is mid-way: kill everything
+        # the stores first, then which batches are unfinished: a batch finishing in between is not "mid"
+        stored = {p.name.rsplit(".", 2)[0] for p in (faces / ".cache").glob("*.h5")} if faces.exists() else set()
+        running = {p.stem for p in logs.glob("*.log")} if logs.exists() else set()
+        mid = {v for v in stored if odd_batch(v) in running and not (faces / odd_batch(v)).exists()}
+        if mid:                          # a batch job has stored a video and works on the next: kill all
             os.killpg(first.pid, signal.SIGKILL)
-            killed_in = {v for v in running if not (faces / f"{v}.h5").exists()}
+            killed_in = {b for b in running if not (faces / b).exists()}
+            cached = {v for v in mid if odd_batch(v) in killed_in}
             break
         time.sleep(0.1)
     first.wait()
     first_log = first.stdout.read().decode("utf-8", "replace")
-    assert killed_in, f"the first run was not caught mid-job (rc {first.returncode}):\n{first_log[-3000:]}"
+    assert killed_in and cached, f"the first run was not caught mid-job (rc {first.returncode}):\n{first_log[-3000:]}"
     before = {str(p.relative_to(work)): p.stat().st_mtime_ns for p in (work / "results").rglob("*")
               if p.is_file() and "logs" not in p.parts and not p.name.startswith(".")}
     leftovers = sorted(p.name for p in faces.iterdir())
@@ -371,7 +382,7 @@ def odd_workflow(tmp_path_factory) -> dict:
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     noop = subprocess.run(_snakemake(cfg, work, "-n", *TARGETS), cwd=work, env=ENV, capture_output=True, text=True)
     print(f"\nodd-id workflow with a kill and a rerun: {time.time() - t0:.0f} s")
-    _RUN.update(root=root, cfg=cfg, work=work, killed_in=killed_in, before=before, leftovers=leftovers,
+    _RUN.update(root=root, cfg=cfg, work=work, killed_in=killed_in, cached=cached, before=before, leftovers=leftovers,
                 first_log=first_log, second=second, noop=noop)
     return _RUN
 
@@ -392,7 +403,7 @@ def test_odd_ids_run_end_to_end(odd_run):
     assert index["pair ü_left"]["side"] == "left" and index["pair ü_left"]["media"] == "pair ü"
     assert index["x;touch PWNED"]["has_audio"] is False          # demo_002 has no audio stream
     for v in ODD_IDS:
-        with FaceStore(work / "results/faces" / f"{v}.h5") as fs:
+        with FaceStore(face_store_of(work / "results", v)) as fs:
             assert fs.attrs["video_id"] == v and fs.n_frames == index[v]["n_frames"] and fs.found.mean() > 0.8
     import soundfile as sf
 

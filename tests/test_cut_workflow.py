@@ -7,6 +7,8 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import face_store_of
+
 pytestmark = pytest.mark.slow
 
 
@@ -51,7 +53,7 @@ def test_wild_encodings_reach_submission(trained_run):
         frames = json.loads((run / f"frames/{vid}.json").read_text())
         assert len(sub[vid]) == frames["n_frames"], vid
         assert np.isfinite(sub[vid]).all() and (np.abs(sub[vid]) <= 1).all(), vid
-        with h5py.File(run / f"faces/{vid}.h5", "r") as f:
+        with h5py.File(face_store_of(run, vid), "r") as f:
             found = np.asarray(f["found"][:], bool)
         assert len(found) == frames["n_frames"] and found.mean() >= 0.8, (vid, found.mean())
         info = sf.info(str(run / f"audio/{vid}.wav"))

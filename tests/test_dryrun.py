@@ -4,7 +4,7 @@ import time
 import yaml
 
 from aff_tree import make_tree
-from conftest import run_snakemake
+from conftest import face_batch_target, run_snakemake
 
 
 def test_dry_run_600_videos_is_fast(tmp_path):
@@ -22,13 +22,13 @@ def test_dry_run_600_videos_is_fast(tmp_path):
     p = run_snakemake("-n", "submission", "--quiet", "rules", "--configfile", str(cfg), "--directory", str(tmp_path / "run"))
     elapsed = time.time() - t0
     out = p.stdout + p.stderr
-    # 600 media + 12 _left/_right ids: a decode job per media (probe + audio), faces per id,
-    # 3 tasks x 6 folds of BLB
+    # 600 media + 12 _left/_right ids: a decode job per media (probe + audio), faces in 32 stable
+    # batches of ids (resources.face_batches), 3 tasks x 6 folds of BLB
     assert "crop_faces" in out and "train_blb" in out
     counts = {ln.split()[0]: int(ln.split()[1]) for ln in out.splitlines()
               if len(ln.split()) == 2 and ln.split()[1].isdigit()}
     assert counts["extract_frames"] == 600
-    assert counts["crop_faces"] == 612
+    assert counts["crop_faces"] == 32
     assert counts["train_blb"] == 18 and counts["predict"] == 15
     # model stages stream many videos: an encoder per task x fold, one features job per task (its
     # fold encoders share each video's decode), a job per audio model
@@ -49,7 +49,7 @@ def test_missing_weights_named(tmp_path):
     assert "audio.hubert.weights" in p.stdout + p.stderr
     # issue 16 defect 8: a weight is checked where a job loads it, so with the same config (data
     # keys only, no audio weights) a faces-only or visual-only target builds its DAG
-    for target in ("results/faces/1-30-640x360.h5", "results/features/mae/AU/official.h5"):
+    for target in (face_batch_target("1-30-640x360"), "results/features/mae/AU/official.h5"):
         p = run_snakemake("-n", target, "--configfile", str(cfg), "--directory", str(tmp_path / "run"), check=False)
         assert p.returncode == 0, (target, p.stdout[-2000:] + p.stderr[-2000:])
         assert "weights" not in p.stderr, p.stderr[-2000:]

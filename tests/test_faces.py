@@ -295,6 +295,55 @@ def test_corrupt_video_fails_naming_it(media, tmp_path, capsys):
     assert not (tmp_path / "x.h5").exists()
 
 
+# ---------------------------------------------------------------- batches
+def crop_batch_cli(videos: list[dict], out, cache, params=None):
+    args = ["crop_faces", "--batch", json.dumps(videos), "--out", str(out), "--cache", str(cache), "--code-digest",
+            "c0de", "--threads", "1", "--device", "cpu", "--params", json.dumps({**FACES, **(params or {})})]
+    return cli(args)
+
+
+def test_batch_keeps_its_videos_when_one_fails(media, tmp_path, capsys, caplog):
+    """A batch job: one failing video fails it, naming the video, with no batch directory; the
+    rerun reuses the stores its batch-mates finished (hard links of the cache, not copies) and a
+    params change recomputes them, leaving one cached store per video."""
+    info = json.loads(media["tiny"][1].read_text())
+    info["n_frames"] += 1
+    info["timestamps"] = list(np.arange(info["n_frames"]) / FPS)
+    bad = tmp_path / "bad.json"
+    write_json(bad, info)
+    spec = [{"id": n, "video": str(media[n][0]), "frames": str(media[n][1]), "side": "none", "cropped_dir": ""}
+            for n in ("face", "tiny", "noface")]
+    spec[1]["frames"] = str(bad)
+    out, cache = tmp_path / "affwild2_0", tmp_path / ".cache"
+    assert crop_batch_cli(spec, out, cache) == 1
+    err = capsys.readouterr().err
+    assert "1 of 3 video(s) failed" in err and f"tiny: {media['tiny'][0]}" in err and "frames JSON" in err
+    assert not out.exists() and not list(tmp_path.glob(".*tmp*"))
+    kept = {p.name.split(".")[0]: p for p in cache.glob("*.h5")}
+    assert sorted(kept) == ["face", "noface"]
+    stamp = {v: p.stat().st_mtime_ns for v, p in kept.items()}
+
+    spec[1]["frames"] = str(media["tiny"][1])                          # the fix
+    with caplog.at_level(logging.INFO):
+        assert crop_batch_cli(spec, out, cache) == 0
+    assert "face: store kept from an earlier run" in caplog.text and "noface: store kept" in caplog.text
+    assert "tiny: store kept" not in caplog.text
+    assert {v: p.stat().st_mtime_ns for v, p in kept.items()} == stamp   # not recomputed
+    assert sorted(p.name for p in out.iterdir()) == ["face.h5", "noface.h5", "tiny.h5"]
+    for v in ("face", "noface"):
+        assert (out / f"{v}.h5").samefile(kept[v])
+    with FaceStore(out / "tiny.h5") as fs, FaceStore(out / "face.h5") as ff:
+        assert fs.n_frames == 3 and ff.n_frames == 30 and ff.found.all()
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert crop_batch_cli(spec, out, cache, params={"margin": 0.1}) == 0   # other params: recomputed
+    assert "store kept" not in caplog.text
+    assert sorted(p.name.split(".")[0] for p in cache.glob("*.h5")) == ["face", "noface", "tiny"]  # old pruned
+    with FaceStore(out / "face.h5") as ff:
+        assert ff.attrs["margin"] == 0.1
+
+
 # ---------------------------------------------------------------- other backends
 def test_cropped_aligned_backend(media, tmp_path):
     video, fj = media["tiny"]  # 3 frames

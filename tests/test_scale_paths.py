@@ -32,7 +32,7 @@ from affect_pipeline.config import settings
 from affect_pipeline.runtime import PipelineError
 from affect_pipeline.stores import FaceStore
 from aff_tree import make_tree
-from conftest import REPO, run_snakemake
+from conftest import REPO, face_batch_target, face_store_of, run_snakemake
 from test_mae import MAE_DEFAULTS, TINY, _face, build_dataset, build_encoder, stores
 
 torch.set_num_threads(1)
@@ -193,12 +193,13 @@ def official_tree(root: Path) -> tuple[Path, str, dict]:
 def test_cropped_aligned_faces_rule_reads_the_official_jpegs(tmp_path):
     cfg, media, crops = official_tree(tmp_path / "aff")
     work = tmp_path / "work"
-    targets = [f"results/faces/{v}.h5" for v in crops]
+    targets = sorted({face_batch_target(v) for v in crops})
+    assert len(targets) == 2                  # (each side in a batch of its own; the other video elsewhere)
     p = run_snakemake("--cores", "1", "--configfile", str(cfg), "--directory", str(work), *targets, timeout=300)
     log = p.stdout + p.stderr
     for vid, jpegs in crops.items():
-        assert f"--cropped-dir {tmp_path / 'aff' / 'cropped_aligned' / vid}" in log      # the rule passed it
-        with FaceStore(work / "results" / "faces" / f"{vid}.h5") as fs:
+        assert f'"cropped_dir": "{tmp_path / "aff" / "cropped_aligned" / vid}"' in log      # the rule passed it
+        with FaceStore(face_store_of(work / "results", vid)) as fs:
             assert fs.attrs["backend"] == "cropped_aligned"
             assert fs.attrs["source"] == str(tmp_path / "aff" / "cropped_aligned" / vid)
             assert fs.found.tolist() == [i in jpegs for i in range(8)]   # frame 5 has no crop: no face
@@ -208,7 +209,7 @@ def test_cropped_aligned_faces_rule_reads_the_official_jpegs(tmp_path):
         for i, w in want.items():                     # each frame holds its own JPEG, not another's
             err = {j: np.abs(got[i] - v).mean() for j, v in want.items()}
             assert min(err, key=err.get) == i and err[i] < 4, (vid, i, err)
-    left, right = (work / "results" / "faces" / f"{media}_{s}.h5" for s in ("left", "right"))
+    left, right = (face_store_of(work / "results", f"{media}_{s}") for s in ("left", "right"))
     with FaceStore(left) as a, FaceStore(right) as b:                 # each side read its own folder
         assert a.read_crops([0])[0, 30:, :, 0].mean() > b.read_crops([0])[0, 30:, :, 0].mean()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_snakemake
+from conftest import REPO, face_store_of, run_snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +98,7 @@ def test_faces_found_and_stores_complete(demo_run):
     idx = read_index(work / "results/index/videos.tsv")
     found = total = 0
     for vid, r in idx.items():
-        with FaceStore(work / "results/faces" / f"{vid}.h5") as fs:
+        with FaceStore(face_store_of(work / "results", vid)) as fs:
             assert fs.n_frames == r["n_frames"]
             found += int(fs.found.sum())
             total += fs.n_frames
