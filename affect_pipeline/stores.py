@@ -160,7 +160,7 @@ def face_store_paths(faces, videos=None) -> dict[str, str]:
 
 
 class FaceStore(_Reader):
-    """Reader for ``faces/{video}.h5``; metadata arrays are loaded, crops decoded on demand."""
+    """Reader for a face store ``faces/{batch}/{video}.h5``: metadata arrays loaded, crops decoded on demand."""
 
     def __init__(self, path):
         self.path = Path(path)
