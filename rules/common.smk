@@ -301,8 +301,9 @@ def cropped_dir(video):
 
 
 def crop_batch(wc):
-    """The batch's videos for `crop_faces --batch`: media, frames JSON, side, official crops."""
-    return as_json(
+    """The batch's videos for `crop_faces --batch`: media, frames JSON, side, official crops.
+    One shell argument: Linux refuses one over 128 KiB, so a too-large batch stops the parse."""
+    arg = as_json(
         [
             dict(
                 id=v,
@@ -314,6 +315,13 @@ def crop_batch(wc):
             for v in batch_videos(wc.batch)
         ]
     )
+    if len(arg.encode()) > 100_000:
+        raise WorkflowError(
+            f"crop_faces {wc.batch}: {len(batch_videos(wc.batch))} videos make a "
+            f"{len(arg.encode()) // 1024} KiB --batch argument (the limit is 128 KiB): raise "
+            f"resources.face_batches (now {config['resources']['face_batches']})"
+        )
+    return arg
 
 
 def faces_params(wc):

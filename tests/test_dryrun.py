@@ -84,3 +84,18 @@ def test_shared_encoder_for_cheap_runs(tmp_path):
               if len(ln.split()) == 2 and ln.split()[1].isdigit()}
     assert counts["finetune_mae"] == 2 and counts["visual_features"] == 2, counts   # one encoder each
     assert counts["train_blb"] == 12, counts
+
+
+def test_a_face_batch_too_big_for_one_argument_stops_the_parse(tmp_path):
+    """crop_faces gets its batch as one shell argument, which Linux caps at 128 KiB: 600 videos in
+    one batch (long paths) are refused before any job runs, naming the setting to raise."""
+    data = make_tree(tmp_path / ("long_folder_name_" * 6) / "aff", 600, pair_every=50)
+    data["tasks"], data["temporal"] = ["AU"], {"features": ["mae"]}
+    data["resources"] = {"face_batches": 1}
+    cfg = tmp_path / "data.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    p = run_snakemake("-n", face_batch_target("1-30-640x360", data), "--configfile", str(cfg),
+                      "--directory", str(tmp_path / "run"), check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0
+    assert "crop_faces affwild2_0: 612 videos make a" in out and "raise resources.face_batches (now 1)" in out, out[-3000:]
