@@ -302,7 +302,8 @@ def cropped_dir(video):
 
 def crop_batch(wc):
     """The batch's videos for `crop_faces --batch`: media, frames JSON, side, official crops.
-    One shell argument: Linux refuses one over 128 KiB, so a too-large batch stops the parse."""
+    One shell argument: Linux refuses one over 128 KiB, so a too-large batch stops the parse.
+    """
     arg = as_json(
         [
             dict(
