@@ -3,8 +3,9 @@
 Formats (DESIGN.md):
 - face store ``faces/{batch}/{video}.h5`` (a directory per ``crop_faces`` batch) — one row per
   decoded frame: ``jpeg`` (vlen uint8, empty when no face), ``found`` bool, ``score`` f4,
-  ``box`` f4 (x1, y1, x2, y2), ``landmarks`` f4 (L, 2), ``timestamps`` f8 seconds; attrs video_id, n_frames, size, backend, fps, fill ("zeros": a
-  frame without a face decodes to a black crop that later stages mask with ``found``).
+  ``box`` f4 (x1, y1, x2, y2), ``landmarks`` f4 (L, 2), ``timestamps`` f8 seconds; attrs
+  video_id, n_frames, size, backend, fps, fill ("zeros": a frame without a face decodes to a
+  black crop that later stages mask with ``found``).
 - feature shard ``features/{model}.h5`` / ``features/mae/{task}/{fold}.h5`` — one job's output:
   a group per video with ``features`` (n_frames, D) f2, ``valid`` (n_frames,) bool, optional
   extras (e.g. ``logits``), attrs n_frames, fps; root attrs extractor, fold, checkpoint digest.

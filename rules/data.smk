@@ -76,7 +76,7 @@ rule index_dataset:
 
 
 rule crop_faces:
-    """One job per stable batch of videos (faces.batches): the detector loads once per batch."""
+    """One job per stable batch of videos (resources.face_batches): the detector loads once per batch."""
     input:
         videos=lambda wc: [layout().videos[v].path for v in batch_videos(wc.batch)],
         frames=lambda wc: [frames_json(v) for v in batch_videos(wc.batch)],
