@@ -311,8 +311,9 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     from .stores import face_store_paths
 
+    faces = tuple(face_store_paths(a.faces, a.face_videos).values())
     inp = ReportInputs(Path(a.summary), tuple(a.curves), tuple(a.predictions), tuple(a.labels),
-                       tuple(a.ensembles), tuple(face_store_paths(a.faces, a.face_videos).values()), Path(a.test_labels) if a.test_labels else None,
+                       tuple(a.ensembles), faces, Path(a.test_labels) if a.test_labels else None,
                        tuple(a.tasks))
     for name, s in make_report(inp, a.out_dir, a.videos).items():
         log.info("%-26s %s", name, s)
