@@ -7,9 +7,10 @@ if "demo" in config:
             f"{config['demo']['root']}/manifest.json",
         log:
             "results/logs/make_demo.log",
+        priority: 10  # everything but the audio models waits for the tree: make it first
         conda:
             CONDA_ENV
-        threads: 4  # a fork pool renders the media files (same bytes at any count); nothing else runs yet
+        threads: 4  # a fork pool renders the media files (same bytes at any count)
         params:
             demo=as_json(config["demo"]),
             root=lambda wc, output: os.path.dirname(output[0]),

@@ -23,7 +23,9 @@ rule pretrain_mae:
         "results/benchmarks/pretrain_mae.tsv"
     conda:
         CONDA_ENV
-    threads: THREADS
+    # every fine-tune waits for this one job and little else is left to run beside it: it may
+    # take up to 4x the per-job threads (Snakemake caps a rule's threads at --cores)
+    threads: 4 * THREADS
     resources:
         **res("pretrain_mae"),
     params:
