@@ -259,18 +259,17 @@ def torch_launcher(gpus):
 
 
 def temporal_params(*sections):
-    """The temporal settings a stage needs: the shared ones + its own sections, so that e.g. a DCL
-    change does not rerun BLB training."""
-    keep = (
-        "features",
-        "eri_visual_task",
-        "clip_len",
-        "stride",
-        "au_pos_weight",
-        "blb",
-        "eri",
-    ) + sections
-    return as_json({k: config["temporal"][k] for k in keep})
+    """The temporal settings a stage needs, per task: the shared ones + its own sections (a DCL
+    change does not rerun BLB training), and temporal.eri only for ERI (tuning ERI's model does
+    not retrain the frame tasks' BLBs)."""
+    shared = ("features", "clip_len", "stride", "au_pos_weight", "blb") + sections
+    eri = ("eri_visual_task", "eri")
+
+    def params(wildcards):
+        keep = shared + (eri if wildcards.task == "ERI" else ())
+        return as_json({k: config["temporal"][k] for k in keep})
+
+    return params
 
 
 def mae_params(*sections):

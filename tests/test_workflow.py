@@ -125,6 +125,13 @@ def test_noop_rerun_and_params_change(demo_run):
         assert rerun in out, rerun
     for untouched in ("crop_faces", "finetune_mae", "visual_features", "audio_features", "extract_frames"):
         assert untouched not in out, untouched
+    # an ERI model change retrains ERI's temporal models only, not the frame tasks' BLBs
+    cfg.write_text("temporal:\n  eri:\n    d_model: 128\n")
+    p = run_snakemake("-n", "submission", "--directory", str(work), "--configfile", demo, str(cfg), "--quiet", "rules")
+    counts = _job_counts(p.stdout + p.stderr)
+    folds = len(json.loads((work / "results/folds/ERI.json").read_text())["folds"])
+    assert counts.get("train_blb") == folds and counts.get("train_dcl") == folds, counts
+    assert "visual_features" not in counts and "finetune_mae" not in counts, counts
     # changing the VGGish hop reruns VGGish features only, not HuBERT / wav2vec2
     cfg.write_text("audio:\n  vggish:\n    hop_seconds: 0.2\n")
     p = run_snakemake("-n", "submission", "--directory", str(work), "--configfile", demo, str(cfg), "--quiet", "rules")
