@@ -269,19 +269,15 @@ def test_index_of_the_demo_reports_its_planned_mismatches(demo, man, tmp_path):
 
 # ---------------------------------------------------------------- determinism
 def test_same_seed_same_demo_other_seed_other_labels(demo, tmp_path):
-    """Labels and manifest are byte-identical, so are the rendered frames and audio (the
-    manifest's ``rendered`` digests); the encoded videos only close: PyAV 18's bundled x264 /
-    swscale encode the very same frames to other bytes from one call to the next (measured:
-    2-7 byte variants in 12 encodes of one clip, decoded pixels a few levels apart)."""
+    """The same seed gives the same tree to the byte, videos included, serial or in a pool, and
+    in a process that has encoded other videos before (x264's lookahead carried state from one
+    encoder to the next: 45 of 70 demo videos differed between two `make demo` runs, which moved
+    the test EXPR F1 0.72 -> 0.70 and its lowest class 0.41 -> 0.23)."""
     again = make_demo(tmp_path / "a", PARAMS, threads=2)        # parallel == serial
     ref, got = _digests(demo), _digests(tmp_path / "a")
     media = {k for k in ref if k.endswith((".mp4", ".avi"))}
-    assert set(got) == set(ref) and media
-    assert {k: v for k, v in got.items() if k not in media} == {k: v for k, v in ref.items() if k not in media}
-    for k in sorted(media):
-        a, b = np.stack(_decode(demo / k)).astype(np.int16), np.stack(_decode(tmp_path / "a" / k))
-        assert a.shape == b.shape, k
-        assert np.abs(a - b).mean() < 3, (k, np.abs(a - b).mean())
+    assert media and any(k.endswith(".avi") for k in media)
+    assert got == ref, sorted(k for k in ref if got.get(k) != ref[k])
     assert json.loads((tmp_path / "a" / "manifest.json").read_text())["rendered"].keys() == media
     other = make_demo(tmp_path / "b", {**PARAMS, "seed": 4})
     assert other["seed"] == 4 and again["seed"] == 3

@@ -2,8 +2,7 @@
 
 The voice's pitch and loudness rise with arousal and its timbre brightens with valence, so the
 audio carries part of the signal. The same plan renders the same frames and samples (their digests
-go into the manifest); the encoded bytes may differ between calls: PyAV 18's bundled x264 /
-swscale do not encode the very same frames reproducibly, even single-threaded.
+go into the manifest) and the same encoded bytes (``X264_REPRODUCIBLE``).
 """
 from __future__ import annotations
 
@@ -20,6 +19,10 @@ from .face import FaceAnimator, Renderer, make_style
 from .labels import Plan, keyed_rng
 
 SAMPLE_RATE = 16000
+#: x264's lookahead carries state from one encoder to the next in a process (measured: the 2nd..25th
+#: encode of the same frames in one process gave 9 different files, the same 9 in every process), so a
+#: fork-pool worker's output depended on which videos it had encoded before. Without it: the same bytes.
+X264_REPRODUCIBLE = "rc-lookahead=0:sync-lookahead=0"
 
 
 # ---------------------------------------------------------------- audio
@@ -60,7 +63,7 @@ def synth_voice(plan: Plan, rng, sr: int = SAMPLE_RATE) -> np.ndarray:
 # ---------------------------------------------------------------- video writing
 def write_video(path: Path, frames, n_frames: int, fps: int, width: int, height: int,
                 audio: np.ndarray | None, avi: bool = False) -> None:
-    """Encode frames (+ mono audio) through a temporary file; single-threaded → reproducible bytes."""
+    """Encode frames (+ mono audio) through a temporary file; the same frames give the same bytes."""
     import av
 
     with atomic_path(path) as tmp:
@@ -72,7 +75,8 @@ def write_video(path: Path, frames, n_frames: int, fps: int, width: int, height:
                 vs.codec_context.qscale = 3
                 vs.codec_context.flags |= av.codec.context.Flags.qscale
             else:
-                vs.options = {"crf": "20", "preset": "veryfast", "threads": "1"}
+                vs.options = {"crf": "20", "preset": "veryfast", "threads": "1",
+                              "x264-params": X264_REPRODUCIBLE}
             as_ = None
             if audio is not None:
                 as_ = box.add_stream("pcm_s16le" if avi else "aac", rate=SAMPLE_RATE, layout="mono")
