@@ -268,7 +268,7 @@ def test_index_of_the_demo_reports_its_planned_mismatches(demo, man, tmp_path):
 
 
 # ---------------------------------------------------------------- determinism
-def test_same_seed_same_demo_other_seed_other_labels(demo, tmp_path):
+def test_same_seed_same_bytes_other_seed_other_labels(demo, tmp_path):
     """The same seed gives the same tree to the byte, videos included, serial or in a pool, and
     in a process that has encoded other videos before (x264's lookahead carried state from one
     encoder to the next: 45 of 70 demo videos differed between two `make demo` runs, which moved
