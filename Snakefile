@@ -24,9 +24,11 @@ wildcard_constraints:
     model="hubert|wav2vec2|vggish",
 
 
+include: "rules/demo.smk"
 include: "rules/data.smk"
+include: "rules/faces.smk"
 include: "rules/mae.smk"
-include: "rules/features.smk"
+include: "rules/audio.smk"
 include: "rules/temporal.smk"
 include: "rules/submit.smk"
 

@@ -9,25 +9,25 @@ import sys
 
 #: stage name -> "module:function"; each function takes argv (list[str]) and returns an exit code.
 STAGES = {
-    "make_demo": "affect_pipeline.demo.generate:main",
-    "make_demo_audio_models": "affect_pipeline.demo.audio_models:main",
-    "extract_frames": "affect_pipeline.extract_frames:main",
-    "index_dataset": "affect_pipeline.index_dataset:main",
-    "crop_faces": "affect_pipeline.crop_faces:main",
-    "pretrain_mae": "affect_pipeline.pretrain_mae:main",
-    "finetune_mae": "affect_pipeline.finetune_mae:main",
-    "visual_features": "affect_pipeline.visual_features:main",
-    "audio_features": "affect_pipeline.audio_features:main",
-    "make_folds": "affect_pipeline.make_folds:main",
-    "train_blb": "affect_pipeline.train_blb:main",
-    "mine_hard_clips": "affect_pipeline.mine_hard_clips:main",
-    "train_dcl": "affect_pipeline.train_dcl:main",
-    "predict": "affect_pipeline.predict:main",
-    "ensemble": "affect_pipeline.ensemble:main",
-    "validate_submission": "affect_pipeline.submission:main",
-    "summarize": "affect_pipeline.summarize:main",
-    "report_plots": "affect_pipeline.report_plots:main",
-    "seed_ablation": "affect_pipeline.seed_ablation:main",
+    "make_demo": "affect_pipeline.demo.make_demo:main",
+    "make_demo_audio_models": "affect_pipeline.demo.make_demo_audio_models:main",
+    "extract_frames": "affect_pipeline.data.extract_frames:main",
+    "index_dataset": "affect_pipeline.data.index_dataset:main",
+    "crop_faces": "affect_pipeline.faces.crop_faces:main",
+    "pretrain_mae": "affect_pipeline.mae.pretrain_mae:main",
+    "finetune_mae": "affect_pipeline.mae.finetune_mae:main",
+    "visual_features": "affect_pipeline.mae.visual_features:main",
+    "audio_features": "affect_pipeline.audio.audio_features:main",
+    "make_folds": "affect_pipeline.temporal.make_folds:main",
+    "train_blb": "affect_pipeline.temporal.train_blb:main",
+    "mine_hard_clips": "affect_pipeline.temporal.mine_hard_clips:main",
+    "train_dcl": "affect_pipeline.temporal.train_dcl:main",
+    "predict": "affect_pipeline.temporal.predict:main",
+    "ensemble": "affect_pipeline.submit.ensemble:main",
+    "validate_submission": "affect_pipeline.submit.submission:main",
+    "summarize": "affect_pipeline.submit.summarize:main",
+    "report_plots": "affect_pipeline.submit.report_plots:main",
+    "seed_ablation": "affect_pipeline.submit.seed_ablation:main",
 }
 
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module, func = STAGES[stage].split(":")
     fn = getattr(importlib.import_module(module), func)
-    from affect_pipeline.runtime import run_stage
+    from affect_pipeline.common.runtime import run_stage
 
     return run_stage(stage, fn, rest)
 

@@ -14,7 +14,7 @@ new folds) stops the command before anything runs, and so does a base run that i
 or not up to date with the code. Rerunning resumes: a seed's finished jobs are kept.
 
 The configuration defaults to DIR's ``results/config.yaml`` (its effective settings), so every
-seed runs exactly the base run's settings. The table (:mod:`affect_pipeline.seed_ablation`) goes
+seed runs exactly the base run's settings. The table (:mod:`affect_pipeline.submit.seed_ablation`) goes
 to stdout and to DIR's ``results/metrics/ablation_seeds.{json,tsv,md}`` +
 ``results/report/ablation_seeds.png``.
 """
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import yaml
 
-from affect_pipeline.layout import enabled_tasks
-from affect_pipeline.runtime import PipelineError
+from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.data.layout import enabled_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -187,8 +187,8 @@ def seed_results(a, run: Path, cfg: dict, configfiles, tasks) -> dict[int, Path]
 
 
 def main(argv=None) -> int:
-    from affect_pipeline import TASKS
-    from affect_pipeline import seed_ablation as sa
+    from affect_pipeline.common.tasks import TASKS
+    from affect_pipeline.submit import seed_ablation as sa
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True, help="a finished snakemake --directory work dir")

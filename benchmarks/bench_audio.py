@@ -50,7 +50,7 @@ def synth_audio(seconds: float, seed: int = 0) -> np.ndarray:
 def write_inputs(tmp: Path, seconds: float, fps: float) -> tuple[Path, Path, int]:
     import soundfile as sf
 
-    from affect_pipeline.runtime import write_json
+    from affect_pipeline.common.runtime import write_json
 
     wav, frames = tmp / "bench.wav", tmp / "bench.json"
     sf.write(wav, synth_audio(seconds), SR, subtype="PCM_16")
@@ -63,8 +63,8 @@ def write_inputs(tmp: Path, seconds: float, fps: float) -> tuple[Path, Path, int
 
 def make_models(out: Path, paper_size: bool = False) -> Path:
     """Demo models, or random ones with the paper's shapes (base HuBERT/wav2vec2, full VGGish)."""
-    from affect_pipeline.audio_models import make_vggish
-    from affect_pipeline.demo.audio_models import make_demo_audio_models
+    from affect_pipeline.audio.models import make_vggish
+    from affect_pipeline.demo.make_demo_audio_models import make_demo_audio_models
 
     if not paper_size:
         return make_demo_audio_models(out, seed=0)
@@ -83,9 +83,9 @@ def run(models=("hubert", "wav2vec2", "vggish"), seconds: float = 60.0, fps: flo
         threads: int = 1, device: str = "cpu", params: dict | None = None, paper_size: bool = False,
         weights_dir: str | None = None) -> list[dict]:
     """Rows per model: forward-only and whole-stage frames/s on the same audio, and their ratio."""
-    from affect_pipeline import audio_features as af
-    from affect_pipeline.audio_models import load_audio_model
-    from affect_pipeline.runtime import pick_device, setup_torch
+    from affect_pipeline.audio import audio_features as af
+    from affect_pipeline.audio.models import load_audio_model
+    from affect_pipeline.common.runtime import pick_device, setup_torch
 
     setup_torch(threads)
     acfg = {**audio_config(), **(params or {})}
@@ -132,8 +132,8 @@ def frontends(seconds: float = 60.0, device: str = "cpu", threads: int = 1, repe
     import torch
     from torchvggish import vggish_input
 
-    from affect_pipeline.audio_models import make_log_mel
-    from affect_pipeline.runtime import pick_device, setup_torch
+    from affect_pipeline.audio.models import make_log_mel
+    from affect_pipeline.common.runtime import pick_device, setup_torch
 
     setup_torch(threads)
     dev = pick_device(device)
@@ -171,7 +171,7 @@ def frontends(seconds: float = 60.0, device: str = "cpu", threads: int = 1, repe
 _MEM_SNIPPET = """
 import json, resource, sys
 from affect_pipeline import audio_features as af
-from affect_pipeline.runtime import run_stage
+from affect_pipeline.common.runtime import run_stage
 rc = run_stage("audio_features", af.main, sys.argv[1:])
 try:  # VmHWM belongs to this image; ru_maxrss can carry the forking parent's high-water mark
     hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
@@ -183,7 +183,7 @@ print(json.dumps({"rc": rc, "peak_rss_mb": hwm / 1024}))
 
 def memory(lengths=(60.0, 600.0), model: str = "hubert", fps: float = 25.0, threads: int = 1) -> list[dict]:
     """Peak RSS of the stage (fresh process each) on audio of the given lengths (seconds)."""
-    from affect_pipeline.audio_features import model_params
+    from affect_pipeline.audio.audio_features import model_params
 
     rows, prm = [], model_params(audio_config(), model)
     with tempfile.TemporaryDirectory() as tmp:

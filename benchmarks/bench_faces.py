@@ -47,8 +47,8 @@ def faces_config(**kw) -> dict:
 
 
 def make_video(path, n_frames: int, size: int, height: int | None = None, fps: float = 25) -> dict:
-    from affect_pipeline.video import frame_info, write_video
-    from affect_pipeline.runtime import write_json
+    from affect_pipeline.common.runtime import write_json
+    from affect_pipeline.data.video import frame_info, write_video
 
     write_video(path, face_frames(n_frames, size, height), fps, "libx264")
     info = frame_info(path, show_progress=False)
@@ -60,9 +60,10 @@ def run(n_frames: int = 200, size: int = 256, threads: int = 1, batch_size: int 
     """Frames/s of decode, detector and the whole crop_faces stage on one synthetic video."""
     import torch
 
-    from affect_pipeline import crop_faces, faces
-    from affect_pipeline.runtime import setup_torch
-    from affect_pipeline.video import iter_frame_batches, iter_frames
+    from affect_pipeline.common.runtime import setup_torch
+    from affect_pipeline.data.video import iter_frame_batches, iter_frames
+    from affect_pipeline.faces import crop_faces
+    from affect_pipeline.faces import detection as faces
 
     setup_torch(threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,7 +103,7 @@ def run(n_frames: int = 200, size: int = 256, threads: int = 1, batch_size: int 
 _MEM_SNIPPET = """
 import json, resource, sys
 from affect_pipeline import crop_faces
-from affect_pipeline.runtime import run_stage
+from affect_pipeline.common.runtime import run_stage
 rc = run_stage("crop_faces", crop_faces.main, sys.argv[1:])
 print(json.dumps({"rc": rc, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """

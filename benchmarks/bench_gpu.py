@@ -101,8 +101,8 @@ def require_cuda():
 
 # ---------------------------------------------------------------- checks
 def check_faces(dev, s: Sizes, threads: int) -> list[dict]:
-    from affect_pipeline import crop_faces
-    from affect_pipeline.stores import FaceStore
+    from affect_pipeline.common.stores import FaceStore
+    from affect_pipeline.faces import crop_faces
     from benchmarks.bench_faces import faces_config, make_video
 
     with tempfile.TemporaryDirectory() as tmp:

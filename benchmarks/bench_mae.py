@@ -26,13 +26,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from affect_pipeline import face_data as D  # noqa: E402
-from affect_pipeline import mae as M  # noqa: E402
-from affect_pipeline import visual_features as VF  # noqa: E402
-from affect_pipeline.losses import task_loss  # noqa: E402
-from affect_pipeline.runtime import autocast, save_checkpoint  # noqa: E402
-from affect_pipeline.stores import write_face_store  # noqa: E402
-from affect_pipeline.training import param_groups  # noqa: E402
+from affect_pipeline.common.losses import task_loss  # noqa: E402
+from affect_pipeline.common.runtime import autocast, save_checkpoint  # noqa: E402
+from affect_pipeline.common.stores import write_face_store  # noqa: E402
+from affect_pipeline.common.training import param_groups  # noqa: E402
+from affect_pipeline.mae import face_reader as D  # noqa: E402
+from affect_pipeline.mae import model as M  # noqa: E402
+from affect_pipeline.mae import visual_features as VF  # noqa: E402
 
 _BASE = yaml.safe_load((REPO / "workflow_config.yaml").read_text())["mae"]["model"]   # ViT-B/16
 CONFIGS = {

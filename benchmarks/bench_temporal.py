@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from affect_pipeline.clips import gather, train_clips
-from affect_pipeline.fold_data import BranchHP, load_features
-from affect_pipeline.losses import task_loss
-from affect_pipeline.stores import FeatureShardWriter
-from affect_pipeline.temporal import build_model, model_config
-from affect_pipeline.train_dcl import dcl_step
+from affect_pipeline.common.losses import task_loss
+from affect_pipeline.common.stores import FeatureShardWriter
+from affect_pipeline.temporal.clips import gather, train_clips
+from affect_pipeline.temporal.fold_data import BranchHP, load_features
+from affect_pipeline.temporal.model import build_model, model_config
+from affect_pipeline.temporal.train_dcl import dcl_step
 
 STORE_NAMES = ["mae_AU", "hubert", "wav2vec2", "vggish"]
 

@@ -1,8 +1,6 @@
 # Shared by all the rules files — config validation, the dataset layout (scanned once, nothing
 # decoded), per-stage code digests, path helpers. Settings come from workflow_config.yaml
 # (the paper's) overlaid by --configfile files (demo_config.yaml for the embedded demo).
-import ast
-import hashlib
 import json
 import os
 import shlex
@@ -12,7 +10,8 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from affect_pipeline.__main__ import STAGES
-from affect_pipeline.layout import LayoutError, enabled_tasks, scan_dataset
+from affect_pipeline.common.digests import ImportGraph
+from affect_pipeline.data.layout import LayoutError, enabled_tasks, scan_dataset
 
 validate(config, os.path.join(workflow.basedir, "workflow_config.schema.yaml"))
 
@@ -60,115 +59,15 @@ def as_json(obj):
 
 
 # ---------------------------------------------------------------- code digests
-_PKG = Path(workflow.basedir, "affect_pipeline")
-_DIGESTS, _IMPORTS = {}, {}
-# parsed imports by module source digest: parsing 38 modules' ASTs was a tenth of a 600-video
-# dry run; a module's imports change only with its source, so a parse re-parses only edited ones
-_IMPORT_CACHE = Path(".snakemake", "affect_pipeline_imports.json")
-
-
-def _module_file(module):
-    path = _PKG.joinpath(*module.split(".")[1:])
-    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
-
-
-def _read_import_cache():
-    try:
-        entries = json.loads(_IMPORT_CACHE.read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(entries, dict):
-        return {}
-    return {
-        k: v
-        for k, v in entries.items()
-        if k
-        and isinstance(v, list)
-        and len(v) == 2
-        and all(isinstance(x, list) for x in v)
-    }
-
-
-def _write_import_cache(entries):
-    """Atomic (jobs on a cluster parse the Snakefile concurrently); a read-only dir keeps none."""
-    try:
-        _IMPORT_CACHE.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _IMPORT_CACHE.with_name(f"{_IMPORT_CACHE.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(entries, sort_keys=True))
-        os.replace(tmp, _IMPORT_CACHE)
-    except OSError:
-        pass
-
-
-# cache key -> [sure, maybe]: the cache file's entries + what this parse parsed itself
-_PARSED = _read_import_cache()
-_UNSAVED = set()  # keys this parse parsed and has not written yet
-
-
-def _package_imports(module):
-    """(file, source or None, affect_pipeline modules that `module` imports anywhere in its
-    source, lazily or not); read once per Snakefile parse, parsed only when its source changed.
-    """
-    if module not in _IMPORTS:
-        path = _module_file(module)
-        src = path.read_bytes() if path.exists() else None
-        key = f"{module}:{hashlib.sha256(src or b'').hexdigest()}"
-        if key not in _PARSED:
-            _PARSED[key] = _parse_imports(module, path, src)
-            _UNSAVED.add(key)
-        sure, maybe = _PARSED[key]
-        found = set(sure) | {m for m in maybe if _module_file(m).exists()}
-        _IMPORTS[module] = (path, src, found, key)
-    return _IMPORTS[module][:3]
-
-
-def _save_import_cache():
-    """Keep only the entries of the modules this parse read (edited modules' old ones go)."""
-    if _UNSAVED:
-        _write_import_cache({k: _PARSED[k] for *_, k in _IMPORTS.values()})
-        _UNSAVED.clear()
-
-
-def _parse_imports(module, path, src):
-    """[modules imported by name, `from X import y` names that are modules if their file exists]"""
-    sure, maybe = set(), set()
-    if src is None:
-        return [], []
-    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
-    for node in ast.walk(ast.parse(src)):
-        if isinstance(node, ast.Import):
-            sure.update(
-                a.name for a in node.names if a.name.startswith("affect_pipeline")
-            )
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(parent + ([base] if base else []))
-            if base.startswith("affect_pipeline"):
-                sure.add(base)
-                maybe.update(f"{base}.{a.name}" for a in node.names)
-    return sorted(sure), sorted(maybe)
+# parsed imports cached by source digest: a dry run re-parses only the modules edited since
+_IMPORT_GRAPH = ImportGraph(cache=Path(".snakemake", "affect_pipeline_imports.json"))
 
 
 def code_digest(stage):
-    """Digest of every package module the stage's code imports, followed transitively, so that
-    editing a module reruns exactly the stages that run it (Snakemake tracks a rule's own code,
-    not the package it calls; this param makes `--rerun-triggers params` catch the rest).
+    """Digest of the stage's module and every package module it imports (affect_pipeline.common.digests):
+    editing a module reruns exactly the stages that run it, through `--rerun-triggers params`.
     """
-    if stage not in _DIGESTS:
-        todo, seen, h = [STAGES[stage].split(":")[0]], set(), hashlib.sha256()
-        while todo:
-            m = todo.pop()
-            if m in seen or m == "affect_pipeline.warm":
-                continue
-            seen.add(m)
-            path, src, deps = _package_imports(m)
-            h.update(m.encode() + (src if src is not None else b"missing"))
-            todo.extend(sorted(deps))
-        _DIGESTS[stage] = h.hexdigest()[:16]
-        _save_import_cache()
-    return _DIGESTS[stage]
+    return _IMPORT_GRAPH.digest(STAGES[stage].split(":")[0])
 
 
 # ---------------------------------------------------------------- paths

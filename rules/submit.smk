@@ -1,8 +1,8 @@
 # The product: fold ensembles, official submission files, metrics summary, report figures, and
 # the run's settings (read back by affect-predict). Figure categories / captions come from
-# affect_pipeline.report, which imports no matplotlib at parse time.
+# affect_pipeline.submit.report, which imports no matplotlib at parse time.
 
-from affect_pipeline.report import FIGURES
+from affect_pipeline.submit.report import FIGURES
 
 
 rule ensemble:
@@ -156,7 +156,7 @@ rule run_config:
     params:
         config=as_json(config),
     run:
-        from affect_pipeline.config import write_run_config
+        from affect_pipeline.common.config import write_run_config
 
         write_run_config(json.loads(params.config), output[0])
 

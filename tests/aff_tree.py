@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 
-from affect_pipeline import AU_NAMES, EXPR_NAMES
+from affect_pipeline.common.tasks import AU_NAMES, EXPR_NAMES
 
 HEADERS = {"AU": ",".join(AU_NAMES), "EXPR": ",".join(EXPR_NAMES), "VA": "valence,arousal"}
 DIRS = {"AU": "AU_Detection_Challenge", "EXPR": "EXPR_Classification_Challenge", "VA": "VA_Estimation_Challenge"}

@@ -48,7 +48,7 @@ def face_store_of(results, video: str) -> Path:
 
 def face_batch_target(video: str, config: dict | None = None, dataset: str = "affwild2") -> str:
     """The crop_faces output (batch directory) holding ``video``, under ``config``'s batch count."""
-    from affect_pipeline.layout import face_batch
+    from affect_pipeline.data.layout import face_batch
 
     n = ((config or {}).get("resources") or {}).get("face_batches") or workflow_defaults()["resources"]["face_batches"]
     return f"results/faces/{face_batch(video, dataset, n)}"

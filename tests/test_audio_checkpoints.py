@@ -18,13 +18,17 @@ import numpy as np
 import pytest
 import torch
 
-from affect_pipeline import audio_features as af
-from affect_pipeline import audio_models as am
 from affect_pipeline.__main__ import main as cli
-from affect_pipeline.audio_checkpoints import bundle_spec
-from affect_pipeline.demo.audio_models import demo_configs, export_fairseq, export_torchaudio
-from affect_pipeline.runtime import PipelineError
-from affect_pipeline.stores import FeatureShard
+from affect_pipeline.audio import audio_features as af
+from affect_pipeline.audio import models as am
+from affect_pipeline.audio.checkpoints import bundle_spec
+from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.stores import FeatureShard
+from affect_pipeline.demo.make_demo_audio_models import (
+    demo_configs,
+    export_fairseq,
+    export_torchaudio,
+)
 
 SR = 16000
 TOL = 1e-4
@@ -53,8 +57,13 @@ def noise(seconds, seed=0):
 def hf_folder(out, name):
     """A small HF model with *every* parameter perturbed (norm gains and biases too, which a fresh
     init leaves at 1 / 0 where a misplaced LayerNorm would go unseen), saved with save_pretrained."""
-    from transformers import (HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor,
-                              Wav2Vec2Model)
+    from transformers import (
+        HubertConfig,
+        HubertModel,
+        Wav2Vec2Config,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2Model,
+    )
 
     over, normalize = VARIANTS[name]
     torch.manual_seed(0)
@@ -115,9 +124,9 @@ def test_hidden_states_stop_early(formats):
 
 def test_stage_runs_a_fairseq_checkpoint(formats, tmp_path):
     """audio_features end to end from a fairseq .pt: the shard equals the one from the folder."""
-    from affect_pipeline.runtime import write_json
-
     import soundfile as sf
+
+    from affect_pipeline.common.runtime import write_json
 
     sf.write(tmp_path / "a.wav", noise(3.0), SR, subtype="FLOAT")
     n = 75
@@ -147,7 +156,7 @@ def test_bundle_state_dict_gets_its_bundles_config(bundle, tmp_path):
     import torchaudio.pipelines as tp
     from torchaudio.models import wav2vec2_model
 
-    from affect_pipeline.demo.audio_models import _old_weight_norm_keys
+    from affect_pipeline.demo.make_demo_audio_models import _old_weight_norm_keys
 
     b = getattr(tp, bundle)
     with torch.device("meta"):
@@ -245,7 +254,8 @@ def test_fairseq_pickles_load_inert_and_code_is_refused(formats, tmp_path, monke
 def _reference_examples(wav: np.ndarray, hop: int) -> np.ndarray:
     """torchvggish's own front end (numpy, float64): waveform_to_examples at its 0.96 s framing, and
     its log_mel_spectrogram + frame for other hops."""
-    from torchvggish import mel_features, vggish_input, vggish_params as vp
+    from torchvggish import mel_features, vggish_input
+    from torchvggish import vggish_params as vp
 
     if hop == 96:
         return vggish_input.waveform_to_examples(wav.astype(np.float64), SR, return_tensor=False)
@@ -286,7 +296,7 @@ def test_vggish_frontend_matches_torchvggish_on_gpu():
 def test_stage_vggish_uses_the_torch_frontend():
     """AudioModel.forward (front end on the model's device, then the VGG) = the same VGG on
     torchvggish's reference examples (hop 0.96 s)."""
-    from affect_pipeline.demo.audio_models import DEMO_VGGISH
+    from affect_pipeline.demo.make_demo_audio_models import DEMO_VGGISH
 
     torch.manual_seed(0)
     net = am.make_vggish(**DEMO_VGGISH).eval()

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import workflow_defaults
-from affect_pipeline import audio_features as af
-from affect_pipeline import audio_models as am
+
 from affect_pipeline.__main__ import main as cli
-from affect_pipeline.demo.audio_models import make_demo_audio_models
-from affect_pipeline.runtime import PipelineError
-from affect_pipeline.stores import FeatureShard
+from affect_pipeline.audio import audio_features as af
+from affect_pipeline.audio import models as am
+from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.stores import FeatureShard
+from affect_pipeline.demo.make_demo_audio_models import make_demo_audio_models
 
 SR = 16000
 #: the config's audio section (workflow_config.yaml: the one source of defaults)
@@ -117,7 +117,8 @@ def test_missing_or_wrong_weights_name_the_key(models, tmp_path):
 
 # ---------------------------------------------------------------- VGGish against torchvggish
 def test_vggish_matches_torchvggish_reference():
-    from torchvggish import torchvggish as tv, vggish_input
+    from torchvggish import torchvggish as tv
+    from torchvggish import vggish_input
 
     torch.manual_seed(0)
     ref = tv._vgg(postprocess=False).eval()       # the package's own class, random weights
@@ -273,7 +274,7 @@ def test_cli_no_audio_gives_zeros(models, tmp_path):
 def test_one_job_many_videos_left_right_share_media(models, tmp_path, caplog):
     """3 video ids, 2 media files: one group per id, the pair's groups identical (computed once),
     frame counts those of the frames JSONs, features those of extract() on each wav."""
-    caplog.set_level(logging.INFO, logger="affect_pipeline.audio_features")
+    caplog.set_level(logging.INFO, logger="affect_pipeline.audio.audio_features")
     sf.write(tmp_path / "a.wav", noise(2.0, seed=1), SR, subtype="PCM_16")
     sf.write(tmp_path / "b.wav", noise(3.0, seed=2), SR, subtype="PCM_16")
     frames = [write_frames(tmp_path / "a.json", 25, 50, True), write_frames(tmp_path / "b.json", 30, 90, True)]
@@ -304,7 +305,7 @@ def test_one_job_many_videos_left_right_share_media(models, tmp_path, caplog):
 def test_failing_wav_names_it_and_the_rerun_resumes(models, tmp_path, capsys, caplog):
     """c.wav is corrupt: the job fails naming video c and its file, a and b stay in the partial
     shard; with c fixed (and a, b's wavs now unreadable) the rerun computes c only."""
-    caplog.set_level(logging.INFO, logger="affect_pipeline.audio_features")
+    caplog.set_level(logging.INFO, logger="affect_pipeline.audio.audio_features")
     good = {m: noise(2.0, seed=k) for k, m in enumerate("abc")}
     for m in "ab":
         sf.write(tmp_path / f"{m}.wav", good[m], SR, subtype="PCM_16")

@@ -26,10 +26,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, SNAKEMAKE, face_batch_target, face_store_of
 from test_temporal import SMALL
-from affect_pipeline.runtime import write_json
+
+from affect_pipeline.common.runtime import write_json
 
 torch.set_num_threads(1)
 # AFFECT_WARM=0: the odd run is SIGKILLed as a process group (tests/test_crash_safety.py); jobs of
@@ -126,7 +126,7 @@ def test_truncated_face_store_or_checkpoint_visual_features(broken, tmp_path):
 
 
 def test_corrupt_video_extract_frames(tmp_path):
-    from affect_pipeline.video import write_video
+    from affect_pipeline.data.video import write_video
 
     rng = np.random.default_rng(0)
     good = write_video(tmp_path / "ok.mp4", [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(20)], 25)
@@ -152,7 +152,7 @@ def test_pickled_code_checkpoint_is_refused(name, synthetic, tmp_path):
     ck = evil_checkpoint(tmp_path / "my model.pt", marker)
     out = tmp_path / "out"
     if name == "visual_features":
-        from affect_pipeline.stores import write_face_store
+        from affect_pipeline.common.stores import write_face_store
 
         faces = tmp_path / "v.h5"
         with write_face_store(faces, video_id="v", size=32, backend="test", fps=25.0) as w:
@@ -177,7 +177,8 @@ def test_missing_audio_weights_folder(tmp_path):
     frames = tmp_path / "v.json"
     write_json(frames, {"n_frames": 5, "fps": 25.0, "has_audio": True, "timestamps": [i / 25 for i in range(5)]})
     from conftest import workflow_defaults
-    from affect_pipeline.audio_features import model_params
+
+    from affect_pipeline.audio.audio_features import model_params
 
     absent = tmp_path / "models" / "hubert"
     out = tmp_path / "features" / "hubert.h5"
@@ -193,7 +194,7 @@ def test_face_lost_mid_video_is_masked_not_shifted(tmp_path):
     import cv2
     from test_faces import crop, face_img, make, moving
 
-    from affect_pipeline.stores import FaceStore
+    from affect_pipeline.common.stores import FaceStore
 
     rng = np.random.default_rng(0)
     noise = [cv2.GaussianBlur(rng.integers(0, 256, (160, 160, 3), dtype=np.uint8), (9, 9), 3) for _ in range(5)]
@@ -212,7 +213,7 @@ def test_unsafe_id_characters_are_refused_at_parse_time(tmp_path):
     """A comma / tab in a video id would silently break videos.tsv and the submission CSV."""
     from aff_tree import make_tree
 
-    from affect_pipeline.layout import LayoutError, scan_dataset
+    from affect_pipeline.data.layout import LayoutError, scan_dataset
 
     data = make_tree(tmp_path, 3, test_every=0)
     vids = tmp_path / "videos"
@@ -310,7 +311,7 @@ def rename(vid: str) -> str:
 
 def odd_tree(root: Path) -> Path:
     """The demo generator's tree with every id renamed (videos, annotation files, test lists)."""
-    from affect_pipeline.demo.generate import make_demo
+    from affect_pipeline.demo.make_demo import make_demo
 
     make_demo(root, DEMO_PARAMS, threads=1)
     aff = root / "affwild2"
@@ -394,8 +395,8 @@ def odd_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_odd_ids_run_end_to_end(odd_run):
-    from affect_pipeline.index_dataset import read_index
-    from affect_pipeline.stores import FaceStore
+    from affect_pipeline.common.stores import FaceStore
+    from affect_pipeline.data.index_dataset import read_index
 
     work = odd_run["work"]
     index = read_index(work / "results/index/videos.tsv")

@@ -6,13 +6,13 @@ import copy
 
 import pytest
 import yaml
+from conftest import REPO, run_snakemake, workflow_defaults
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import update_config, validate
 
-from conftest import REPO, run_snakemake, workflow_defaults
-from affect_pipeline.config import deep_merge, load_run_config, need, write_run_config
-from affect_pipeline.predict_cli import load_config
-from affect_pipeline.runtime import PipelineError
+from affect_pipeline.affect_predict.cli import load_config
+from affect_pipeline.common.config import deep_merge, load_run_config, need, write_run_config
+from affect_pipeline.common.runtime import PipelineError
 
 SCHEMA = str(REPO / "workflow_config.schema.yaml")
 DATA_KEYS = {"affwild2": {"videos": "/data/aff/videos", "annotations": "/data/aff/annotations",

@@ -30,7 +30,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, face_store_of
 from test_bad_inputs import odd_batch, odd_workflow
 from test_determinism import face_store, finetuned_checkpoint
@@ -152,7 +151,7 @@ PRE = _pre()
 def test_pretrain_mae_killed_resumes_and_equals_an_uninterrupted_run(tmp_path):
     from test_mae import build_dataset, stores
 
-    from affect_pipeline import pretrain_mae as T
+    from affect_pipeline.mae import pretrain_mae as T
 
     faces = stores(build_dataset(tmp_path / "data"))
     full = tmp_path / "full" / "pretrain.pt"
@@ -183,7 +182,7 @@ def plant_fifo(out: Path, pid: int) -> Path:
     """A FIFO under the temporary name process ``pid`` will write ``out`` through
     (runtime.temp_sibling: ``.{name}.tmp{pid}@{host}``): its write then blocks there, between the
     temporary's creation and the rename, for as long as the test wants, with no hook in the code."""
-    from affect_pipeline.runtime import temp_sibling
+    from affect_pipeline.common.runtime import temp_sibling
 
     head, mine, tail = temp_sibling(out).name.rpartition(f".tmp{os.getpid()}")
     assert mine, temp_sibling(out)
@@ -295,7 +294,7 @@ def odd_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_workflow_killed_then_rerun_incomplete(odd_run):
-    from affect_pipeline.stores import FaceStore
+    from affect_pipeline.common.stores import FaceStore
 
     work, before = odd_run["work"], odd_run["before"]
     killed, cached = odd_run["killed_in"], odd_run["cached"]

@@ -6,7 +6,6 @@ import json
 import h5py
 import numpy as np
 import pytest
-
 from conftest import face_store_of
 
 pytestmark = pytest.mark.slow
@@ -43,7 +42,7 @@ def test_wild_encodings_reach_submission(trained_run):
     per decoded frame, faces found on nearly every frame (upright after rotation), a 16 kHz wav."""
     import soundfile as sf
 
-    from affect_pipeline.submission import read_submission
+    from affect_pipeline.submit.submission import read_submission
 
     run = trained_run / "run" / "results"
     ids = (trained_run / "wild_ids.txt").read_text().split()

@@ -4,13 +4,19 @@ import json
 
 import numpy as np
 import pytest
-
 from aff_tree import HEADERS, make_tree
+
 from affect_pipeline.__main__ import main as cli
-from affect_pipeline.index_dataset import build_index, fit_to_frames, parse_annotation, read_index, write_index_tsv
-from affect_pipeline.layout import LayoutError, scan_dataset
-from affect_pipeline.runtime import PipelineError
-from affect_pipeline.stores import read_labels, write_labels
+from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.stores import read_labels, write_labels
+from affect_pipeline.data.index_dataset import (
+    build_index,
+    fit_to_frames,
+    parse_annotation,
+    read_index,
+    write_index_tsv,
+)
+from affect_pipeline.data.layout import LayoutError, scan_dataset
 
 
 def write(p, text):

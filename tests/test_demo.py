@@ -16,16 +16,23 @@ import av
 import numpy as np
 import pytest
 import torch
-
 import yaml
-
 from conftest import REPO
-from affect_pipeline import AU_NAMES, ERI_NAMES, EXPR_NAMES
+
 from affect_pipeline.__main__ import main as cli
-from affect_pipeline.demo.generate import (CHALLENGE_DIRS, HUME_SPLITS, SPLIT_DIRS, TEST_LISTS, DemoSpec,
-                                           build_plan, make_demo, plan_tree)
+from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.tasks import AU_NAMES, ERI_NAMES, EXPR_NAMES
 from affect_pipeline.demo.labels import HEADERS, eri_intensities
-from affect_pipeline.runtime import PipelineError
+from affect_pipeline.demo.make_demo import (
+    CHALLENGE_DIRS,
+    HUME_SPLITS,
+    SPLIT_DIRS,
+    TEST_LISTS,
+    DemoSpec,
+    build_plan,
+    make_demo,
+    plan_tree,
+)
 
 torch.set_num_threads(1)
 
@@ -190,7 +197,7 @@ def demo_data_keys(demo: Path) -> dict:
 
 
 def test_scanner_finds_what_the_generator_planned(demo, man):
-    from affect_pipeline.layout import scan_dataset
+    from affect_pipeline.data.layout import scan_dataset
 
     lay = scan_dataset(demo_data_keys(demo))
     assert lay.tasks == ("AU", "EXPR", "VA", "ERI")
@@ -222,9 +229,9 @@ def test_scanner_finds_what_the_generator_planned(demo, man):
 def test_index_of_the_demo_reports_its_planned_mismatches(demo, man, tmp_path):
     """index_dataset over the demo tree (probes from the manifest, whose frame counts
     test_videos_decode_to_planned_frames_and_audio checks against decoding)."""
-    from affect_pipeline.index_dataset import read_index
-    from affect_pipeline.runtime import write_json
-    from affect_pipeline.stores import read_labels
+    from affect_pipeline.common.runtime import write_json
+    from affect_pipeline.common.stores import read_labels
+    from affect_pipeline.data.index_dataset import read_index
 
     for vid, info in man["videos"].items():
         write_json(tmp_path / "frames" / f"{Path(info['media']).stem}.json",

@@ -20,7 +20,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-
 from conftest import REPO
 
 torch.set_num_threads(1)
@@ -32,10 +31,11 @@ VIT = dict(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=3)   # th
 # ---------------------------------------------------------------- real inputs, built here
 def finetuned_checkpoint(path: Path, task: str = "AU", cfg: dict = VIT, seed: int = 0) -> Path:
     """A finetune_mae-format checkpoint of a randomly initialised ViT (what visual_features loads)."""
-    from affect_pipeline import TASK_OUTPUTS
     from conftest import workflow_defaults
-    from affect_pipeline.mae import CHECKPOINT_FORMAT, ViTClassifier, model_config
-    from affect_pipeline.runtime import save_checkpoint
+
+    from affect_pipeline.common.runtime import save_checkpoint
+    from affect_pipeline.common.tasks import TASK_OUTPUTS
+    from affect_pipeline.mae.model import CHECKPOINT_FORMAT, ViTClassifier, model_config
 
     torch.manual_seed(seed)
     cfg = model_config({**workflow_defaults()["mae"]["model"], **cfg})
@@ -51,7 +51,7 @@ def face_store(path: Path, n: int, size: int = 64, seed: int = 0) -> Path:
     import cv2
     from skimage.data import astronaut
 
-    from affect_pipeline.stores import write_face_store
+    from affect_pipeline.common.stores import write_face_store
 
     rng = np.random.default_rng(seed)
     face = cv2.resize(astronaut()[20:240, 140:360], (size, size), interpolation=cv2.INTER_AREA).astype(np.int16)
@@ -100,12 +100,12 @@ def test_visual_features_twice_are_byte_identical(tmp_path):
 
 def test_audio_features_twice_are_byte_identical(tmp_path):
     import soundfile as sf
-
     from conftest import workflow_defaults
-    from affect_pipeline.audio_features import model_params
-    from affect_pipeline.demo.audio_models import make_demo_audio_models
-    from affect_pipeline.runtime import write_json
-    from affect_pipeline.stores import FeatureShard
+
+    from affect_pipeline.audio.audio_features import model_params
+    from affect_pipeline.common.runtime import write_json
+    from affect_pipeline.common.stores import FeatureShard
+    from affect_pipeline.demo.make_demo_audio_models import make_demo_audio_models
 
     models = make_demo_audio_models(tmp_path / "models", seed=0)
     rng = np.random.default_rng(0)

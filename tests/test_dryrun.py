@@ -2,7 +2,6 @@
 import time
 
 import yaml
-
 from aff_tree import make_tree
 from conftest import face_batch_target, run_snakemake
 

@@ -9,16 +9,16 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import workflow_defaults
 from skimage.data import astronaut
 from skimage.transform import SimilarityTransform
 
-from affect_pipeline import faces
 from affect_pipeline.__main__ import main as cli
-from affect_pipeline.crop_faces import FaceJob, crop_faces
-from affect_pipeline.runtime import PipelineError, write_json
-from affect_pipeline.stores import FaceStore
-from affect_pipeline.video import frame_info, write_video
-from conftest import workflow_defaults
+from affect_pipeline.common.runtime import PipelineError, write_json
+from affect_pipeline.common.stores import FaceStore
+from affect_pipeline.data.video import frame_info, write_video
+from affect_pipeline.faces import detection as faces
+from affect_pipeline.faces.crop_faces import FaceJob, crop_faces
 
 torch.set_num_threads(1)
 FPS = 25

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from affect_pipeline.__main__ import main as cli
-from affect_pipeline.make_folds import assign_folds, group_id
-from affect_pipeline.stores import Labels, write_labels
+from affect_pipeline.common.stores import Labels, write_labels
+from affect_pipeline.temporal.make_folds import assign_folds, group_id
 
 SPLITS = {**{f"v{i}": "train" for i in range(9)}, **{f"w{i}": "validation" for i in range(4)},
           "A_left": "train", "A_right": "train", "B_left": "validation", "B_right": "validation",

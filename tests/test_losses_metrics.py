@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from affect_pipeline import losses, metrics
+from affect_pipeline.common import losses, metrics
 
 rng = np.random.default_rng(0)
 

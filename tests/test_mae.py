@@ -19,15 +19,21 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
-from affect_pipeline import face_data as D
-from affect_pipeline import finetune_mae as FT
-from affect_pipeline import mae as M
-from affect_pipeline import pretrain_mae as P
-from affect_pipeline import visual_features as VF
-from affect_pipeline.runtime import PipelineError, file_digest, save_checkpoint, write_json
-from affect_pipeline.stores import FaceStore, FeatureShard, Labels, write_face_store, write_labels
 from conftest import workflow_defaults
+
+from affect_pipeline.common.runtime import PipelineError, file_digest, save_checkpoint, write_json
+from affect_pipeline.common.stores import (
+    FaceStore,
+    FeatureShard,
+    Labels,
+    write_face_store,
+    write_labels,
+)
+from affect_pipeline.mae import face_reader as D
+from affect_pipeline.mae import finetune_mae as FT
+from affect_pipeline.mae import model as M
+from affect_pipeline.mae import pretrain_mae as P
+from affect_pipeline.mae import visual_features as VF
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from affect_pipeline.mine_hard_clips import select_hard_clips
 from test_temporal import SMALL, fold_args, make_folds, make_synthetic, run, train_blb
+
+from affect_pipeline.temporal.mine_hard_clips import select_hard_clips
 
 torch.set_num_threads(1)
 
@@ -35,12 +35,12 @@ def test_selection_edges():
 
 @pytest.mark.parametrize("task", ["EXPR", "ERI"])
 def test_mining_stage_recomputes_clip_losses(tmp_path, task):
-    from affect_pipeline.clips import Clip, gather
-    from affect_pipeline.fold_data import load_features
-    from affect_pipeline.losses import task_loss
-    from affect_pipeline.runtime import load_checkpoint
-    from affect_pipeline.stores import read_labels
-    from affect_pipeline.temporal_checkpoint import load_temporal
+    from affect_pipeline.common.losses import task_loss
+    from affect_pipeline.common.runtime import load_checkpoint
+    from affect_pipeline.common.stores import read_labels
+    from affect_pipeline.temporal.checkpoint import load_temporal
+    from affect_pipeline.temporal.clips import Clip, gather
+    from affect_pipeline.temporal.fold_data import load_features
 
     eri = task == "ERI"
     d = make_synthetic(tmp_path, task, n_train=8, n_val=2, n_test=0)

@@ -11,15 +11,14 @@ import logging
 import h5py
 import numpy as np
 import pytest
-
 from aff_tree import FRAME_LISTS, TEST_LISTS, make_tree, write_frame_list, write_probe
 from conftest import workflow_defaults
 
-from affect_pipeline import ERI_NAMES
-from affect_pipeline import submission as sub
 from affect_pipeline.__main__ import main as cli
-from affect_pipeline.index_dataset import build_index
-from affect_pipeline.layout import LayoutError, _frame_list, scan_dataset
+from affect_pipeline.common.tasks import ERI_NAMES
+from affect_pipeline.data.index_dataset import build_index
+from affect_pipeline.data.layout import LayoutError, _frame_list, scan_dataset
+from affect_pipeline.submit import submission as sub
 
 A, B, C, D = (f"{i}-30-640x360" for i in (0, 3, 6, 9))      # make_tree(test_every=3)'s test videos
 DECODED = {A: 7, B: 4, C: 6, D: 5}

@@ -18,12 +18,11 @@ import numpy as np
 import pytest
 import yaml
 
-
-from affect_pipeline import AU_NAMES, EXPR_NAMES
-from affect_pipeline.run_models import TaskModels, make_sources
-from affect_pipeline.predict_cli import predict
-from affect_pipeline.predict_outputs import VideoResult, csv_header, csv_rows, plot_timeline
-from affect_pipeline.runtime import PipelineError
+from affect_pipeline.affect_predict.cli import predict
+from affect_pipeline.affect_predict.outputs import VideoResult, csv_header, csv_rows, plot_timeline
+from affect_pipeline.affect_predict.run_models import TaskModels, make_sources
+from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.tasks import AU_NAMES, EXPR_NAMES
 
 CLI = str(Path(sys.executable).with_name("affect-predict"))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -119,7 +118,7 @@ def test_shards_sources_are_what_a_checkpoint_records(tmp_path):
     temporal_checkpoint.checkpoint_meta writes them as feature_sources."""
     from test_temporal import make_synthetic
 
-    from affect_pipeline.fold_data import load_features
+    from affect_pipeline.temporal.fold_data import load_features
 
     d = make_synthetic(tmp_path, "VA", n_train=2, n_val=1, n_test=0, frames=(10, 12))
     fs = load_features(d["features"], ["pair_left"])
@@ -131,9 +130,9 @@ def test_shards_sources_are_what_a_checkpoint_records(tmp_path):
 def test_temporal_checkpoint_records_its_shards_and_older_ones_are_refused(tmp_path):
     from test_temporal import SMALL, make_folds, make_synthetic, train_blb
 
-    from affect_pipeline.run_models import load_task_models
-    from affect_pipeline.runtime import load_checkpoint, save_checkpoint
-    from affect_pipeline.temporal_checkpoint import load_temporal
+    from affect_pipeline.affect_predict.run_models import load_task_models
+    from affect_pipeline.common.runtime import load_checkpoint, save_checkpoint
+    from affect_pipeline.temporal.checkpoint import load_temporal
 
     d = make_synthetic(tmp_path / "data", "VA", n_train=4, n_val=2, n_test=0, frames=(20, 24))
     make_folds(d, "VA")
@@ -162,7 +161,7 @@ def test_each_fold_model_gets_its_own_encoder(tmp_path):
     differs from the one the shard recorded is refused, naming the checkpoint, shard and both."""
     from test_determinism import VIT, finetuned_checkpoint
 
-    from affect_pipeline.runtime import file_digest, load_checkpoint, save_checkpoint
+    from affect_pipeline.common.runtime import file_digest, load_checkpoint, save_checkpoint
 
     res = tmp_path / "results"
     enc = {f: finetuned_checkpoint(res / "mae" / "VA" / f / "finetune.pt", "VA", seed=i)
@@ -199,9 +198,9 @@ def test_each_fold_model_gets_its_own_encoder(tmp_path):
 # ---------------------------------------------------------------- fast: batches (no trained run)
 # The batch logic (inputs, output layout, resume, CSV writing) is given a predictor: here one that
 # makes a result from the file's size, counting its calls; the slow test below runs the models.
-from affect_pipeline.predict_batch import expand_inputs, plan_batch, run_batch, video_ids
-from affect_pipeline.predict_cli import parse_args
-from affect_pipeline.predict_outputs import NATIVE, CsvStyle, read_results
+from affect_pipeline.affect_predict.batches import expand_inputs, plan_batch, run_batch, video_ids
+from affect_pipeline.affect_predict.cli import parse_args
+from affect_pipeline.affect_predict.outputs import NATIVE, CsvStyle, read_results
 
 
 def video_tree(root):
@@ -347,7 +346,7 @@ def test_combined_csv_resumes_appends_and_keeps_input_order(tmp_path):
 
 
 def test_openface_columns(tmp_path):
-    from affect_pipeline.run_models import au_threshold
+    from affect_pipeline.affect_predict.run_models import au_threshold
 
     th = tuple(float(t) for t in np.linspace(0.3, 0.7, 12))
     style = CsvStyle(openface=True, au_threshold=th)
@@ -385,7 +384,15 @@ def test_openface_columns(tmp_path):
 
 def make_video(path, n, audio=True, seed=7):
     """A new clip of the demo's animated face (not in the run), real H.264/AAC or MPEG-4/AVI."""
-    from affect_pipeline.demo.labels import class_stream as _class_stream, keyed_rng as _rng, plan_track
+    from affect_pipeline.demo.labels import (
+        class_stream as _class_stream,
+    )
+    from affect_pipeline.demo.labels import (
+        keyed_rng as _rng,
+    )
+    from affect_pipeline.demo.labels import (
+        plan_track,
+    )
     from affect_pipeline.demo.media import MediaJob, render_media
 
     cls = _class_stream(_rng(seed, "classes"))
@@ -451,8 +458,8 @@ def test_predict_new_videos_and_match_the_workflow(trained_run, tmp_path):
 def test_wrong_or_missing_weights_are_refused(trained_run, tmp_path):
     import torch
 
-    from affect_pipeline.audio_models import make_vggish
-    from affect_pipeline.demo.audio_models import DEMO_VGGISH
+    from affect_pipeline.audio.models import make_vggish
+    from affect_pipeline.demo.make_demo_audio_models import DEMO_VGGISH
 
     run = trained_run / "run"
     video = make_video(tmp_path / "clip.mp4", 30)

@@ -20,14 +20,21 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
-from affect_pipeline import face_data as D
-from affect_pipeline import mae as M
-from affect_pipeline import pretrain_mae as P
-from affect_pipeline.runtime import PipelineError, atomic_dir, atomic_path, remove_stale_temps, temp_sibling
-from affect_pipeline.stores import FaceStore, FeatureShardWriter, Labels
 from conftest import REPO
 from test_mae import PRE, TINY, NotAWeight, _face, write_store
+
+from affect_pipeline.common.runtime import (
+    PipelineError,
+    atomic_dir,
+    atomic_path,
+    remove_stale_temps,
+    temp_sibling,
+)
+from affect_pipeline.common.stores import FaceStore, FeatureShardWriter, Labels
+from affect_pipeline.mae import face_reader as D
+from affect_pipeline.mae import model as M
+from affect_pipeline.common.digests import ImportGraph, code_digest
+from affect_pipeline.mae import pretrain_mae as P
 
 
 def hold_open(path: Path, mode: str = "a") -> subprocess.Popen:
@@ -94,7 +101,9 @@ def test_pretrain_fingerprint_covers_settings_code_world_and_seed(tmp_path):
     assert P.fingerprint(ds, cfg, other, 1, 0)["settings"] != fp["settings"]
     assert P.fingerprint(ds, {**cfg, "depth": 3}, p, 1, 0)["settings"] != fp["settings"]
     assert P.fingerprint(ds, cfg, p, 2, 0)["run"] != fp["run"] != P.fingerprint(ds, cfg, p, 1, 1)["run"]
-    assert fp["code"] == P.source_digest(*P.CODE) and len(P.CODE) >= 5
+    assert fp["code"] == code_digest("affect_pipeline.mae.pretrain_mae")
+    assert {"affect_pipeline.mae.model", "affect_pipeline.mae.face_reader", "affect_pipeline.common.training"} <= set(
+        ImportGraph().closure("affect_pipeline.mae.pretrain_mae"))
 
 
 def test_pretrain_truncated_resume_file_starts_afresh(tmp_path, caplog):

@@ -8,15 +8,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from conftest import REPO, workflow_defaults
 
-from affect_pipeline import TASKS, TASK_OUTPUTS
-from affect_pipeline import ensemble as ens
-from affect_pipeline import figures, report, report_plots
-from affect_pipeline import summarize as summ
 from affect_pipeline.__main__ import main as cli
-from affect_pipeline.stores import Labels, write_face_store, write_labels
+from affect_pipeline.common.stores import Labels, write_face_store, write_labels
+from affect_pipeline.common.tasks import TASK_OUTPUTS, TASKS
+from affect_pipeline.submit import ensemble as ens
+from affect_pipeline.submit import figures, report, report_plots
+from affect_pipeline.submit import summarize as summ
 
 TEST = {"t_a": 12, "t_b": 9}
 VAL = {"v_a": 10, "v_b": 8}
@@ -210,8 +209,8 @@ def test_every_figure_has_a_category_and_a_caption_and_no_matplotlib_at_import()
         assert report.caption_file(f.name) == f"../report/{f.caption}.rst"
     import subprocess
 
-    code = ("import sys, affect_pipeline.report, affect_pipeline.report_plots, affect_pipeline.summarize, "
-            "affect_pipeline.ensemble; bad = {'matplotlib', 'torch', 'h5py'} & set(sys.modules); "
+    code = ("import sys, affect_pipeline.submit.report, affect_pipeline.submit.report_plots, affect_pipeline.submit.summarize, "
+            "affect_pipeline.submit.ensemble; bad = {'matplotlib', 'torch', 'h5py'} & set(sys.modules); "
             "print(sorted(bad)); sys.exit(bool(bad))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stdout + p.stderr

@@ -25,15 +25,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
-from affect_pipeline import face_data as D
-from affect_pipeline import pretrain_mae as P
-from affect_pipeline.config import settings
-from affect_pipeline.runtime import PipelineError
-from affect_pipeline.stores import FaceStore
 from aff_tree import make_tree
 from conftest import REPO, face_batch_target, face_store_of, run_snakemake
 from test_mae import MAE_DEFAULTS, TINY, _face, build_dataset, build_encoder, stores
+
+from affect_pipeline.common.config import settings
+from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.stores import FaceStore
+from affect_pipeline.mae import face_reader as D
+from affect_pipeline.mae import pretrain_mae as P
 
 torch.set_num_threads(1)
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -163,7 +163,7 @@ def official_tree(root: Path) -> tuple[Path, str, dict]:
     """An Aff-Wild2 tree whose first video is a real 8-frame clip with no face (grey noise) and
     a left/right pair; ``cropped_aligned/{id}/{i:05d}.jpg`` crops per side, frame 5 without one.
     Returns (config file, media stem, id -> {frame: the JPEG's RGB})."""
-    from affect_pipeline.video import write_video
+    from affect_pipeline.data.video import write_video
 
     data = make_tree(root, 2, rows=8, pair_every=2, test_every=0)
     media = "0-30-640x360"

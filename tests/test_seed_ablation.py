@@ -10,12 +10,12 @@ import time
 import numpy as np
 import pytest
 import yaml
+from aff_tree import make_tree
+from conftest import REPO, run_snakemake
 from scipy.stats import binomtest
 
-from aff_tree import make_tree
-from affect_pipeline import seed_ablation as sa
-from affect_pipeline.runtime import PipelineError
-from conftest import REPO, run_snakemake
+from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.submit import seed_ablation as sa
 
 sys.path.insert(0, str(REPO))          # the benchmarks package lives beside the tests, not installed
 from benchmarks import ablation  # noqa: E402

@@ -18,9 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import CUT_DEMO, REPO, SNAKEMAKE
-
 
 #: what the Slurm tests ask of the cluster (the profile's train_blb request); probed with
 #: ``sbatch --test-only``, which submits nothing

@@ -26,7 +26,12 @@ def test_snakemake_lint_is_clean():
 def report_outputs() -> list[tuple[str, str, object]]:
     """(rule, output, report flag) of every ``report(...)`` output of the parsed workflow."""
     from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
+    from snakemake.settings.types import (
+        ConfigSettings,
+        OutputSettings,
+        ResourceSettings,
+        StorageSettings,
+    )
 
     with tempfile.TemporaryDirectory() as work, SnakemakeApi(OutputSettings()) as api:
         wf = api.workflow(resource_settings=ResourceSettings(), storage_settings=StorageSettings(),
@@ -37,7 +42,7 @@ def report_outputs() -> list[tuple[str, str, object]]:
 
 
 def test_every_report_output_has_a_category_and_a_caption():
-    from affect_pipeline.report import FIGURES
+    from affect_pipeline.submit.report import FIGURES
 
     found = report_outputs()
     shown = {Path(o).name for _, o, _ in found}

@@ -11,16 +11,15 @@ import re
 import h5py
 import numpy as np
 import pytest
-
 from conftest import workflow_defaults
 
-from affect_pipeline import AU_NAMES, ERI_NAMES, EXPR_NAMES, TASK_OUTPUTS
-from affect_pipeline import ensemble as ens
-from affect_pipeline import submission as sub
-from affect_pipeline import summarize as summ
 from affect_pipeline.__main__ import main as cli
-from affect_pipeline.runtime import PipelineError
-from affect_pipeline.stores import Labels, write_labels
+from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.stores import Labels, write_labels
+from affect_pipeline.common.tasks import AU_NAMES, ERI_NAMES, EXPR_NAMES, TASK_OUTPUTS
+from affect_pipeline.submit import ensemble as ens
+from affect_pipeline.submit import submission as sub
+from affect_pipeline.submit import summarize as summ
 
 INDEX_COLUMNS = ("video_id", "path", "media", "side", "fps", "n_frames", "width", "height",
                  "duration", "has_audio", "split_AU", "split_EXPR", "split_VA", "split_ERI")

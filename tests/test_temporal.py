@@ -14,15 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import workflow_defaults
 
-from affect_pipeline import TASK_OUTPUTS
-from affect_pipeline.index_dataset import write_index_tsv
-from affect_pipeline.clips import Clip, eval_clips, gather, stitch, train_clips
-from affect_pipeline.fold_data import load_features, temporal_hp
-from affect_pipeline.runtime import PipelineError
-from affect_pipeline.stores import FeatureShard, FeatureShardWriter, Labels, write_labels
+from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.stores import FeatureShard, FeatureShardWriter, Labels, write_labels
+from affect_pipeline.common.tasks import TASK_OUTPUTS
+from affect_pipeline.data.index_dataset import write_index_tsv
+from affect_pipeline.temporal.clips import Clip, eval_clips, gather, stitch, train_clips
+from affect_pipeline.temporal.fold_data import load_features, temporal_hp
 
 torch.set_num_threads(1)
 LAT = 4
@@ -166,7 +165,7 @@ def test_features_standardised_on_training_frames_and_invalid_rows_zero(tmp_path
 
 
 def test_large_jobs_keep_features_in_float16(tmp_path, monkeypatch):
-    import affect_pipeline.fold_data as fold_data
+    import affect_pipeline.temporal.fold_data as fold_data
     d = make_synthetic(tmp_path, "AU", n_train=3, n_val=1, n_test=0)
     full = load_features(d["features"], ["tr0", "va0"], train_videos=["tr0"])
     monkeypatch.setattr(fold_data, "HALF_ABOVE_BYTES", 0)
@@ -195,8 +194,13 @@ def _pair_batch(task, B=3, K=5, seed=0):
 
 @pytest.mark.parametrize("task", ["AU", "EXPR", "VA", "ERI"])
 def test_dcl_interpolation_matches_the_formula(task):
-    from affect_pipeline.losses import task_loss
-    from affect_pipeline.temporal import build_model, dcl_loss, interpolate_logits, model_config
+    from affect_pipeline.common.losses import task_loss
+    from affect_pipeline.temporal.model import (
+        build_model,
+        dcl_loss,
+        interpolate_logits,
+        model_config,
+    )
     torch.manual_seed(0)
     hp = temporal_hp(SMALL, task)
     cfg = model_config(task, 6, dataclasses.replace(hp.branch, d_model=16, nhead=2, layers=1), 5, hp.pooling)
@@ -216,7 +220,7 @@ def test_dcl_interpolation_matches_the_formula(task):
 
 
 def test_dcl_union_mask_drops_only_its_own_term():
-    from affect_pipeline.temporal import dcl_loss
+    from affect_pipeline.temporal.model import dcl_loss
     h = torch.tensor([[[0.5, -1.0], [2.0, 0.0]]])          # (B=1, K=2, C=2) AU-like logits
     y_i = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
     y_j = torch.tensor([[[0.0, 0.0], [1.0, 1.0]]])
@@ -282,7 +286,7 @@ def test_chain_is_deterministic_and_predict_covers_every_test_frame(tmp_path):
         assert pred.shape == (d["n"][v], 12) and valid.shape == (d["n"][v],)
         assert ((pred >= 0) & (pred <= 1)).all()
     # the library entry points give the same numbers as the predict stage
-    from affect_pipeline.temporal_checkpoint import load_temporal, predict_video
+    from affect_pipeline.temporal.checkpoint import load_temporal, predict_video
     model = load_temporal(tmp_path / "a" / "dcl.pt", "cpu")
     parts = [FeatureShard(p).read("te0") for p in d["features"]]
     got = predict_video(model, np.concatenate([p.features for p in parts], 1), np.stack([p.valid for p in parts], 1))
@@ -290,8 +294,8 @@ def test_chain_is_deterministic_and_predict_covers_every_test_frame(tmp_path):
 
 
 def test_dcl_inference_modes_and_checkpoint_holds_both_branches(tmp_path):
-    from affect_pipeline.runtime import load_checkpoint
-    from affect_pipeline.temporal_checkpoint import load_temporal
+    from affect_pipeline.common.runtime import load_checkpoint
+    from affect_pipeline.temporal.checkpoint import load_temporal
     d = make_synthetic(tmp_path / "data", "VA", n_train=4, n_val=2, n_test=1)
     make_folds(d, "VA")
     params = {**SMALL, "blb": {**SMALL["blb"], "epochs": 1}, "dcl": {**SMALL["dcl"], "epochs": 1}}
@@ -340,7 +344,7 @@ def test_feature_mismatch_is_a_pipeline_error_naming_the_file(tmp_path, capsys):
     args[args.index(bad)] = d["features"][0]     # wrong store order/names
     assert run("predict", args) == 1
     assert "blb.pt" in capsys.readouterr().err
-    from affect_pipeline.temporal_checkpoint import load_temporal, predict_video
+    from affect_pipeline.temporal.checkpoint import load_temporal, predict_video
     with pytest.raises(PipelineError, match="expects"):
         predict_video(load_temporal(o / "blb.pt"), np.zeros((10, 13)))
 
@@ -380,9 +384,10 @@ def test_framewise_score_gives_no_face_frames_the_training_prior():
     """The MAE row is scored on BLB's frames: a no-face frame (zero logits = every AU "on")
     gets the training prior (AU rates: here all off), not sigmoid(0) = 0.5 -> on."""
     from types import SimpleNamespace
-    from affect_pipeline.metrics import score
-    from affect_pipeline.stores import Labels
-    from affect_pipeline.temporal_eval import framewise_score
+
+    from affect_pipeline.common.metrics import score
+    from affect_pipeline.common.stores import Labels
+    from affect_pipeline.temporal.evaluation import framewise_score
 
     rng = np.random.default_rng(0)
     y_tr = (rng.random((200, 12)) < 0.1).astype(np.float32)          # AUs rarely on: prior off

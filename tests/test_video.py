@@ -13,9 +13,16 @@ import torch
 from skimage.data import astronaut
 
 from affect_pipeline.__main__ import main as cli
-from affect_pipeline.runtime import PipelineError
-from affect_pipeline.video import (extract_audio, frame_info, iter_frame_batches, iter_frames, probe,
-                                   read_frames_json, write_video)
+from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.data.video import (
+    extract_audio,
+    frame_info,
+    iter_frame_batches,
+    iter_frames,
+    probe,
+    read_frames_json,
+    write_video,
+)
 
 torch.set_num_threads(1)
 FPS, N, SR = 25, 24, 16000

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-
-
 PY = sys.executable
 
 
@@ -114,7 +112,7 @@ def test_disabled_runs_in_process(warm_env, tmp_path):
 def _tiny_task(labels, index):
     import numpy as np
 
-    from affect_pipeline.stores import Labels, write_labels
+    from affect_pipeline.common.stores import Labels, write_labels
 
     vids = [f"v{i}" for i in range(6)]
     write_labels(labels, "VA", {v: Labels(np.zeros((5, 2), np.float32), np.ones(5, bool),

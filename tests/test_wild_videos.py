@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import workflow_defaults
 from scipy.signal import correlate
+from wild_media import VARIANTS, demo_source, missing_encoders, truncated
 
 from affect_pipeline.__main__ import main as cli
-from affect_pipeline.crop_faces import FaceJob, crop_faces
-from affect_pipeline.faces import FaceParams
-from affect_pipeline.runtime import PipelineError
-from affect_pipeline.stores import FaceStore
-from affect_pipeline.video import frame_info, iter_frames
-from conftest import workflow_defaults
-from wild_media import VARIANTS, demo_source, missing_encoders, truncated
+from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.stores import FaceStore
+from affect_pipeline.data.video import frame_info, iter_frames
+from affect_pipeline.faces.crop_faces import FaceJob, crop_faces
+from affect_pipeline.faces.detection import FaceParams
 
 torch.set_num_threads(1)
 SR = 16000
@@ -91,7 +91,7 @@ def test_frames_are_what_a_player_shows(run, name):
 def test_overdeclared_count_is_recorded_not_fatal(run, caplog):
     """MP4 edit list: 40 frames declared and stored, 37 shown; the decoded count wins, logged."""
     var, video, info, _ = run("overdeclared")
-    with caplog.at_level(logging.WARNING, logger="affect_pipeline.video"):
+    with caplog.at_level(logging.WARNING, logger="affect_pipeline.data.video"):
         assert frame_info(video, show_progress=False)["n_frames"] == info["n_frames"]
     assert info["n_frames_declared"] == SRC().n and info["n_frames"] == SRC().n - var.lead
     assert info["n_packets"] == SRC().n
@@ -155,7 +155,7 @@ def test_wav_16k_mono_on_the_media_clock(run, name):
 PEAK_RSS = """
 import sys
 from affect_pipeline.__main__ import main
-from affect_pipeline.video import iter_frame_batches
+from affect_pipeline.data.video import iter_frame_batches
 
 def hwm():  # this process's peak RSS in MB (VmHWM: unlike ru_maxrss, not inherited over fork+exec)
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) // 1024
@@ -192,9 +192,10 @@ def test_long_video_memory_is_flat(tmp_path):
 
 def test_add_wild_variants_writes_an_affwild2_videos_folder(tmp_path):
     """The workflow hook: every playable variant as ``{prefix}{name}.{ext}``; the ids are the stems."""
-    from affect_pipeline.layout import VIDEO_EXTS
-    from affect_pipeline.video import probe
     from wild_media import add_wild_variants
+
+    from affect_pipeline.data.layout import VIDEO_EXTS
+    from affect_pipeline.data.video import probe
 
     ids = add_wild_variants(tmp_path / "videos", names_prefix="w_")
     files = sorted((tmp_path / "videos").iterdir())

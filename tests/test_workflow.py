@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, face_store_of, run_snakemake
 
 pytestmark = pytest.mark.slow
@@ -29,7 +28,7 @@ def demo_run(tmp_path_factory):
 
 def test_submission_files_are_valid(demo_run):
     work, _ = demo_run
-    from affect_pipeline.submission import test_videos, validate_submission
+    from affect_pipeline.submit.submission import test_videos, validate_submission
 
     for task in ("AU", "EXPR", "VA", "ERI"):
         f = work / "results/submission" / task / "predictions.txt"
@@ -41,7 +40,7 @@ def test_submission_files_are_valid(demo_run):
 
 def test_every_frame_of_every_test_video_has_a_row(demo_run):
     work, _ = demo_run
-    from affect_pipeline.index_dataset import read_index
+    from affect_pipeline.data.index_dataset import read_index
 
     idx = read_index(work / "results/index/videos.tsv")
     rows = (work / "results/submission/AU/predictions.txt").read_text().splitlines()[1:]
@@ -92,8 +91,8 @@ def test_framewise_finetune_beats_its_baseline(demo_run):
 
 def test_faces_found_and_stores_complete(demo_run):
     work, _ = demo_run
-    from affect_pipeline.index_dataset import read_index
-    from affect_pipeline.stores import FaceStore
+    from affect_pipeline.common.stores import FaceStore
+    from affect_pipeline.data.index_dataset import read_index
 
     idx = read_index(work / "results/index/videos.tsv")
     found = total = 0

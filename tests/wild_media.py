@@ -128,7 +128,7 @@ class Variant:
 
     def write(self, path: Path, src: Source) -> Path:
         """Encode ``src`` as this variant into ``path`` (through a temporary name)."""
-        from affect_pipeline.runtime import atomic_path
+        from affect_pipeline.common.runtime import atomic_path
 
         with atomic_path(path) as tmp:
             _encode(tmp, self, src)
@@ -244,7 +244,7 @@ def long_video(path: Path, seconds: float, size: int = 64) -> Path:
     """``seconds`` of low-res H.264 + AAC, the demo clip looped, encoded streaming (flat memory)."""
     import itertools
 
-    from affect_pipeline.video import write_video
+    from affect_pipeline.data.video import write_video
 
     src = demo_source(size=size)
     n = int(round(seconds * FPS))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import AU_NAMES
+from affect_pipeline.common.tasks import AU_NAMES
 
 # ---------------------------------------------------------------- the photograph
 # skimage.data.astronaut() (512x512 RGB). Face geometry measured once with

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import AU_NAMES, ERI_NAMES, EXPR_NAMES, VA_NAMES
+from affect_pipeline.common.tasks import AU_NAMES, ERI_NAMES, EXPR_NAMES, VA_NAMES
 
 HEADERS = {"AU": ",".join(AU_NAMES), "EXPR": ",".join(EXPR_NAMES), "VA": ",".join(VA_NAMES)}
 

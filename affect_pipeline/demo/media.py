@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime import atomic_path
-from .face import FaceAnimator, Renderer, make_style
-from .labels import Plan, keyed_rng
+from affect_pipeline.common.runtime import atomic_path
+from affect_pipeline.demo.face import FaceAnimator, Renderer, make_style
+from affect_pipeline.demo.labels import Plan, keyed_rng
 
 SAMPLE_RATE = 16000
 #: x264's lookahead carries state from one encoder to the next in a process (measured: the 2nd..25th

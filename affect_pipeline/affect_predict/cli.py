@@ -1,0 +1,317 @@
+"""``affect-predict``: run the trained models of a finished workflow run on new videos.
+
+    affect-predict VIDEO|FOLDER|GLOB... --models results/ (--out-dir DIR [--combined] | --out CSV)
+                   [--timeline PNG | --no-timeline] [--overwrite] [--openface-columns]
+                   [--tasks AU EXPR VA] [--config YAML]... [--workdir DIR]
+                   [--device auto|cpu|cuda[:N]] [--batch-size N] [--threads N]
+
+Inputs: video files, folders (searched recursively for .mp4 / .avi / .mov / .mkv / .webm; hidden
+files skipped) and quoted globs (``'talks/**/*.mp4'``, recursive). Outputs:
+- ``--out-dir DIR``: one CSV (and timeline PNG, unless ``--no-timeline``) per video, at the
+  video's path below the folder or glob root it was found in (``talks/day1/a.mp4`` given as
+  ``talks`` -> ``DIR/day1/a.csv``);
+- ``--out-dir DIR --combined`` or ``--out CSV``: one CSV of every video (``DIR/predictions.csv``),
+  a timeline of all with ``--timeline PNG``.
+Resumable: a video whose CSV (combined: whose rows) already exists is skipped unless
+``--overwrite``; every file is renamed into place only when complete, so a killed run leaves no
+half CSV that looks done (a combined run keeps finished videos in ``.{name}.parts/`` until the
+CSV is assembled). Columns: :mod:`affect_pipeline.affect_predict.outputs` (native or OpenFace-style).
+A progress bar per video (decode, faces, each feature source, each task) goes to stderr.
+
+Per video it runs the workflow's own stage code, in memory or in a temporary folder (removed
+at the end): decode (``video.frame_info``), faces (``crop_faces.crop_faces`` with the run's
+``faces`` settings) into a face store, each fold's fine-tuned MAE features (``visual_features.embed_crops``),
+the wav (``video.extract_audio``) and its HuBERT / wav2vec2 / VGGish features
+(``audio_features.extract``), every fold's temporal model (``temporal_checkpoint.predict_video``)
+and the fold ensemble exactly as the submission does it (``ensemble.fold_weights``,
+``average_folds``, ``interpolate_no_face``).
+
+Where the settings come from:
+- the run's effective config, ``{models}/config.yaml`` (rule ``run_config``: workflow_config.yaml +
+  the run's overlays), with each ``--config`` file deep-merged over it (e.g. weights moved since
+  the run); every setting used here is read from it, a missing key is an error naming it.
+  Relative weight paths are resolved against ``--workdir`` (default: the parent of --models);
+- the ensemble: ``{models}/models/{task}/fold{1..k}/dcl.pt`` (k = config ``folds``, the folds the
+  submission ensembles), for the config's ``tasks``;
+- each temporal checkpoint records the feature shards it was trained on (``feature_sources``:
+  name, fold, checkpoint_digest per store). A visual store ``mae_X`` of fold F is recomputed with
+  ``{models}/mae/X/F/finetune.pt`` (per-fold encoders: each fold's model gets its own encoder's
+  features; each encoder is loaded once), an audio store with the configured weights.
+Honesty: every weight file used here must have the digest recorded in the checkpoint (and in the
+run's own audio shards ``{models}/features/{model}.h5``, when still there) and give the same
+dimension; else the error names the checkpoint, the shard and both digests.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from affect_pipeline.affect_predict.batches import (
+    Batch,
+    Predictor,
+    VideoInput,
+    expand_inputs,
+    plan_batch,
+    run_batch,
+)
+from affect_pipeline.affect_predict.outputs import CSV_TASKS, NATIVE, CsvStyle, VideoResult
+from affect_pipeline.affect_predict.run_models import (
+    AudioSource,
+    TaskModels,
+    au_threshold,
+    check_faces,
+    ensemble_folds,
+    faces_params,
+    find_fold_models,
+    load_task_models,
+    make_sources,
+    setting,
+)
+from affect_pipeline.common.config import RUN_CONFIG as RUN_CONFIG_NAME
+from affect_pipeline.common.runtime import PipelineError, progress, run_stage
+from affect_pipeline.submit.ensemble import EnsembleSettings
+
+log = logging.getLogger("affect_pipeline.temporal.predict")
+
+
+# ---------------------------------------------------------------- config
+def load_config(models_dir: Path, paths=()) -> dict:
+    """The run's effective config (``{models_dir}/config.yaml``) with ``paths`` merged in order."""
+    from affect_pipeline.common.config import RUN_CONFIG, load_run_config
+
+    return load_run_config(Path(models_dir) / RUN_CONFIG, paths or ())
+
+
+# ---------------------------------------------------------------- one video
+@dataclass
+class VideoJob:
+    path: Path
+    video_id: str
+    info: dict
+    faces: Path
+    wav: Path | None
+    timestamps: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+def prepare_video(path: Path, video_id: str, tmp: Path, fparams: dict, sample_rate: int | None,
+                  threads: int, device) -> VideoJob:
+    """Decode once for the timestamps, then the face store and (``sample_rate`` given) the wav, in ``tmp``."""
+    from affect_pipeline.data.video import extract_audio, frame_info
+    from affect_pipeline.faces.crop_faces import FaceJob, crop_faces
+    from affect_pipeline.faces.detection import FaceParams
+
+    info = frame_info(path, threads)
+    job = VideoJob(path, video_id, info, tmp / "faces.h5", tmp / "audio.wav" if sample_rate else None,
+                   np.asarray(info["timestamps"], np.float64))
+    crop_faces(FaceJob(path, info, job.faces, video_id), FaceParams.from_config(fparams), threads=threads, device=device)
+    if sample_rate and info["has_audio"]:
+        extract_audio(path, job.wav, sample_rate, duration=float(info["duration"]), threads=threads)
+    return job
+
+
+def ensemble_task(tm: TaskModels, feats: dict, ens, batch_size: int) -> np.ndarray:
+    """Every fold's prediction (its stores from its own sources, ``tm.keys``), averaged and
+    no-face filled exactly as the submission's ensemble (``ens``: ensemble.EnsembleSettings)."""
+    from affect_pipeline.submit.ensemble import (
+        FoldPreds,
+        average_folds,
+        fold_weights,
+        interpolate_no_face,
+    )
+    from affect_pipeline.temporal.checkpoint import predict_video
+    from affect_pipeline.temporal.fold_data import primary_stores
+
+    folds = []
+    for fold, path, m, keys in zip(tm.folds, tm.paths, tm.models, tm.keys):
+        x = np.concatenate([feats[k][0] for k in keys], 1)
+        valid = np.stack([feats[k][1] for k in keys], 1)
+        pred = predict_video(m, x, valid, batch_size)
+        face = valid[:, primary_stores(m.feature_names)].all(1)
+        score = m.meta["score"]
+        folds.append(FoldPreds(path, fold, float(np.nan if score is None else score), {"video": (pred, face)}))
+    weights = fold_weights(ens.weighting, tm.metrics, folds)
+    prob, valid = average_folds(folds, weights, "video", tm.task)
+    if ens.no_face == "interpolate":
+        prob = interpolate_no_face(prob, valid)     # no face at all: the models' (audio) outputs stay
+    return np.clip(prob, -1.0, 1.0) if tm.task == "VA" else prob
+
+
+@dataclass
+class Run:
+    """What every video of one affect-predict call goes through."""
+    tasks: dict
+    sources: dict
+    ens: object
+    fparams: dict
+    sample_rate: int | None
+    threads: int
+    device: object
+    batch_size: int
+    tmp_root: Path
+
+
+def predict_video_file(path: Path, video_id: str, run: Run) -> VideoResult:
+    """One video through every stage, its bar advanced per stage (decode+faces, each source, each task)."""
+    tasks = run.tasks
+    bar = progress(total=1 + len(run.sources) + len(tasks), desc=video_id, unit="stage", leave=True)
+    with bar, tempfile.TemporaryDirectory(prefix="video-", dir=run.tmp_root) as tmp:
+        bar.set_postfix_str("decode + faces")
+        job = prepare_video(path, video_id, Path(tmp), run.fparams, run.sample_rate, run.threads, run.device)
+        bar.update()
+        feats = {}
+        for key, src in run.sources.items():
+            bar.set_postfix_str(key)
+            feats[key] = src(job)
+            bar.update()
+        found, score = _found(job.faces)
+        preds = {}
+        for t, tm in tasks.items():
+            bar.set_postfix_str(t)
+            preds[t] = ensemble_task(tm, feats, run.ens, run.batch_size)
+            bar.update()
+    n_found = int(found.sum())
+    log.info("%s: %d frames, face in %d (%.1f %%), tasks %s", path, len(found), n_found,
+             100 * n_found / max(len(found), 1), ", ".join(tasks))
+    return VideoResult(video_id, job.timestamps, found, preds, score)
+
+
+def _found(faces: Path) -> tuple[np.ndarray, np.ndarray]:
+    from affect_pipeline.common.stores import FaceStore
+
+    with FaceStore(faces) as fs:
+        return fs.found.astype(bool), fs.f["score"][:].astype(np.float64)
+
+
+# ---------------------------------------------------------------- the command
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="affect-predict", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the trained models of a finished workflow run on new videos: one CSV row per "
+                    "decoded frame\n(AU / EXPR probabilities, valence, arousal) and timeline PNGs. "
+                    "Videos whose CSV exists are skipped\n(rerun a killed batch to resume it).",
+        epilog="examples:\n"
+               "  affect-predict talks/ --models results/ --out-dir preds/          # one CSV + PNG per video\n"
+               "  affect-predict 'talks/**/*.mp4' --models results/ --out-dir preds/ --combined --device cuda\n"
+               "  affect-predict talk.mp4 --models results/ --out talk.csv --timeline talk.png\n"
+               "  affect-predict a.mp4 b.avi --models run/results --config my.yaml --tasks AU VA --out ab.csv\n"
+               "  affect-predict talks/ --models results/ --out-dir of/ --openface-columns  # AU01_c ...")
+    p.add_argument("videos", nargs="+", metavar="VIDEO",
+                   help="video files, folders (searched recursively) or quoted globs ('dir/**/*.mp4')")
+    p.add_argument("--models", required=True, type=Path, metavar="RESULTS",
+                   help="the results/ folder of a finished run")
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out-dir", type=Path, metavar="DIR",
+                     help="one CSV (+ timeline PNG) per video, below this folder")
+    out.add_argument("--out", type=Path, metavar="CSV", help="one combined CSV of every video")
+    p.add_argument("--combined", action="store_true", help="with --out-dir: one DIR/predictions.csv instead")
+    p.add_argument("--timeline", type=Path, default=None, metavar="PNG",
+                   help="combined: also write a timeline PNG of every video")
+    p.add_argument("--no-timeline", action="store_true", help="--out-dir: no per-video timeline PNGs")
+    p.add_argument("--overwrite", action="store_true", help="redo videos whose CSV exists (default: skip them)")
+    p.add_argument("--openface-columns", action="store_true",
+                   help="OpenFace-style column names: frame, face_id, timestamp, confidence, success, AU01_c ...")
+    p.add_argument("--tasks", nargs="+", choices=CSV_TASKS, default=None,
+                   help="tasks to predict (default: every frame task the run trained)")
+    p.add_argument("--config", action="append", default=[], type=Path, metavar="YAML",
+                   help="a config overlay merged over the run's saved config, {models}/config.yaml (repeatable)")
+    p.add_argument("--workdir", type=Path, default=None, metavar="DIR",
+                   help="the run's working directory, for relative weight paths (default: parent of --models)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads to use")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="face crops per MAE forward and clips per temporal-model call "
+                        "(default: the run's mae.features.batch_size, 32 clips)")
+    p.add_argument("--tmpdir", type=Path, default=None, metavar="DIR",
+                   help="where intermediates go (removed at the end)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (torch, numpy)")
+    return p
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = parser()
+    a = p.parse_args(argv)
+    if a.combined and a.out_dir is None:
+        p.error("--combined goes with --out-dir (--out is already one combined CSV)")
+    if a.timeline and not (a.out or a.combined):
+        p.error("--timeline PNG is the combined timeline: per-video PNGs are written by --out-dir")
+    if a.batch_size is not None and a.batch_size < 1:
+        p.error("--batch-size must be at least 1")
+    return a
+
+
+def select_tasks(models_dir: Path, cfg: dict, requested) -> dict[str, list[Path]]:
+    """The ensembles to run: the requested tasks (default: every frame task of the run's
+    ``tasks``), each as its fold1..k checkpoints."""
+    trained = [t for t in CSV_TASKS if t in setting(cfg, "tasks")]
+    folds = ensemble_folds(cfg)
+    for t in requested or ():
+        if t not in trained:
+            raise PipelineError(f"{models_dir / 'models' / t / folds[0] / 'dcl.pt'}: model not found (task {t} "
+                                f"was not trained in this run: its frame tasks are {trained})")
+    tasks = list(requested or trained)
+    if not tasks:
+        raise PipelineError(f"{models_dir / RUN_CONFIG_NAME}: the run trained no AU / EXPR / VA models "
+                            f"(tasks {setting(cfg, 'tasks')})")
+    return {t: find_fold_models(models_dir, t, folds) for t in tasks}
+
+
+def batch_from_args(a: argparse.Namespace, inputs: list[VideoInput], cfg: dict, task_paths: dict) -> Batch:
+    style = CsvStyle(True, au_threshold(cfg, task_paths["AU"]) if "AU" in task_paths else None) \
+        if a.openface_columns else NATIVE
+    combined = a.out if a.out else (a.out_dir / "predictions.csv" if a.combined else None)
+    return plan_batch(inputs, list(task_paths), style, a.out_dir, combined,
+                      a.timeline if combined else not a.no_timeline, a.overwrite)
+
+
+def make_predictor(a: argparse.Namespace, cfg: dict, task_paths: dict, tmp_root: Path) -> Predictor:
+    """Load every model once (on ``--device``): the function that predicts one video."""
+    import cv2
+
+    from affect_pipeline.common.runtime import pick_device, setup_torch
+
+    workdir = a.workdir or a.models.resolve().parent
+    ens = EnsembleSettings.from_params(setting(cfg, "ensemble"))
+    fparams = faces_params(cfg, workdir)
+    check_faces(a.models / "faces", fparams)
+    torch = setup_torch(a.threads, a.seed)
+    cv2.setNumThreads(a.threads)
+    device = pick_device(a.device)
+    tasks = {t: load_task_models(a.models, t, p, device) for t, p in task_paths.items()}
+    sources = make_sources(tasks, a.models, cfg, workdir, device, a.batch_size)
+    need_audio = any(isinstance(s, AudioSource) for s in sources.values())
+    sample_rate = int(setting(cfg, "audio.sample_rate")) if need_audio else None
+    log.info("tasks %s; folds %s; feature sources %s; faces %s (size %s); device %s; torch threads %d",
+             list(tasks), {t: tm.folds for t, tm in tasks.items()}, list(sources), fparams["backend"],
+             fparams["size"], device, torch.get_num_threads())
+    run = Run(tasks, sources, ens, fparams, sample_rate, a.threads, device, a.batch_size or 32, tmp_root)
+    return lambda path, vid: predict_video_file(path, vid, run)
+
+
+def predict(argv: list[str]) -> int:
+    a = parse_args(argv)
+    if not a.models.is_dir():
+        raise PipelineError(f"{a.models}: models directory not found (--models must be a finished run's results/)")
+    inputs = expand_inputs(a.videos)            # bad paths fail before any model is read
+    cfg = load_config(a.models, a.config)
+    task_paths = select_tasks(a.models, cfg, a.tasks)
+    batch = batch_from_args(a, inputs, cfg, task_paths)
+    log.info("%d video(s) from %d argument(s)", len(inputs), len(a.videos))
+    with tempfile.TemporaryDirectory(prefix="affect-predict-", dir=a.tmpdir) as tmp_root:
+        counts = run_batch(batch, lambda: make_predictor(a, cfg, task_paths, Path(tmp_root)))
+    log.info("%d video(s) predicted, %d skipped", counts["predicted"], counts["skipped"])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script ``affect-predict``; user errors end with one line, exit code 1."""
+    return run_stage("affect-predict", predict, list(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""``index_dataset``: one table of every video (probe + splits) and one label store per task.
+
+``python -m affect_pipeline index_dataset --data '<JSON: affwild2, hume, tasks>'
+--frames results/frames/{media}.json... --out-dir results/index`` writes ``videos.tsv``,
+``labels/{task}.h5`` and ``index_report.json`` (length mismatches, all-invalid files, counts,
+``test_order``: each task's test ids in the order of its official list (Hume: of data_info.csv),
+and, for a task whose test list is the organizers' frame list, ``test_frames`` (the listed frames
+per video, as runs) and ``frame_list_mismatch`` (:func:`compare_frame_lists`)).
+
+Annotation policy (Aff-Wild2): line i (after the header) is frame i. When a file's row count
+differs from the video's decoded frame count, the mismatch is logged with both counts and
+recorded in ``index_report.json``; extra rows are dropped and missing rows are marked invalid
+— rows are never shifted. Invalid markers (AU -1, EXPR -1, VA -5) become ``mask = False``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from affect_pipeline.common.runtime import (
+    PipelineError,
+    read_json,
+    stage_parser,
+    write_json,
+    write_text,
+)
+from affect_pipeline.common.stores import Labels, write_labels
+from affect_pipeline.common.tasks import ERI_NAMES, FRAME_TASKS, INVALID_MARKER, TASK_COLUMNS
+from affect_pipeline.data.layout import Layout, read_hume_csv, scan_dataset
+
+log = logging.getLogger(__name__)
+INDEX_COLUMNS = ("video_id", "path", "media", "side", "fps", "n_frames", "width", "height",
+                 "duration", "has_audio", "split_AU", "split_EXPR", "split_VA", "split_ERI")
+
+
+def parse_annotation(path: str | Path, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read one Aff-Wild2 annotation file -> (values (rows, C) float32, row-valid mask)."""
+    path = Path(path)
+    cols = TASK_COLUMNS[task] if task != "EXPR" else None
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except OSError as e:
+        raise PipelineError(f"{path}: cannot read annotation ({e})") from e
+    if not lines:
+        raise PipelineError(f"{path}: empty annotation file (expected a header line)")
+    header = [h.strip() for h in lines[0].split(",")]
+    expected = list(TASK_COLUMNS[task])
+    if [h.lower() for h in header] != [c.lower() for c in expected]:
+        raise PipelineError(f"{path}: header {lines[0]!r} is not the {task} header {','.join(expected)!r}")
+    width = 1 if task == "EXPR" else len(cols)
+    rows = [ln for ln in lines[1:] if ln.strip()]
+    y = np.empty((len(rows), width), np.float32)
+    for i, ln in enumerate(rows):
+        parts = ln.split(",")
+        if len(parts) != width:
+            raise PipelineError(f"{path} line {i + 2}: expected {width} value(s), got {len(parts)}: {ln!r}")
+        try:
+            y[i] = [float(p) for p in parts]
+        except ValueError as e:
+            raise PipelineError(f"{path} line {i + 2}: not a number: {ln!r}") from e
+    mask = ~np.any(y == INVALID_MARKER[task], axis=1)
+    if task == "EXPR":
+        bad = mask & ~np.isin(y[:, 0], np.arange(8))
+    elif task == "AU":
+        bad = mask & ~np.all(np.isin(y, (0.0, 1.0)), axis=1)
+    else:
+        bad = mask & ~np.all(np.abs(y) <= 1.0, axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise PipelineError(f"{path} line {i + 2}: value out of range for {task}: {rows[i]!r}")
+    return y, mask
+
+
+def fit_to_frames(y: np.ndarray, mask: np.ndarray, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the length policy: drop rows past the last frame, mark missing rows invalid."""
+    if len(y) >= n_frames:
+        return y[:n_frames], mask[:n_frames]
+    pad = n_frames - len(y)
+    return (np.concatenate([y, np.zeros((pad, y.shape[1]), y.dtype)]),
+            np.concatenate([mask, np.zeros(pad, bool)]))
+
+
+def read_eri_labels(csv_path: str) -> dict[str, np.ndarray]:
+    out = {}
+    for row in read_hume_csv(csv_path):
+        vals = [row.get(c, "") for c in ERI_NAMES]
+        if row["Split"] == "test" or all(v in ("", None) for v in vals):
+            continue
+        try:
+            out[row["File_ID"]] = np.array([float(v) for v in vals], np.float32)
+        except (TypeError, ValueError) as e:
+            raise PipelineError(f"{csv_path}: File_ID {row['File_ID']}: intensities {vals} are not numbers") from e
+    return out
+
+
+def build_index(lay: Layout, frames: Iterable[str | Path]) -> tuple[list[dict], dict[str, dict[str, Labels]], dict]:
+    """Rows of videos.tsv, labels per task and video, and the report; ``frames`` are the probe
+    files ``{media}.json`` of extract_frames (matched to media by file stem)."""
+    probes = {Path(f).stem: Path(f) for f in frames}
+    rows, labels, report = [], {t: {} for t in lay.tasks}, {"length_mismatch": [], "all_invalid": []}
+    eri = read_eri_labels(lay.hume_csv) if "ERI" in lay.tasks else {}
+    for vid in lay.ids():
+        e = lay.videos[vid]
+        if e.media not in probes:
+            raise PipelineError(f"{e.path}: no frames probe {e.media}.json among --frames for video {vid}")
+        probe = read_json(probes[e.media])
+        n = int(probe["n_frames"])
+        rows.append({"video_id": vid, "path": e.path, "media": e.media, "side": e.side,
+                     "fps": round(float(probe["fps"]), 6), "n_frames": n, "width": probe["width"],
+                     "height": probe["height"], "duration": round(float(probe["duration"]), 6),
+                     "has_audio": bool(probe["has_audio"]),
+                     **{f"split_{t}": e.splits.get(t, "") for t in ("AU", "EXPR", "VA", "ERI")}})
+        for task in lay.tasks:
+            split = e.splits.get(task)
+            if task in FRAME_TASKS and task in e.annotations:
+                y, mask = parse_annotation(e.annotations[task], task)
+                if len(y) != n:
+                    msg = (f"{e.annotations[task]}: {len(y)} annotation rows but the video "
+                           f"{e.path} has {n} decoded frames; "
+                           + ("extra rows dropped" if len(y) > n else "missing rows marked invalid"))
+                    log.warning(msg)
+                    report["length_mismatch"].append({"video": vid, "task": task, "rows": len(y),
+                                                      "frames": n, "file": e.annotations[task]})
+                    y, mask = fit_to_frames(y, mask, n)
+                labels[task][vid] = Labels(y, mask, split)
+            elif task == "ERI" and vid in eri:
+                labels[task][vid] = Labels(eri[vid][None], np.ones(1, bool), split)
+    report["test_frames"], report["frame_list_mismatch"] = compare_frame_lists(lay, {r["video_id"]: r["n_frames"]
+                                                                                   for r in rows})
+    for task, labs in labels.items():
+        if labs and not any(l.mask.any() for l in labs.values() if l.split == "train"):
+            raise PipelineError(f"task {task}: every training label is invalid (checked {len(labs)} "
+                                f"annotation files) — nothing to learn from; remove the task from `tasks`")
+        for vid, l in labs.items():
+            if not l.mask.any():
+                report["all_invalid"].append({"video": vid, "task": task})
+    return rows, labels, report
+
+
+def compare_frame_lists(lay: Layout, decoded: dict[str, int]) -> tuple[dict, list[dict]]:
+    """The organizers' frame lists for the report (``test_frames``: task -> file + runs per video)
+    and, per test video whose listed frames are not its decoded frames 1..N, what the submission
+    does: rows for the listed frames only (``unlisted`` decoded frames get none) and the last
+    prediction repeated for the ``padded`` listed frames past the decoded end (logged)."""
+    out, mismatch = {}, []
+    for task, fl in lay.test_frames.items():
+        out[task] = {"file": fl.path, "videos": fl.runs}
+        for vid, runs in fl.runs.items():
+            n, listed = decoded[vid], sum(b - a + 1 for a, b in runs)
+            padded = sum(max(0, b - max(a - 1, n)) for a, b in runs)
+            unlisted = n - (listed - padded)
+            if not (padded or unlisted):
+                continue
+            log.warning("%s: test video %s (%s): %d listed frames (last %05d), %d decoded: %s", fl.path, vid, task,
+                        listed, runs[-1][1], n, "; ".join(
+                            ([f"{unlisted} decoded frame(s) not listed get no row"] if unlisted else [])
+                            + ([f"the last prediction is repeated for {padded} listed frame(s) past the "
+                                f"decoded end"] if padded else [])))
+            mismatch.append({"task": task, "video": vid, "file": fl.path, "listed": listed,
+                             "last_listed": runs[-1][1], "decoded": n, "padded": padded, "unlisted": unlisted})
+    return out, mismatch
+
+
+def write_index_tsv(path: Path, rows: list[dict]) -> None:
+    """Tab-separated, a field with a tab, line break or quote quoted (csv's minimal quoting), so a
+    videos folder named with any of them reads back as written; ids never need it (layout.id_problem)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+    w.writerow(INDEX_COLUMNS)
+    w.writerows([str(r[c]).lower() if isinstance(r[c], bool) else r[c] for c in INDEX_COLUMNS] for r in rows)
+    write_text(path, buf.getvalue())
+
+
+def read_index(path: str | Path) -> dict[str, dict]:
+    """videos.tsv -> {video_id: row} with numbers and booleans parsed."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path}: index not found (run the index_dataset rule)")
+    out = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        try:
+            for r in csv.DictReader(fh, delimiter="\t", strict=True):   # quoted as write_index_tsv quotes
+                r["n_frames"] = int(r["n_frames"])
+                r["fps"], r["duration"] = float(r["fps"]), float(r["duration"])
+                r["width"], r["height"] = int(r["width"]), int(r["height"])
+                r["has_audio"] = r["has_audio"] == "true"
+                out[r["video_id"]] = r
+        except (csv.Error, TypeError, ValueError) as e:
+            raise PipelineError(f"{path}: malformed index after {len(out)} good row(s) ({e}); "
+                                f"rerun the index_dataset rule") from None
+    return out
+
+
+def index_dataset(data: dict, frames: Iterable[str | Path], out_dir: Path) -> dict:
+    """Scan the trees ``data`` names, index them with the probes; returns the report."""
+    lay = scan_dataset(data)
+    rows, labels, report = build_index(lay, frames)
+    for task, labs in labels.items():
+        write_labels(out_dir / "labels" / f"{task}.h5", task, labs)
+        report[task] = {s: sum(1 for l in labs.values() if l.split == s) for s in ("train", "validation")}
+        report[task]["test"] = len(lay.ids(task, ("test",)))
+    report["n_videos"] = len(rows)
+    report["no_audio"] = [r["video_id"] for r in rows if not r["has_audio"]]
+    report["test_order"] = lay.test_order
+    write_json(out_dir / "index_report.json", report)
+    write_index_tsv(out_dir / "videos.tsv", rows)
+    log.info("indexed %d videos; tasks %s", len(rows), {t: report[t] for t in labels})
+    return report
+
+
+def main(argv: list[str]) -> int:
+    p = stage_parser("index_dataset", __doc__.split("\n")[0])
+    p.add_argument("--data", type=json.loads, required=True,
+                   help="JSON of the config's data keys: affwild2, hume, tasks")
+    p.add_argument("--frames", type=Path, nargs="+", required=True, help="results/frames/{media}.json files")
+    p.add_argument("--out-dir", type=Path, required=True)
+    a = p.parse_args(argv)
+    index_dataset(a.data, a.frames, a.out_dir)
+    return 0

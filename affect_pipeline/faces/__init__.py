@@ -1,0 +1,1 @@
+"""rules/faces.smk: detect, align and crop the faces of each batch of videos into face stores."""

@@ -1,0 +1,261 @@
+"""``visual_features``: a task's fine-tuned encoders (one a fold) stream its videos into their shards.
+
+The models are loaded once per job and each video's crops decoded once for all of them (at
+Aff-Wild2 scale a job per video would spend most of a GPU's time on imports, CUDA start-up and
+weight loading; a job per fold, on decoding the same JPEGs again). Per video group: ``features`` =
+the mean of the final-norm patch tokens (the head's input, so ``logits = head(features)``),
+``valid`` = a face was found, extra ``logits``; frames without a face are not run through the
+model: their rows are zeros. A thread decodes the next batch's JPEGs (cv2 releases the GIL), also
+across videos, while the models run on the current one. Each shard is resumable: a killed or failed
+job's finished videos are kept in ``{out}.partial`` and not recomputed by the next attempt.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from affect_pipeline.common.config import settings
+from affect_pipeline.common.runtime import (
+    PipelineError,
+    autocast,
+    file_digest,
+    load_checkpoint,
+    pick_device,
+    progress,
+    setup_torch,
+    stage_parser,
+)
+from affect_pipeline.common.stores import FaceStore, FeatureShardWriter, face_store_paths
+from affect_pipeline.mae.face_reader import resize_crops, standardize, to_unit
+from affect_pipeline.mae.model import CHECKPOINT_FORMAT, ViTClassifier, model_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """``mae.features`` of workflow_config.yaml."""
+    batch_size: int
+
+
+# ---------------------------------------------------------------- the model
+def load_finetuned(path, device="cpu") -> ViTClassifier:
+    """The fine-tuned classifier of ``finetune_mae`` on ``device``, in eval mode; ``.task`` and
+    ``.fold`` say which encoder it is."""
+    obj = load_checkpoint(path)
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT or obj.get("kind") != "mae_finetune":
+        raise PipelineError(f"{path}: not a finetune_mae checkpoint (format {CHECKPOINT_FORMAT}, kind mae_finetune)")
+    missing = [k for k in ("task", "fold", "config", "outputs", "model") if k not in obj]
+    if missing:
+        raise PipelineError(f"{path}: finetune_mae checkpoint lacks {missing}; rerun finetune_mae")
+    model = ViTClassifier(int(obj["outputs"]), **model_config(obj["config"]))
+    try:
+        model.load_state_dict(obj["model"])
+    except RuntimeError as e:
+        raise PipelineError(f"{path}: weights do not match the stored model config: {e}") from e
+    model.task, model.fold = str(obj["task"]), str(obj["fold"])
+    return model.to(device).eval()
+
+
+@torch.inference_mode()
+def embed_crops(model: ViTClassifier, crops_uint8: np.ndarray, batch_size: int = 128, device="cpu"):
+    """(N, S, S, 3) uint8 RGB crops -> (features (N, D), logits (N, outputs)) float32 numpy."""
+    device = torch.device(device)
+    size = model.config["img_size"]
+    feats, logits = [], []
+    for s in range(0, len(crops_uint8), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(resize_crops(crops_uint8[s:s + batch_size], size)))
+        with autocast(device):
+            f, z = model(standardize(to_unit(x, device)))
+        feats.append(f.float().cpu())
+        logits.append(z.float().cpu())
+    if not feats:
+        return np.zeros((0, model.config["embed_dim"]), np.float32), np.zeros((0, model.outputs), np.float32)
+    return torch.cat(feats).numpy(), torch.cat(logits).numpy()
+
+
+# ---------------------------------------------------------------- decoding ahead
+@dataclass
+class Video:
+    """A face store opened by the decoder: what the writer needs besides the crops."""
+    video: str
+    path: str
+    found: np.ndarray
+    fps: float
+    digest: str
+
+
+@dataclass
+class Chunk:
+    video: str
+    rows: np.ndarray
+    crops: np.ndarray           # already resized to the model's img_size
+
+
+@dataclass
+class Failed:
+    video: str
+    path: str
+    error: Exception
+
+
+def decode_ahead(videos: list[tuple[str, str]], batch_size: int, size: int, depth: int = 2) -> Iterator:
+    """Yield, per video, a :class:`Video`, its :class:`Chunk` s of found frames and the Video again
+    (end); a store that cannot be read yields :class:`Failed` and ends the stream. A thread
+    decodes up to ``depth`` items ahead, so memory stays at a few batches."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        for video, path in videos:
+            try:
+                with FaceStore(path) as fs:
+                    v = Video(video, path, fs.found.astype(bool), float(fs.attrs.get("fps", 0.0)), file_digest(path))
+                    if not put(v):
+                        return
+                    idx = np.flatnonzero(v.found)
+                    for s in range(0, len(idx), batch_size):
+                        rows = idx[s:s + batch_size]
+                        if not put(Chunk(video, rows, resize_crops(fs.read_crops(rows), size))):
+                            return
+                put(v)
+            except Exception as e:  # handed to the consumer, which names the video
+                put(Failed(video, path, e))
+                return
+        put(None)
+
+    t = threading.Thread(target=work, name="decode", daemon=True)
+    t.start()
+    try:
+        while (item := q.get()) is not None:
+            yield item
+            if isinstance(item, Failed):
+                return
+    finally:
+        stop.set()
+        t.join()
+
+
+# ---------------------------------------------------------------- the stage
+def face_videos(faces: list[str]) -> list[tuple[str, str]]:
+    """(video id, face store) pairs; the id is the store's file stem."""
+    pairs = [(Path(f).stem, str(f)) for f in faces]
+    ids = [v for v, _ in pairs]
+    dup = sorted({v for v in ids if ids.count(v) > 1})
+    if dup:
+        raise PipelineError(f"visual_features: --faces lists video(s) {dup[:5]} more than once")
+    return pairs
+
+
+@dataclass(eq=False)  # hashed by identity: the per-video dict of who still lacks it
+class Encoder:
+    """One fine-tuned encoder of the job and the shard it fills."""
+    model: ViTClassifier
+    writer: FeatureShardWriter
+
+
+def fingerprint(model_digest: str, params: dict) -> str:
+    return hashlib.sha256(json.dumps([model_digest, params], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def visual_features(models, faces: list[str], outs, params: dict, threads: int = 1,
+                    device: str = "auto") -> list[Path]:
+    """Features + logits of every video's frames, one shard per encoder (``models[i]`` into
+    ``outs[i]``; a single path each is one encoder). Each face store is decoded once for all the
+    encoders: a task's fold encoders share one pass over its videos."""
+    models = [models] if isinstance(models, (str, Path)) else list(models)
+    outs = [outs] if isinstance(outs, (str, Path)) else list(outs)
+    if len(models) != len(outs) or not models:
+        raise PipelineError(f"visual_features: {len(models)} --model for {len(outs)} --out; need one shard per encoder")
+    p = settings(FeatureSettings, params, "mae.features")
+    setup_torch(threads, 0)
+    dev = pick_device(device)
+    videos = face_videos(faces)
+    encoders = []
+    try:
+        for path, out in zip(models, outs):
+            model, digest = load_finetuned(path, dev), file_digest(path)
+            encoders.append(Encoder(model, FeatureShardWriter(
+                out, extractor=f"mae_{model.task}", fingerprint=fingerprint(digest, params), task=model.task,
+                fold=model.fold, checkpoint_digest=digest, pooling="mean_patch_tokens", no_face="zeros")))
+        sizes = {e.model.config["img_size"] for e in encoders}
+        if len(sizes) > 1:
+            raise PipelineError(f"visual_features: encoders of different img_size {sorted(sizes)} in one job")
+        todo = {v: [e for e in encoders if not _reusable(e.writer, v, f)] for v, f in videos}
+        for e in encoders:
+            n = sum(e in need for need in todo.values())
+            log.info("%s: %d videos, %d already in %s, %d to compute", e.writer.out, len(videos), len(videos) - n,
+                     e.writer.partial, n)
+        _run([(v, f) for v, f in videos if todo[v]], todo, sizes.pop(), p.batch_size, dev)
+        for e in encoders:
+            e.writer.close([v for v, _ in videos])
+    except BaseException:
+        for e in encoders:
+            e.writer.abort()
+        raise
+    return [Path(o) for o in outs]
+
+
+def _reusable(writer: FeatureShardWriter, video: str, path: str) -> bool:
+    """A finished group of a partial shard, made from this very face store."""
+    return writer.done(video) and writer.f[video].attrs.get("faces_digest") == file_digest(path)
+
+
+def _run(videos: list[tuple[str, str]], todo: dict, size: int, bs: int, dev) -> None:
+    """Decode each video's found frames once; every encoder that lacks the video embeds them."""
+    out = bar = None
+    for item in decode_ahead(videos, bs, size):
+        if isinstance(item, Failed):
+            e = item.error
+            cause = str(e) if isinstance(e, PipelineError) else \
+                f"{item.path}: unreadable face store, truncated or corrupt? ({type(e).__name__}: {e})"
+            raise PipelineError(f"video {item.video!r}: {cause}") from e
+        if isinstance(item, Chunk):
+            for enc, (feats, logits) in out.items():
+                feats[item.rows], logits[item.rows] = embed_crops(enc.model, item.crops, bs, dev)
+            bar.update(1)
+        elif out is None:  # a video starts
+            n = len(item.found)
+            out = {enc: (np.zeros((n, enc.model.config["embed_dim"]), np.float32),
+                         np.zeros((n, enc.model.outputs), np.float32)) for enc in todo[item.video]}
+            tasks = "+".join(dict.fromkeys(f"mae_{enc.model.task}" for enc in out))
+            folds = ", ".join(enc.model.fold for enc in out)
+            bar = progress(total=-(-int(item.found.sum()) // bs), desc=f"{tasks} {item.video} ({folds})", unit="batch")
+        else:  # the video is complete
+            bar.close()
+            for enc, (feats, logits) in out.items():
+                enc.writer.write(item.video, feats, item.found, fps=item.fps, extra={"logits": logits},
+                                 faces_digest=item.digest)
+            log.info("video %s: %d frames, %d with a face (%d encoders)", item.video, len(item.found),
+                     int(item.found.sum()), len(out))
+            out = bar = None
+
+
+def main(argv: list[str]) -> int:
+    ap = stage_parser("visual_features", "per-frame features + logits of one fine-tuned MAE encoder")
+    ap.add_argument("--model", nargs="+", required=True, help="results/mae/{task}/{fold}/finetune.pt, one a shard")
+    ap.add_argument("--faces", nargs="+", required=True, help="face stores or batch directories (faces/{batch})")
+    ap.add_argument("--videos", nargs="*", default=None, help="the videos to encode (default: every store)")
+    ap.add_argument("--out", nargs="+", required=True, help="results/features/mae/{task}/{fold}.h5, in --model order")
+    a = ap.parse_args(argv)
+    faces = list(face_store_paths(a.faces, a.videos).values())
+    visual_features(a.model, faces, a.out, a.params, a.threads, a.device)
+    return 0

@@ -1,0 +1,104 @@
+"""What a clip is and how batches are cut: K-frame windows over a video's per-frame features.
+
+Training clips overlap (``stride``); evaluation clips tile a video without overlap (the last one
+shorter); ``gather`` pads a batch of clips to K frames with a validity mask, ``stitch`` puts clip
+outputs back on each video's frame axis.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+
+if TYPE_CHECKING:
+    from affect_pipeline.temporal.fold_data import FeatureSet
+
+@dataclass(frozen=True)
+class Clip:
+    video: str
+    start: int
+    length: int
+
+
+def train_clips(n_frames: dict[str, int], K: int, stride: int) -> list[Clip]:
+    """Windows of K frames every ``stride`` frames plus one flush with the end of each video."""
+    out = []
+    for v in sorted(n_frames):
+        n = n_frames[v]
+        if n <= K:
+            out.append(Clip(v, 0, n))
+            continue
+        starts = list(range(0, n - K + 1, max(1, stride)))
+        if starts[-1] != n - K:
+            starts.append(n - K)
+        out += [Clip(v, s, K) for s in starts]
+    return out
+
+
+def eval_clips(n_frames: dict[str, int], K: int) -> list[Clip]:
+    """Non-overlapping clips covering each video; the last one is shorter (padded when batched)."""
+    return [Clip(v, s, min(K, n_frames[v] - s)) for v in sorted(n_frames) for s in range(0, n_frames[v], K)]
+
+
+def video_clips(n_frames: dict[str, int]) -> list[Clip]:
+    """ERI: one entry per video, cropped to K frames when batched."""
+    return [Clip(v, 0, n_frames[v]) for v in sorted(n_frames)]
+
+
+def batches(items: list, batch_size: int, generator: torch.Generator | None = None) -> Iterator[list]:
+    """Consecutive batches; shuffled with ``generator`` when given (seeded → reproducible)."""
+    order = torch.randperm(len(items), generator=generator).tolist() if generator is not None else range(len(items))
+    order = list(order)
+    for s in range(0, len(order), batch_size):
+        yield [items[i] for i in order[s:s + batch_size]]
+
+
+def gather(fs: FeatureSet, clips: list[Clip], K: int, labels=None, per_video: bool = False,
+           generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Stack clips into a batch: x (B, K, D) f32, pad (B, K) True on real frames, and labels.
+
+    Frame tasks: y (B, K, C), ymask (B, K) (label valid and not padding). ``per_video`` (ERI):
+    clips longer than K are cropped to K frames (random start with ``generator``, else the
+    first K); y (B, C), ymask (B,).
+    """
+    B, D = len(clips), fs.dim
+    x = torch.zeros(B, K, D)
+    pad = torch.zeros(B, K, dtype=torch.bool)
+    starts = []
+    for b, c in enumerate(clips):
+        s, L = c.start, c.length
+        if L > K:
+            off = int(torch.randint(0, L - K + 1, (1,), generator=generator)) if generator is not None else 0
+            s, L = s + off, K
+        x[b, :L] = fs.x[c.video][s:s + L].float()
+        pad[b, :L] = True
+        starts.append((s, L))
+    out = {"x": x, "pad": pad}
+    if labels is None:
+        return out
+    if per_video:
+        out["y"] = torch.stack([labels[c.video][0].reshape(-1) for c in clips])
+        out["ymask"] = torch.stack([labels[c.video][1].reshape(-1)[:1].any() for c in clips])
+        return out
+    C = next(iter(labels.values()))[0].shape[1]
+    y = torch.zeros(B, K, C)
+    ym = torch.zeros(B, K, dtype=torch.bool)
+    for b, (c, (s, L)) in enumerate(zip(clips, starts)):
+        yv, mv = labels[c.video]
+        y[b, :L], ym[b, :L] = yv[s:s + L], mv[s:s + L]
+    out["y"], out["ymask"] = y, ym
+    return out
+
+
+def stitch(clips: list[Clip], outputs: torch.Tensor, n_frames: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Per-clip outputs (N, K, C) → per-frame (n, C) per video, averaging where clips overlap."""
+    C = outputs.shape[-1]
+    used = {c.video for c in clips}
+    acc = {v: torch.zeros(n, C) for v, n in n_frames.items() if v in used}
+    cnt = {v: torch.zeros(n, 1) for v, n in n_frames.items() if v in used}
+    for c, o in zip(clips, outputs):
+        L = min(c.length, o.shape[0])
+        acc[c.video][c.start:c.start + L] += o[:L].float()
+        cnt[c.video][c.start:c.start + L] += 1
+    return {v: acc[v] / cnt[v].clamp_min(1) for v in acc}
