@@ -99,13 +99,16 @@ class ImportGraph:
         return self._modules[module][:2]
 
     def closure(self, module: str) -> list[str]:
-        """`module` and every package module it reaches, sorted."""
+        """`module` and every package module it reaches, with the packages whose `__init__` an
+        import runs, sorted."""
         todo, seen = [module], set()
         while todo:
             m = todo.pop()
             if m in seen or m in NOT_CODE:
                 continue
             seen.add(m)
+            parts = m.split(".")
+            todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
             todo.extend(sorted(self.imports(m)[1]))
         return sorted(seen)
 

@@ -212,7 +212,7 @@ def test_toy_workflow_goes_through_sbatch(tmp_path):
 
 
 # as small as the Slurm run was before per-fold encoders (2 folds, one shared encoder: ~55 sbatch
-# jobs); the 3-fold per-fold cut-down run is tests/test_cut_workflow.py's
+# jobs); the 3-fold per-fold cut-down run is tests/workflow/test_cut_workflow.py's
 CUT = {**CUT_DEMO, "folds": 2,
        "mae": {**CUT_DEMO["mae"], "finetune": {**CUT_DEMO["mae"]["finetune"], "per_fold": False}}}
 

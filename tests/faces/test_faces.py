@@ -384,7 +384,7 @@ def test_official_crops_need_no_torch(media, tmp_path):
             f"rc = main({argv!r}); "
             "heavy = [m for m in ('torch', 'torchvision', 'facenet_pytorch', 'face_alignment') if m in sys.modules]; "
             "print('HEAVY', heavy); sys.exit(rc)")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2])
     assert p.returncode == 0, p.stderr
     assert "HEAVY []" in p.stdout, p.stdout
     with FaceStore(tmp_path / "tiny.h5") as s:

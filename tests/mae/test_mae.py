@@ -36,7 +36,7 @@ from affect_pipeline.mae import pretrain_mae as P
 from affect_pipeline.mae import visual_features as VF
 
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MAE_DEFAULTS = workflow_defaults()["mae"]
 TINY = {**MAE_DEFAULTS["model"], **dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3,
                                         decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)}
