@@ -1,13 +1,16 @@
 """Warm start for local jobs: ``python -m affect_pipeline.warm <stage> ...``.
 
-A stage job spends 5-10 s importing torch, torchvision, timm or transformers before it does
-0.5 s of work on a small input; on one machine that start-up is most of a Snakemake run. This
-launcher hands the job to a *fork server*: a process of the same interpreter that has imported
-the heavy third-party libraries once (never CUDA, never a thread pool, never our own stage
-code) and forks a child per job. The child takes over the job's stdin/stdout/stderr (passed
-over a Unix socket), environment, working directory and arguments, imports the stage's code
-fresh from disk and runs it; the launcher waits, forwards signals and exits with the child's
-code. Snakemake sees an ordinary job.
+A stage job spends seconds importing torch, torchvision, timm or transformers (time it:
+``time python -c "import torch, torchvision, timm, transformers.models.hubert"``), often
+longer than its work on a small input, so on one machine start-up is most of a Snakemake run
+(compare: ``python -m benchmarks.run --demo --demo-cold``).
+
+This launcher hands the job to a *fork server*: a process of the same interpreter that has
+imported the heavy third-party libraries once (never CUDA, never a thread pool, never our own
+stage code) and forks a child per job. The child takes over the job's stdin/stdout/stderr
+(passed over a Unix socket), environment, working directory and arguments, imports the stage's
+code fresh from disk and runs it; the launcher waits, forwards signals and exits with the
+child's code. Snakemake sees an ordinary job.
 
 Safe by construction, or not used:
 - no server yet, or a stale one (other interpreter, venv or launcher code: the socket name is a

@@ -1,9 +1,10 @@
 """Per-frame audio features (HuBERT, wav2vec2, VGGish) aligned to the videos' frames.
 
 Stage ``audio_features`` (:func:`audio_features`): one job per model loads it once and streams
-every video's wav into the shard ``features/{model}.h5`` (:class:`stores.FeatureShardWriter`),
-a group per video id with ``features`` (n_frames, D) and ``valid`` (n_frames,). ``X_left`` /
-``X_right`` share media ``X``: computed once, written under both ids. A killed job resumes.
+every video's wav into the shard ``features/{model}.h5``
+(:class:`~affect_pipeline.common.stores.FeatureShardWriter`), a group per video id with
+``features`` (n_frames, D) and ``valid`` (n_frames,). ``X_left`` / ``X_right`` share media ``X``:
+computed once, written under both ids. A killed job resumes.
 
 Alignment rule (video frame i at ``timestamps[i]``, its presentation time): linear interpolation
 between the two nearest feature centres; before the first / after the last centre the edge

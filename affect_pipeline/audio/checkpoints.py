@@ -1,7 +1,9 @@
-"""torchaudio's HuBERT / wav2vec2 from the files researchers have: ``torchaudio.pipelines`` bundle
-state dicts (``.pth``) and fairseq checkpoints, read into a :class:`Wav2Vec2Spec` (the arguments
-of ``torchaudio.models.wav2vec2_model``) and a torchaudio state dict. ``audio_models`` detects
-the kind and builds the model; the formats are described there.
+"""HuBERT / wav2vec2 weight files other than save_pretrained folders, read for torchaudio's model.
+
+``torchaudio.pipelines`` bundle state dicts (``.pth``) and fairseq checkpoints are read into a
+:class:`Wav2Vec2Spec` (the arguments of ``torchaudio.models.wav2vec2_model``) and a torchaudio
+state dict. :mod:`affect_pipeline.audio.models` detects the kind and builds the model; the
+formats are described there.
 """
 from __future__ import annotations
 
@@ -151,7 +153,9 @@ def sidecar_spec(path: Path) -> Wav2Vec2Spec:
 
 
 def _shapes(sd: dict) -> dict:
-    """Parameter shapes by name, weight-norm keys in their old (weight_g / weight_v) spelling."""
+    """Parameter shapes by name, weight-norm keys spelled weight_g / weight_v (the bundle files'
+    spelling; current torch builds ``parametrizations.weight.original0/1``), so a state dict in
+    either spelling compares equal to a freshly built model's."""
     ren = {"parametrizations.weight.original0": "weight_g", "parametrizations.weight.original1": "weight_v"}
     out = {}
     for k, v in sd.items():

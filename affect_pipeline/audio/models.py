@@ -31,9 +31,10 @@ samples ``[g*stride, g*stride + rf)`` and sits at the centre of that window,
   torchvggish's 8-bit quantisation (it only loses precision).
 
 (b) and (c) are told apart by content, not by file extension, and run on torchaudio's model;
-the same weights give the same features in all three forms (tests/test_audio_checkpoints.py).
-The demo's small random models (``demo/audio_models.py``) are save_pretrained folders and a
-torchvggish state dict, read back by the same loaders; it also writes them as (b) and (c).
+the same weights give the same features in all three forms (tests/audio/test_audio_checkpoints.py).
+The demo's small random models (:mod:`affect_pipeline.demo.make_demo_audio_models`) are
+save_pretrained folders and a torchvggish state dict, read back by the same loaders; that module
+also writes them as (b) and (c).
 """
 from __future__ import annotations
 

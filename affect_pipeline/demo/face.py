@@ -32,18 +32,18 @@ FACE_ELLIPSE = ((225.0, 128.0), (44.0, 58.0))    # always opaque (skin and teeth
 DEFORM_GAIN = 1.8          # displacement x 1.8
 SPREAD = 1.5               # bump widths x 1.5 (keeps the warp fold-free: max gradient < 0.9)
 SHADE_GAIN = 1.6           # log-shading x 1.6 (glabella, nasolabial folds; the mouth gap keeps its own)
-#: per-AU gains where DEFORM_GAIN is wrong for this photograph. Brows move less: at DEFORM_GAIN
-#: their bumps dragged the eyes along, and MTCNN (which needs the eyes) lost a third of
-#: full-intensity Surprise faces (AU1+2) and 1 in 12 Anger (AU4+7). Cheeks and lip corners move
-#: more: the astronaut already smiles, so at DEFORM_GAIN a smile (AU12), a cheek raise (AU6) or
-#: pressed lips (AU24) barely changed a 64-px crop; the demo's test AU12 F1 was 0.41, and "Other"
-#: (AU2+12+24) was told from Neutral in 6 of 78 frames
+#: per-AU gains where DEFORM_GAIN does not suit this photograph. Brows move less: at DEFORM_GAIN
+#: their bumps drag the eyes along, and MTCNN (which needs the eyes) misses full-intensity Surprise
+#: (AU1+2) and Anger (AU4+7) faces. Cheeks and lip corners move more: the astronaut already smiles,
+#: so at DEFORM_GAIN a smile (AU12), a cheek raise (AU6) or pressed lips (AU24) barely change a
+#: 64-px crop and the model cannot learn them. tests/demo/test_demo.py::test_mtcnn_finds_the_faces
+#: checks that the animated faces stay detectable.
 AU_GAIN = {"AU1": 1.4, "AU2": 1.4, "AU4": 1.4, "AU6": 2.8, "AU12": 2.8, "AU24": 2.8}
-#: The upper lip raise (AU10) lifts the lip 5 px (was 4) over a patch 1.5x taller: it was the least
-#: visible AU (mean |change| of a 64-px crop 1.6 grey levels, now 2.1; test F1 0.34, the lowest),
-#: and Disgust, whose mark it is, was taken for Neutral in 31-36 of its 73 test frames (F1
-#: 0.12-0.41). More (gain 2.2-2.4, or furrows darkened to 0.7) showed it better, but MTCNN then lost
-#: full-Disgust faces of the wild-video clips (tests/wild_media.py: 35, 26 of 40 found, 9 of 60)
+#: The upper lip raise (AU10, the mark of Disgust) lifts the lip 5 px over a tall patch: less and
+#: it hardly shows in a 64-px crop, so Disgust looks Neutral. It keeps DEFORM_GAIN and furrows of
+#: 0.85 (AU_SHADES): a larger gain or darker furrows show it better, but MTCNN then misses
+#: full-Disgust faces in the wild-video clips (tests/wild_media.py, run by
+#: tests/workflow/test_wild_videos.py).
 AU_BUMPS = {
     "AU1": [(209, 93, 6, 5, 0, -6), (240, 95, 6, 5, 0, -6), (224, 84, 14, 6, 0, -2)],
     "AU2": [(191, 91, 7, 5, -1, -6), (259, 93, 7, 5, 1, -6)],

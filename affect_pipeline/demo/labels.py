@@ -1,9 +1,10 @@
 """What the demo's faces show, frame by frame: the label plans and the label files made from them.
 
 Expressions are 1–2.6 s segments with a prototype AU combination (each class its own) whose
-intensity ramps in and out over 0.2 s; the EXPR label is the segment's class (ramps included). Classes come from a shuffled
-per-split cycle, so every class occurs in train, validation and test. Valence/arousal follow a
-per-class prototype plus smooth noise; arousal scales the AU amplitudes (and drives the voice).
+intensity ramps in and out over 0.2 s; the EXPR label is the segment's class (ramps included).
+Classes come from a shuffled per-split cycle, so every class occurs in train, validation and test.
+Valence/arousal follow a per-class prototype plus smooth noise; arousal scales the AU amplitudes
+(and drives the voice).
 Spontaneous AU events keep the AUs from being a function of the expression.
 """
 from __future__ import annotations
@@ -29,9 +30,8 @@ EXPR_PROTOTYPES = {
     "Surprise": {"AU1": 1.0, "AU2": 1.0, "AU25": 0.9, "AU26": 0.9},
     # a combination no other class shows, of AUs a 64-px crop shows well (tightened lids, lip
     # corners down, jaw dropped with the lips parted, as a dropped jaw parts them): a random mix
-    # per segment would often look like one of the six; the earlier AU2+12+24 (outer brows, a
-    # pressed smile) differed from Neutral or Happiness by a few pixels of this smiling
-    # photograph, and was found in 6 of 78 test frames
+    # per segment would often look like one of the six, and AUs that barely change this smiling
+    # photograph (outer brows, a pressed smile) would leave Other looking Neutral or Happy
     "Other": {"AU7": 0.9, "AU15": 1.0, "AU25": 0.8, "AU26": 0.9},
 }
 # (valence, arousal) prototypes; Other draws its own per segment

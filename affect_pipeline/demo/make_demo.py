@@ -1,7 +1,7 @@
 """``make_demo``: write the embedded demo dataset, a real Aff-Wild2 tree + Hume-Reaction tree.
 
 ``python -m affect_pipeline make_demo --out resources/demo --params '<config demo section as JSON>'
-[--threads N]``. The tree is read by the same scanner (``layout.scan_dataset``) as real data,
+[--threads N]``. The tree is read by the same scanner (``data.layout.scan_dataset``) as real data,
 through the data keys of ``demo_config.yaml``; the random seed is ``demo.seed``::
 
     affwild2/videos/{media}                      .mp4 (H.264 + AAC); demo_001.avi (MPEG-4 + PCM);
@@ -16,8 +16,9 @@ through the data keys of ``demo_config.yaml``; the random seed is ``demo.seed``:
 
 Annotation files carry a few invalid rows like the real data (AU all -1, EXPR -1, VA -5) and two
 deliberate length mismatches (demo_004 EXPR one row long, demo_005 VA three rows short); the
-test_labels files never do. Same params give byte-identical label files and manifest, and the same
-rendered frames and audio (``rendered``: their digests); the encoded bytes are up to the encoder.
+test_labels files never do. Same params give a byte-identical tree, the encoded videos included
+(``demo.media.X264_REPRODUCIBLE``), serial or in a pool; the manifest's ``rendered`` holds the
+digests of the rendered frames and audio.
 """
 from __future__ import annotations
 

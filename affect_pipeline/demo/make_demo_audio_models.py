@@ -1,7 +1,7 @@
 """Stage ``make_demo_audio_models``: small randomly initialised HuBERT / wav2vec2 / VGGish.
 
 The demo has no pretrained audio weights on disk, so it writes tiny random ones in the real
-formats (``save_pretrained`` folders, a torchvggish state dict): ``audio_models`` then loads
+formats (``save_pretrained`` folders, a torchvggish state dict): :mod:`affect_pipeline.audio.models` loads
 them with exactly the code that loads the real checkpoints. ``export_torchaudio`` and
 ``export_fairseq`` write such a folder's weights in the other two forms the stage accepts (a
 torchaudio bundle state dict + sidecar, a fairseq-shaped checkpoint), for the equivalence tests.

@@ -19,9 +19,9 @@ from affect_pipeline.demo.face import FaceAnimator, Renderer, make_style
 from affect_pipeline.demo.labels import Plan, keyed_rng
 
 SAMPLE_RATE = 16000
-#: x264's lookahead carries state from one encoder to the next in a process (measured: the 2nd..25th
-#: encode of the same frames in one process gave 9 different files, the same 9 in every process), so a
-#: fork-pool worker's output depended on which videos it had encoded before. Without it: the same bytes.
+#: x264's lookahead carries state from one encoder to the next in a process, so without these
+#: options a fork-pool worker's bytes depend on which videos it encoded before; with them the same
+#: frames give the same bytes (tests/demo/test_demo.py::test_same_seed_same_bytes_other_seed_other_labels).
 X264_REPRODUCIBLE = "rc-lookahead=0:sync-lookahead=0"
 
 

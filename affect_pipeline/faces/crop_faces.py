@@ -1,7 +1,7 @@
 """crop_faces: one face per decoded frame, detected, tracked and aligned, into ``faces/{video}.h5``;
 a whole batch of videos (``faces/{batch}/``, one Snakemake job) with the detector loaded once.
 
-Detection (backends mtcnn / face_alignment, see :mod:`.faces`) streams the video in batches;
+Detection (backends mtcnn / face_alignment, see :mod:`.detection`) streams the video in batches;
 the ``cropped_aligned`` backend reads the official Aff-Wild2 crops
 ``{cropped_dir}/{video}/{i:05d}.jpg`` (1-based) instead, where a missing image is a frame
 without a face. Every decoded frame gets a row; a frame without an accepted face has
@@ -53,7 +53,7 @@ class FaceJob:
     video: Path                     # the media file
     info: dict                      # its frames JSON: n_frames, fps, timestamps
     out: Path                       # the face store to write
-    video_id: str                   # recorded in the store (results/faces/{video_id}.h5)
+    video_id: str                   # recorded in the store (faces/{batch}/{video_id}.h5)
     side: str = "none"              # none | left | right (X_left / X_right videos)
     cropped_dir: Path | None = None  # official cropped_aligned root (backend cropped_aligned)
 

@@ -1,4 +1,5 @@
-"""Faces: the ``faces`` config, detector backends, 5-point alignment and which face to keep.
+"""Face detection for crop_faces: the ``faces`` config, detector backends, 5-point alignment and
+which face to keep.
 
 Backends (config ``faces.backend``):
 - ``mtcnn``: facenet-pytorch MTCNN, which ships its weights; boxes + 5 landmarks.
@@ -91,8 +92,8 @@ def template(size: int, margin: float = 0.0) -> np.ndarray:
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """2x3 least-squares similarity (rotation, uniform scale, translation) src -> dst.
 
-    skimage's Umeyama estimate; coincident points (skimage: no estimate) give scale 0 onto dst's
-    mean, as the former hand-written estimate did, instead of an error mid-video.
+    skimage's Umeyama estimate. Coincident points (skimage gives no estimate) map with scale 0
+    onto dst's mean, so a degenerate landmark set yields a blank crop instead of failing mid-video.
     """
     from skimage.transform import SimilarityTransform
 
@@ -196,8 +197,10 @@ class MTCNNBackend:
         self.net = MTCNN(keep_all=True, select_largest=False, post_process=False,
                          min_face_size=params.min_face_size, device=device)
         # channels-last convolutions and max-pools: R-Net / O-Net run on every P-Net candidate
-        # (~30 a frame), and their NCHW max-pools are most of the time. Measured on the demo's
-        # 160 px videos, 1 CPU thread: 4.8-43 -> 2.7-24 ms a frame, boxes equal within 1e-4 px
+        # (dozens a frame) and their NCHW max-pools take most of the detector's time; channels-last
+        # about halves it on one CPU thread, with the same boxes (tests/faces/test_faces.py checks
+        # them). Time it: `python benchmarks/bench_faces.py --size 160`, detector row, with and
+        # without this loop.
         for net in (self.net.pnet, self.net.rnet, self.net.onet):
             net.to(memory_format=torch.channels_last)
 

@@ -7,7 +7,7 @@ the masked patches only (optionally on per-patch normalised pixels).
 The encoder's ``state_dict`` uses timm's ``vit_base_patch16`` key names (``patch_embed.proj.*``,
 ``cls_token``, ``pos_embed``, ``blocks.N.*``, ``norm.*``), so MAE-Face / timm checkpoints load
 into it directly (:func:`import_mae_face`). Images enter the models normalised with
-:data:`IMAGENET_MEAN` / :data:`IMAGENET_STD` (``face_data.standardize``).
+:data:`IMAGENET_MEAN` / :data:`IMAGENET_STD` (:func:`affect_pipeline.mae.face_reader.standardize`).
 """
 from __future__ import annotations
 
