@@ -24,8 +24,9 @@ import torch
 from affect_pipeline.common.losses import task_loss
 from affect_pipeline.common.stores import FeatureShardWriter
 from affect_pipeline.temporal.clips import gather, train_clips
-from affect_pipeline.temporal.fold_data import BranchHP, load_features
+from affect_pipeline.temporal.fold_data import load_features
 from affect_pipeline.temporal.model import build_model, model_config
+from affect_pipeline.temporal.settings import BranchHP
 from affect_pipeline.temporal.train_dcl import dcl_step
 
 STORE_NAMES = ["mae_AU", "hubert", "wav2vec2", "vggish"]
@@ -66,7 +67,7 @@ def run(dims=(96, 64, 64, 128), n_videos=8, frames=600, clip_len=50, stride=25, 
     labels = {v: (torch.randint(0, 2, (frames, 12)).float(), torch.ones(frames, dtype=torch.bool)) for v in vids}
     clips = train_clips({v: frames for v in vids}, clip_len, stride)
     branch = BranchHP(d_model=d_model, nhead=nhead, layers=layers, dropout=0.3, lr=1e-4, weight_decay=0.01,
-                      batch_size=batch_size, epochs=1, warmup_epochs=0, ema_decay=0.0)
+                      batch_size=batch_size, epochs=1, warmup_epochs=0, ema_decay=0.0, clip_grad=1.0)
     cfg = model_config("AU", fs.dim, branch, clip_len)
     model, clb = build_model(cfg).to(dev), build_model(cfg).to(dev)
     blb = build_model(cfg).to(dev).eval().requires_grad_(False)

@@ -1,8 +1,10 @@
 """Task losses of the paper (equations 1–4), shared by frame-wise fine-tuning, BLB and DCL.
 
 All losses take the model's raw outputs ("logits"): AU and EXPR logits, VA pre-tanh values,
-ERI raw intensities. :func:`activate` maps them to probabilities / values. Rows whose
-``mask`` is False (invalid annotations: AU -1, EXPR -1, VA -5) contribute nothing.
+ERI raw intensities. :func:`activate` maps them to probabilities / values. Every loss weighs
+its rows by ``mask``: the label mask (invalid annotations AU -1, EXPR -1, VA -5 weigh 0) or
+DCL's per-row weights (``temporal.model.dcl_loss``). CCC and PCC are ``metrics.ccc`` /
+``metrics.pcc``, the very functions the challenge scores are computed with.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-EPS = 1e-8
+from affect_pipeline.common.metrics import EPS, ccc, pcc
 
 
 def activate(task: str, logits: torch.Tensor) -> torch.Tensor:
@@ -57,94 +59,91 @@ def _inverse(counts: np.ndarray) -> np.ndarray:
     return (inv / inv.mean()).astype(np.float32)
 
 
-def ccc(x: torch.Tensor, y: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """Concordance correlation coefficient (equation 4), along ``dim``."""
-    mx, my = x.mean(dim), y.mean(dim)
-    vx, vy = x.var(dim, unbiased=False), y.var(dim, unbiased=False)
-    cov = ((x - mx.unsqueeze(dim)) * (y - my.unsqueeze(dim))).mean(dim)
-    return 2 * cov / (vx + vy + (mx - my) ** 2 + EPS)
-
-
-def pcc(x: torch.Tensor, y: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """Pearson correlation coefficient (equation 11), along ``dim``."""
-    xc, yc = x - x.mean(dim, keepdim=True), y - y.mean(dim, keepdim=True)
-    return (xc * yc).sum(dim) / (xc.pow(2).sum(dim).sqrt() * yc.pow(2).sum(dim).sqrt() + EPS)
-
-
-def au_loss(logits, y, mask, weights=None, reduce: bool = True):
+def au_loss(logits, y, mask, class_w=None, reduce: bool = True):
     """Equation 1: weighted binary cross-entropy averaged over the 12 AUs.
 
-    ``weights``: (12,) per-AU weights, or (2, 12) per-AU weights + positive weights
+    ``class_w``: (12,) per-AU weights, or (2, 12) per-AU weights + positive weights
     (see :func:`class_weights`)."""
     w, pos_weight = torch.ones(logits.shape[-1], device=logits.device), None
-    if weights is not None:
-        weights = weights.to(logits)
-        w, pos_weight = (weights[0], weights[1]) if weights.dim() == 2 else (weights, None)
+    if class_w is not None:
+        class_w = class_w.to(logits)
+        w, pos_weight = (class_w[0], class_w[1]) if class_w.dim() == 2 else (class_w, None)
     bce = F.binary_cross_entropy_with_logits(logits, y.to(logits), pos_weight=pos_weight, reduction="none")
     per_row = (bce * w).mean(-1)
-    return _masked_mean(per_row, mask, reduce)
+    return _weighted_mean(per_row, mask, reduce)
 
 
-def expr_loss(logits, y, mask, weights=None, reduce: bool = True):
+def expr_loss(logits, y, mask, class_w=None, reduce: bool = True):
     """Equation 2: weighted cross-entropy over the 8 expression classes."""
     target = y.reshape(logits.shape[:-1]).long().clamp(0, logits.shape[-1] - 1)
-    w = None if weights is None else weights.to(logits)
+    w = None if class_w is None else class_w.to(logits)
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), weight=w,
                          reduction="none").reshape(target.shape)
-    return _masked_mean(ce, mask, reduce)
+    return _weighted_mean(ce, mask, reduce)
 
 
 def va_loss(logits, y, mask, reduce: bool = True):
-    """Equation 3: (1 − CCC(valence)) + (1 − CCC(arousal)) over the valid rows.
+    """Equation 3: (1 − CCC(valence)) + (1 − CCC(arousal)), rows weighted by ``mask``.
 
     With ``reduce=False`` and inputs shaped (B, T, 2) the CCC is taken within each clip,
-    giving one sequence loss per clip (used to mine hard clips).
+    giving one sequence loss per clip (what mining ranks clips by).
     """
-    pred = torch.tanh(logits)
+    pred, w = torch.tanh(logits), _row_weights(mask, logits)
     y = y.to(pred)
     if reduce:
-        m = mask.reshape(-1).bool()
-        p, t = pred.reshape(-1, 2)[m], y.reshape(-1, 2)[m]
-        if len(p) < 2:
-            return pred.sum() * 0.0
-        return (1 - ccc(p[:, 0], t[:, 0])) + (1 - ccc(p[:, 1], t[:, 1]))
-    out = []
-    for b in range(pred.shape[0]):
-        m = mask[b].bool()
-        p, t = pred[b][m], y[b][m]
-        out.append((2 - ccc(p[:, 0], t[:, 0]) - ccc(p[:, 1], t[:, 1])) if len(p) >= 2 else pred.new_zeros(()))
-    return torch.stack(out)
+        return _va(pred.reshape(-1, 2), y.reshape(-1, 2), w.reshape(-1))
+    return torch.stack([_va(pred[b], y[b], w[b]) for b in range(pred.shape[0])])
 
 
-def eri_loss(pred, y, mask=None, reduce: bool = True):
-    """ERI: (1 − mean PCC over the 7 intensities across the batch) + MSE (anchors the scale)."""
-    p = torch.sigmoid(pred)
+def _va(p, t, w):
+    if (w > 0).sum() < 2:               # a CCC needs two rows
+        return p.sum() * 0.0
+    return (1 - ccc(p[:, 0], t[:, 0], w)) + (1 - ccc(p[:, 1], t[:, 1], w))
+
+
+def eri_loss(logits, y, mask=None, reduce: bool = True):
+    """ERI: (1 − mean PCC over the 7 intensities across the batch) + MSE (anchors the scale),
+    videos weighted by ``mask``. ``reduce=False``: each video's MSE (what mining ranks by)."""
+    p, w = torch.sigmoid(logits), _row_weights(mask, logits)
     y = y.to(p)
     mse = (p - y).pow(2).mean(-1)
     if not reduce:
         return mse
-    if len(p) < 2:
-        return mse.mean()
-    return (1 - pcc(p, y, dim=0).mean()) + mse.mean()
+    wmse = (w * mse).sum() / w.sum().clamp_min(EPS)
+    if (w > 0).sum() < 2:               # a PCC needs two videos
+        return wmse
+    return (1 - pcc(p, y, w).mean()) + wmse
 
 
-def _masked_mean(values, mask, reduce: bool):
+def _row_weights(mask, logits):
+    """One float weight per row of ``logits`` (all rows but the last axis); None: every row 1."""
+    if mask is None:
+        return torch.ones(logits.shape[:-1], dtype=logits.dtype, device=logits.device)
+    return mask.to(logits).reshape(logits.shape[:-1])
+
+
+def _weighted_mean(values, mask, reduce: bool):
     m = mask.to(values.dtype).reshape(values.shape)
     if reduce:
-        return (values * m).sum() / m.sum().clamp_min(1.0)
+        return (values * m).sum() / m.sum().clamp_min(EPS)
     # one value per leading item (clip): mean over the remaining dims
     dims = tuple(range(1, values.dim()))
     if not dims:
         return values * m
-    return (values * m).sum(dims) / m.sum(dims).clamp_min(1.0)
+    return (values * m).sum(dims) / m.sum(dims).clamp_min(EPS)
 
 
-def task_loss(task: str, logits, y, mask, weights=None, reduce: bool = True):
-    """The task's loss on raw outputs; ``reduce=False`` gives one loss per clip (dim 0)."""
+def task_loss(task: str, logits, y, mask, class_w=None, reduce: bool = True):
+    """The task's loss on raw outputs; ``reduce=False`` gives one loss per clip (dim 0).
+
+    ``mask``: one weight per row (frame; ERI: video), the label mask (bool) or any non-negative
+    weights (DCL's α-scaled masks): a row of weight 0 contributes nothing, and with 0/1 weights
+    the loss is the loss over the rows marked 1. ``class_w``: :func:`class_weights` (AU, EXPR).
+    """
     if task == "AU":
-        return au_loss(logits, y, mask, weights, reduce)
+        return au_loss(logits, y, mask, class_w, reduce)
     if task == "EXPR":
-        return expr_loss(logits, y, mask, weights, reduce)
+        return expr_loss(logits, y, mask, class_w, reduce)
     if task == "VA":
         return va_loss(logits, y, mask, reduce)
     if task == "ERI":

@@ -5,12 +5,19 @@
 - VA: mean of the CCC of valence and of arousal
 - ERI: mean Pearson correlation over the 7 intensities
 :func:`score` returns ``{"score": main metric, ...per-class details}`` for any task.
+
+:func:`ccc` and :func:`pcc` are the one implementation of both correlations: the losses
+(``losses.py``, eq. 3 and the ERI loss) are 1 − these same functions on torch tensors. They are
+written with the operations numpy arrays and torch tensors share (``mean``, ``sum``, ``**``,
+``reshape``), so one formula serves both: scoring stays numpy float64 and torch-free (the
+submission and report stages never import torch), the losses keep autograd.
 """
 from __future__ import annotations
 
 import numpy as np
 
 MAIN_METRIC = {"AU": "mean F1", "EXPR": "macro F1", "VA": "mean CCC", "ERI": "mean PCC"}
+EPS = 1e-8    # keeps a correlation of constant inputs at 0 instead of 0 / 0
 
 
 def f1_binary(pred: np.ndarray, true: np.ndarray) -> float:
@@ -45,19 +52,41 @@ def confusion(pred_class: np.ndarray, y: np.ndarray, n_classes: int = 8) -> np.n
     return m
 
 
-def ccc(x: np.ndarray, y: np.ndarray) -> float:
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    mx, my = x.mean(), y.mean()
-    cov = np.mean((x - mx) * (y - my))
-    denom = x.var() + y.var() + (mx - my) ** 2
-    return float(2 * cov / denom) if denom > 0 else 0.0
+def ccc(x, y, w=None):
+    """Concordance correlation coefficient (eq. 4) over the first axis, one per column.
+
+    ``x``, ``y``: numpy arrays or torch tensors of the same shape; ``w`` (optional, same kind):
+    one non-negative weight per row (a row of weight 0 does not count). Unit weights give the
+    plain CCC; integer weights the CCC of the rows repeated that often.
+    """
+    w = _row_weights(w, x)
+    mx, my = _mean(x, w), _mean(y, w)
+    vx, vy = _mean((x - mx) ** 2, w), _mean((y - my) ** 2, w)
+    cov = _mean((x - mx) * (y - my), w)
+    return 2 * cov / (vx + vy + (mx - my) ** 2 + EPS)
 
 
-def pcc(x: np.ndarray, y: np.ndarray) -> float:
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    xc, yc = x - x.mean(), y - y.mean()
-    denom = np.sqrt((xc**2).sum() * (yc**2).sum())
-    return float((xc * yc).sum() / denom) if denom > 0 else 0.0
+def pcc(x, y, w=None):
+    """Pearson correlation coefficient (eq. 11) over the first axis, one per column; ``w`` as in
+    :func:`ccc` (scaled to mean 1 over the counted rows, so EPS weighs as without weights)."""
+    w = _row_weights(w, x)
+    if w is not None:
+        w = w / w[w > 0].mean()
+    xc, yc = x - _mean(x, w), y - _mean(y, w)
+    return _sum(xc * yc, w) / (_sum(xc**2, w) ** 0.5 * _sum(yc**2, w) ** 0.5 + EPS)
+
+
+def _row_weights(w, x):
+    """Row weights shaped to broadcast over ``x``'s columns (None stays None: unweighted)."""
+    return None if w is None else w.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def _sum(a, w):
+    return a.sum(0) if w is None else (w * a).sum(0)
+
+
+def _mean(a, w):
+    return a.mean(0) if w is None else (w * a).sum(0) / w.sum(0)
 
 
 def score(task: str, pred: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None,
@@ -80,10 +109,10 @@ def score(task: str, pred: np.ndarray, y: np.ndarray, mask: np.ndarray | None = 
         s, per = expr_f1(cls, y)
         return {"score": s, "per_class": per, "n": n, "confusion": confusion(cls, y).tolist()}
     if task == "VA":
-        cv, ca = ccc(pred[:, 0], y[:, 0]), ccc(pred[:, 1], y[:, 1])
+        cv, ca = (float(c) for c in ccc(pred.astype(np.float64), y.astype(np.float64)))
         return {"score": 0.5 * (cv + ca), "ccc_valence": cv, "ccc_arousal": ca, "n": n}
     if task == "ERI":
-        per = [pcc(pred[:, j], y[:, j]) for j in range(y.shape[1])]
+        per = [float(c) for c in pcc(pred.astype(np.float64), y.astype(np.float64))]
         return {"score": float(np.mean(per)), "per_class": per, "n": n}
     raise ValueError(f"unknown task {task!r}")
 

@@ -126,14 +126,16 @@ def finish_distributed(d: Dist) -> None:
 # ---------------------------------------------------------------- the step loop
 @dataclass
 class Schedule:
-    """What a training run is: how long, how fast, how smoothed."""
+    """What a training run is: how long, how fast, how smoothed, how clipped. Each stage fills it
+    from its config section (``mae.finetune``, ``temporal.blb``), so nothing here has a default
+    but the cosine's floor, which no stage moves."""
     epochs: int
     lr: float
     weight_decay: float
-    warmup_epochs: int = 0
-    ema_decay: float = 0.0          # 0: no EMA, evaluate the raw weights
+    warmup_epochs: int
+    ema_decay: float                # 0: no EMA, evaluate the raw weights
+    clip_grad: float                # max gradient norm; 0: no clipping
     min_lr: float = 0.0
-    clip_grad: float = 0.0          # max gradient norm; 0: no clipping
 
 
 @dataclass

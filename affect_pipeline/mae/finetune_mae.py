@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from affect_pipeline.common.config import settings
+from affect_pipeline.common.folds import read_fold
 from affect_pipeline.common.losses import activate, class_weights, task_loss
 from affect_pipeline.common.metrics import MAIN_METRIC, constant_baseline, score
 from affect_pipeline.common.runtime import (
     PipelineError,
     autocast,
-    read_json,
     save_checkpoint,
     setup_torch,
     stage_parser,
@@ -74,6 +74,7 @@ class FinetuneSettings:
     weight_decay: float
     warmup_epochs: int
     ema_decay: float
+    clip_grad: float             # max gradient norm; 0: no clipping
     augment: bool
     frames_per_video: int        # 0 = every valid frame each epoch
     val_frames_per_video: int    # 0 = every validation frame
@@ -121,23 +122,8 @@ class Choice:
     soup: dict = field(default_factory=dict)
 
 
-def read_fold(path, fold: str) -> tuple[list[str], list[str]]:
-    """(train, validation) video ids of one fold of make_folds' output."""
-    doc = read_json(path)
-    folds = doc.get("folds", doc)
-    if fold not in folds or not isinstance(folds[fold], dict):
-        raise PipelineError(f"{path}: no fold {fold!r} (has {sorted(k for k in folds if k.startswith(('official', 'fold')))})")
-    train, val = sorted(folds[fold].get("train", [])), sorted(folds[fold].get("validation", []))
-    if not train or not val:
-        raise PipelineError(f"{path}: fold {fold!r} has an empty train or validation list")
-    leak = sorted(set(train) & set(val))
-    if leak:
-        raise PipelineError(f"{path}: fold {fold!r} lists {leak[:5]} in both train and validation")
-    return train, val
-
-
 def fold_frames(inp: FinetuneInputs, img_size: int, p: FinetuneSettings, seed: int) -> FoldFrames:
-    train_ids, val_ids = read_fold(inp.folds, inp.fold)
+    train_ids, val_ids, _ = read_fold(inp.folds, inp.fold)
     faces = face_store_paths(inp.faces)
     tr_labels = read_labels(inp.labels, train_ids)
     train = labelled_frames(inp.task, tr_labels, faces, img_size)
@@ -251,7 +237,7 @@ def finetune_mae(inp: FinetuneInputs, out: FinetuneOutputs, params: dict, thread
             states.append({k: v.detach().cpu().clone() for k, v in m.state_dict().items()})
         return evals[-1]
 
-    sched = Schedule(p.epochs, p.lr, p.weight_decay, p.warmup_epochs, p.ema_decay)
+    sched = Schedule(p.epochs, p.lr, p.weight_decay, p.warmup_epochs, p.ema_decay, p.clip_grad)
     res = fit(ddp, step, batches, judge, sched, steps_per_epoch, d, desc=f"{inp.task} {inp.fold} finetune")
     metrics = None
     if d.main:

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 #: the key under which train_dcl / train_blb write the per-AU thresholds tuned on validation
 TUNED_KEY = "au_thresholds_tuned"
 WEIGHTINGS = ("uniform", "metric")
+#: the ``ensemble.no_face`` policies (the schema's enum is this list; a test holds them equal)
 NO_FACE = ("interpolate", "model")
 
 
@@ -62,7 +63,7 @@ class EnsembleSettings:
         if s.weighting not in WEIGHTINGS:
             raise PipelineError(f"ensemble.weighting: {s.weighting!r} is not uniform | metric")
         if s.no_face not in NO_FACE:
-            raise PipelineError(f"ensemble.no_face: {s.no_face!r} is not interpolate | model")
+            raise PipelineError(f"ensemble.no_face: {s.no_face!r} is not {' | '.join(NO_FACE)}")
         return s
 
 

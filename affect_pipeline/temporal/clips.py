@@ -1,18 +1,40 @@
-"""What a clip is and how batches are cut: K-frame windows over a video's per-frame features.
+"""The per-frame features clips are cut from, what a clip is and how batches are cut.
 
-Training clips overlap (``stride``); evaluation clips tile a video without overlap (the last one
-shorter); ``gather`` pads a batch of clips to K frames with a validity mask, ``stitch`` puts clip
-outputs back on each video's frame axis.
+Training clips are K-frame windows every ``stride`` frames plus one flush with the video's end;
+evaluation clips tile a video without overlap (the last one shorter); ERI: one clip per video,
+cropped to K frames by :func:`gather` (at random when training). ``gather`` pads a batch of
+clips to K frames with a validity mask, ``stitch`` puts clip outputs back on each video's frame
+axis.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from dataclasses import dataclass, field
+from typing import Iterator
 
+import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from affect_pipeline.temporal.fold_data import FeatureSet
+
+@dataclass
+class FeatureSet:
+    """Standardised per-frame features of a set of videos (one tensor per video);
+    ``fold_data.load_features`` reads them from the feature shards."""
+    x: dict[str, torch.Tensor]                 # video -> (n, D) standardised
+    valid: dict[str, np.ndarray]               # video -> (n,) face / primary-store valid
+    names: list[str]                           # store names (shard extractors)
+    dims: list[int]                            # dimension of each store
+    mean: np.ndarray                           # (D,) float32
+    std: np.ndarray                            # (D,) float32
+    logits: dict[str, np.ndarray] = field(default_factory=dict)  # mae head logits, if stored
+    sources: list[dict] = field(default_factory=list)  # per store: ``fold_data.shard_source`` (checkpoints record it)
+
+    @property
+    def dim(self) -> int:
+        return int(sum(self.dims))
+
+    def n_frames(self, video: str) -> int:
+        return int(self.x[video].shape[0])
+
 
 @dataclass(frozen=True)
 class Clip:

@@ -10,11 +10,22 @@ import numpy as np
 import torch
 
 from affect_pipeline.common.losses import activate, task_loss
-from affect_pipeline.common.metrics import MAIN_METRIC, constant_baseline, score, tune_au_thresholds
+from affect_pipeline.common.metrics import (
+    MAIN_METRIC,
+    constant_baseline,
+    score,
+    tune_au_thresholds,
+)
 from affect_pipeline.common.runtime import autocast
 from affect_pipeline.common.training import fit
-from affect_pipeline.temporal.clips import batches, eval_clips, gather, stitch
-from affect_pipeline.temporal.fold_data import FeatureSet, FoldData
+from affect_pipeline.temporal.clips import (
+    FeatureSet,
+    batches,
+    eval_clips,
+    gather,
+    stitch,
+)
+from affect_pipeline.temporal.fold_data import FoldData
 
 
 @torch.inference_mode()

@@ -1,4 +1,4 @@
-"""What the temporal trainers read: one fold's clips, features, labels and settings, in memory.
+"""What the temporal stages read: one fold's features and labels, in memory.
 
 Features come from shards (``stores.FeatureShard``) given in concatenation order (e.g.
 ``features/mae/AU/fold1.h5 features/hubert.h5``); a store is named by its shard's extractor
@@ -6,202 +6,37 @@ Features come from shards (``stores.FeatureShard``) given in concatenation order
 standardises every dimension with the *training* frames' mean / std (audio and visual features
 live on very different scales; the statistics travel in the checkpoint). Rows a store marks
 invalid (no face, no audio) keep their place and become 0 after standardisation (the training
-mean); label masks decide what is scored.
-
-Clips are ``Clip(video, start, length)`` windows of at most K frames: training clips every
-``stride`` frames plus one flush with the video's end; evaluation clips 0, K, 2K, ... (the last
-padded, :func:`stitch` puts outputs back into frames); ERI: one clip per video, cropped to K
-frames by :func:`gather` (at random when training).
-
-Settings: the ``temporal`` config section arrives complete through ``--params``
-(workflow_config.yaml is the one source of defaults); a missing key is a PipelineError naming it.
+mean); label masks decide what is scored. How clips are cut from them is ``clips.py``; the
+stages' settings and command line are ``settings.py``.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator, NamedTuple
+from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from affect_pipeline.common.config import settings
+from affect_pipeline.common.folds import read_fold
 from affect_pipeline.common.losses import class_weights
-from affect_pipeline.common.runtime import (
-    PipelineError,
-    log,
-    pick_device,
-    progress,
-    read_json,
-    setup_torch,
-    stage_parser,
-)
+from affect_pipeline.common.runtime import PipelineError, log, progress
 from affect_pipeline.common.stores import FeatureShard, read_labels
 from affect_pipeline.common.tasks import TASK_OUTPUTS
-from affect_pipeline.common.training import Schedule
-from affect_pipeline.temporal.clips import Clip, batches, gather, train_clips, video_clips
-from affect_pipeline.temporal.model import INFERENCE
+from affect_pipeline.temporal.clips import (
+    Clip,
+    FeatureSet,
+    batches,
+    gather,
+    train_clips,
+    video_clips,
+)
+from affect_pipeline.temporal.settings import FoldInputs, TemporalHP
 
 HALF_ABOVE_BYTES = 2**31   # keep features in float16 when a job's float32 copy would exceed this
 
 
-# ---------------------------------------------------------------- settings (from --params)
-@dataclass(frozen=True)
-class BranchHP:
-    """One branch's model and optimiser (``temporal.blb``; ERI: ``blb`` overlaid with ``eri``)."""
-    d_model: int
-    nhead: int
-    layers: int
-    dropout: float
-    lr: float
-    weight_decay: float
-    batch_size: int
-    epochs: int
-    warmup_epochs: int
-    ema_decay: float
-
-    def schedule(self, epochs: int | None = None):
-        """The ``training.Schedule`` of this branch (DCL keeps the optimiser, sets its own epochs)."""
-        return Schedule(epochs=int(self.epochs if epochs is None else epochs), lr=float(self.lr),
-                        weight_decay=float(self.weight_decay), warmup_epochs=int(self.warmup_epochs),
-                        ema_decay=float(self.ema_decay), clip_grad=1.0)
-
-
-@dataclass(frozen=True)
-class DclHP:
-    """``temporal.dcl``: Beta(tau1, tau2) for α, how the CLB starts, how branches combine."""
-    tau1: float
-    tau2: float
-    clb_init: str        # blb | fresh
-    inference: str       # mean | blb_weighted | blb | clb
-    epochs: int
-
-
-@dataclass(frozen=True)
-class MiningHP:
-    """``temporal.mining``: share of D_CLB taken by the hardest clips."""
-    hard_fraction: float
-
-
-@dataclass(frozen=True)
-class TemporalHP:
-    clip_len: int
-    stride: int
-    au_pos_weight: bool                  # AU loss: + per-AU neg/pos positive weights (not in eq. 1)
-    branch: BranchHP
-    pooling: str | None = None           # ERI's clip pooling (attention | mean); None: frame tasks
-    mining: MiningHP | None = None       # the sections a stage asks for; None when it does not
-    dcl: DclHP | None = None
-
-
-def temporal_hp(params: dict, task: str, *sections: str) -> TemporalHP:
-    """The settings of one task from the ``temporal`` section; ``sections``: "mining", "dcl"."""
-    for key in ("clip_len", "stride", "au_pos_weight", "blb") + (("eri",) if task == "ERI" else ()) + sections:
-        if key not in params:
-            raise PipelineError(f"temporal: missing key {key!r} in --params (see workflow_config.yaml)")
-    pooling = None
-    if task == "ERI":     # the ERI model: the BLB's settings overlaid with temporal.eri (+ its pooling)
-        eri = dict(params["eri"])
-        pooling = eri.pop("pooling", None)
-        _check("eri.pooling", pooling, ("attention", "mean"))
-        branch = settings(BranchHP, {**params["blb"], **eri}, "temporal.blb + temporal.eri")
-    else:
-        branch = settings(BranchHP, params["blb"], "temporal.blb")
-    mining = settings(MiningHP, params["mining"], "temporal.mining") if "mining" in sections else None
-    dcl = settings(DclHP, params["dcl"], "temporal.dcl") if "dcl" in sections else None
-    if dcl is not None:
-        _check("dcl.clb_init", dcl.clb_init, ("blb", "fresh"))
-        _check("dcl.inference", dcl.inference, INFERENCE)
-    return TemporalHP(int(params["clip_len"]), int(params["stride"]), bool(params["au_pos_weight"]), branch,
-                      pooling, mining, dcl)
-
-
-def _check(key: str, value, allowed) -> None:
-    if value not in allowed:
-        raise PipelineError(f"temporal.{key} in --params must be {' | '.join(allowed)}, not {value!r}")
-
-
-# ---------------------------------------------------------------- command line
-@dataclass(frozen=True)
-class FoldInputs:
-    """Where one task × fold's data lives."""
-    task: str
-    fold: str
-    folds: Path
-    labels: Path
-    features: tuple[Path, ...]   # shards, in concatenation order
-
-    @classmethod
-    def from_args(cls, a) -> "FoldInputs":
-        return cls(a.task, a.fold, Path(a.folds), Path(a.labels), tuple(Path(p) for p in a.features))
-
-
-@dataclass(frozen=True)
-class TrainOutputs:
-    model: Path
-    metrics: Path
-    curve: Path
-
-    @classmethod
-    def from_args(cls, a) -> "TrainOutputs":
-        return cls(Path(a.out), Path(a.metrics), Path(a.curve))
-
-
-@dataclass(frozen=True)
-class Job:
-    """How a job runs: CPU threads, device, seed."""
-    threads: int = 1
-    device: str = "auto"
-    seed: int = 0
-
-    @classmethod
-    def from_args(cls, a) -> "Job":
-        return cls(a.threads, a.device, a.seed)
-
-    def start(self) -> torch.device:
-        setup_torch(self.threads, self.seed)
-        return pick_device(self.device)
-
-
-def fold_parser(stage: str, doc: str | None, train_outputs: bool = True) -> argparse.ArgumentParser:
-    """The arguments every temporal stage shares (+ --out/--metrics/--curve for the trainers)."""
-    p = stage_parser(stage, doc)
-    p.add_argument("--task", required=True, choices=list(TASK_OUTPUTS))
-    p.add_argument("--fold", required=True)
-    p.add_argument("--folds", required=True, help="results/folds/{task}.json")
-    p.add_argument("--labels", required=True, help="results/index/labels/{task}.h5")
-    p.add_argument("--features", required=True, nargs="+",
-                   help="feature shards in concatenation order, e.g. features/mae/AU/fold1.h5 features/hubert.h5")
-    if train_outputs:
-        p.add_argument("--out", required=True)
-        p.add_argument("--metrics", required=True)
-        p.add_argument("--curve", required=True)
-    return p
-
-
 # ---------------------------------------------------------------- features
-@dataclass
-class FeatureSet:
-    """Standardised per-frame features of a set of videos (one tensor per video)."""
-    x: dict[str, torch.Tensor]                 # video -> (n, D) standardised
-    valid: dict[str, np.ndarray]               # video -> (n,) face / primary-store valid
-    names: list[str]                           # store names (shard extractors)
-    dims: list[int]                            # dimension of each store
-    mean: np.ndarray                           # (D,) float32
-    std: np.ndarray                            # (D,) float32
-    logits: dict[str, np.ndarray] = field(default_factory=dict)  # mae head logits, if stored
-    sources: list[dict] = field(default_factory=list)  # per store: :func:`shard_source` (checkpoints record it)
-
-    @property
-    def dim(self) -> int:
-        return int(sum(self.dims))
-
-    def n_frames(self, video: str) -> int:
-        return int(self.x[video].shape[0])
-
-
 def primary_stores(names: list[str]) -> list[int]:
     """Stores whose valid flag means "face found": the visual (mae*) ones, else all."""
     vis = [i for i, n in enumerate(names) if n.startswith("mae")]
@@ -350,23 +185,6 @@ class FoldData:
         for bc in batches(clips, batch_size, gen):
             b = gather(self.fs, bc, self.K, self.labels, self.per_video, generator=gen)
             yield {k: v.to(device, non_blocking=True) for k, v in b.items()}
-
-
-class FoldSplit(NamedTuple):
-    train: list[str]
-    val: list[str]
-    test: list[str]
-
-
-def read_fold(folds_path, fold: str) -> FoldSplit:
-    """The fold's train / validation videos and the task's test videos (make_folds output)."""
-    doc = read_json(folds_path)
-    if fold not in doc.get("folds", {}):
-        raise PipelineError(f"{folds_path}: no fold {fold!r} (has {sorted(doc.get('folds', {}))})")
-    f = doc["folds"][fold]
-    if not f.get("train") or not f.get("validation"):
-        raise PipelineError(f"{folds_path}: fold {fold!r} has an empty train or validation list")
-    return FoldSplit(list(f["train"]), list(f["validation"]), list(doc.get("test", [])))
 
 
 def load_fold(inp: FoldInputs, hp: TemporalHP, norm=None, expect_dims=None, with_logits=False) -> FoldData:

@@ -20,21 +20,15 @@ import torch
 
 from affect_pipeline.common.losses import task_loss
 from affect_pipeline.common.runtime import PipelineError, autocast, log, write_json
-from affect_pipeline.temporal.checkpoint import (
-    check_clip_len,
-    model_from_checkpoint,
-    norm_of,
-    read_temporal_checkpoint,
-)
+from affect_pipeline.temporal.checkpoint import continue_from_blb
 from affect_pipeline.temporal.clips import Clip, batches, gather
 from affect_pipeline.temporal.evaluation import infer_logits
-from affect_pipeline.temporal.fold_data import (
-    FoldData,
+from affect_pipeline.temporal.fold_data import FoldData
+from affect_pipeline.temporal.settings import (
     FoldInputs,
     Job,
     TemporalHP,
     fold_parser,
-    load_fold,
     temporal_hp,
 )
 
@@ -78,10 +72,7 @@ def clip_losses(model, data: FoldData, clips: list[Clip], batch_size: int, devic
 def mine_hard_clips(inp: FoldInputs, blb: Path, out: Path, hp: TemporalHP, job: Job = Job()) -> dict:
     """Score D_init with the BLB, select D_CLB, write it (``clips`` + loss summary); returns it."""
     device = job.start()
-    ck = read_temporal_checkpoint(blb, inp.features)
-    check_clip_len(ck, hp, blb)
-    data = load_fold(inp, hp, norm=norm_of(ck), expect_dims=ck["feature_dims"])
-    model = model_from_checkpoint(ck, blb, device)
+    _, data, model = continue_from_blb(inp, hp, blb, device)
     d_init = data.d_init()
     losses = clip_losses(model, data, d_init, int(hp.branch.batch_size), device)
     try:

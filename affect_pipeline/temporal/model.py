@@ -1,6 +1,6 @@
 """Temporal models over clips of per-frame multi-modal features (paper §2.3–2.4).
 
-BLB (frame tasks): projection → learned positions → 4-layer Transformer encoder (dropout 0.3)
+BLB (frame tasks): projection → learned positions → Transformer encoder (``temporal.blb``)
 → a linear head per frame. ERI model: the same encoder → pooling over the clip (attention or
 mean) → 7 raw intensities. Both are built from a plain config dict (saved in checkpoints), so
 a checkpoint rebuilds its model without code objects. Padding is a key padding mask; padded
@@ -12,19 +12,20 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from affect_pipeline.common.losses import EPS, task_loss
+from affect_pipeline.common.losses import task_loss
+from affect_pipeline.common.metrics import EPS
 from affect_pipeline.common.tasks import TASK_OUTPUTS
+from affect_pipeline.temporal.settings import INFERENCE, POOLINGS
 
 FF_MULT = 4          # feed-forward width / d_model, as in "Attention is all you need"
 BLB_WEIGHT = 0.8     # ``blb_weighted`` inference: the authors' fixed 0.8·BLB + 0.2·CLB logits
-INFERENCE = ("mean", "blb_weighted", "blb", "clb")
 
 
 def model_config(task: str, in_dim: int, branch, clip_len: int, pooling: str | None = None) -> dict:
-    """Config dict (data only, saved in checkpoints) from a ``fold_data.BranchHP``."""
+    """Config dict (data only, saved in checkpoints) from a ``settings.BranchHP``."""
     kind = "video" if task == "ERI" else "frame"
-    if kind == "video" and pooling not in ("attention", "mean"):
-        raise ValueError(f"temporal.eri.pooling must be attention | mean, not {pooling!r}")
+    if kind == "video" and pooling not in POOLINGS:
+        raise ValueError(f"temporal.eri.pooling must be {' | '.join(POOLINGS)}, not {pooling!r}")
     return {"task": task, "kind": kind, "in_dim": int(in_dim), "out_dim": TASK_OUTPUTS[task],
             "d_model": int(branch.d_model), "nhead": int(branch.nhead), "layers": int(branch.layers),
             "dropout": float(branch.dropout), "ff_mult": FF_MULT, "max_len": int(clip_len), "pooling": pooling}
@@ -132,59 +133,15 @@ def interpolate_logits(h_blb, h_clb, alpha):
     return a * h_blb + (1 - a) * h_clb
 
 
-def _wccc(x, y, w):
-    W = w.sum()
-    mx, my = (w * x).sum() / W, (w * y).sum() / W
-    vx, vy = (w * (x - mx) ** 2).sum() / W, (w * (y - my) ** 2).sum() / W
-    cov = (w * (x - mx) * (y - my)).sum() / W
-    return 2 * cov / (vx + vy + (mx - my) ** 2 + EPS)
-
-
-def _wpcc(x, y, w):
-    """Weighted Pearson per column of (N, C); weights normalised to mean 1 over used rows."""
-    w = (w / w[w > 0].mean()).unsqueeze(-1)
-    W = w.sum()
-    xc, yc = x - (w * x).sum(0) / W, y - (w * y).sum(0) / W
-    return (w * xc * yc).sum(0) / ((w * xc**2).sum(0).sqrt() * (w * yc**2).sum(0).sqrt() + EPS)
-
-
-def weighted_loss(task: str, h, y, w, class_w=None):
-    """The task loss with per-row weights ``w`` (frames (B, K) or videos (B,)); returns (value, Σw).
-
-    AU / EXPR: Σ w·l / Σ w of per-frame losses. VA: (1 − wCCC) summed over valence / arousal.
-    ERI: (1 − mean wPCC) + weighted MSE. Uniform weights give exactly ``losses.task_loss``.
-    """
-    W = w.sum()
-    if task in ("AU", "EXPR"):
-        C = h.shape[-1]
-        ones = torch.ones(h.shape[:-1], dtype=torch.bool, device=h.device).reshape(-1, 1)
-        yy = y.reshape(-1, 1, y.shape[-1])
-        per = task_loss(task, h.reshape(-1, 1, C), yy, ones, class_w, reduce=False)   # (B*K,)
-        return (per * w.reshape(-1)).sum() / W.clamp_min(EPS), W
-    if task == "VA":
-        p, t, ww = torch.tanh(h).reshape(-1, 2), y.reshape(-1, 2).to(h), w.reshape(-1).to(h)
-        if (ww > 0).sum() < 2:
-            return h.sum() * 0.0, W
-        return (1 - _wccc(p[:, 0], t[:, 0], ww)) + (1 - _wccc(p[:, 1], t[:, 1], ww)), W
-    if task == "ERI":
-        p, t, ww = torch.sigmoid(h), y.to(h), w.to(h)
-        wmse = (ww * ((p - t) ** 2).mean(-1)).sum() / W.clamp_min(EPS)
-        if (ww > 0).sum() < 2:
-            return wmse, W
-        return (1 - _wpcc(p, t, ww).mean()) + wmse, W
-    raise ValueError(task)
-
-
 def dcl_loss(task: str, h, y_i, m_i, y_j, m_j, alpha, class_w=None):
     """Equation 6, L = α·L(h, y_i) + (1 − α)·L(h, y_j), with union mask handling.
 
     Each frame f of pair b weighs w_i = α_b·m_i[f] for the y_i term and w_j = (1 − α_b)·m_j[f]
-    for the y_j term, so an invalid label drops only its own term; the two terms mix in
-    proportion Σw_i : Σw_j (VA / ERI: weighted CCC / PCC). With one α and all labels valid this
-    is exactly α·L(h, y_i) + (1 − α)·L(h, y_j).
+    for the y_j term (``losses.task_loss`` with these row weights), so an invalid label drops
+    only its own term; the two terms mix in proportion Σw_i : Σw_j. With one α and all labels
+    valid this is exactly α·L(h, y_i) + (1 − α)·L(h, y_j).
     """
     a = alpha.to(h).reshape((-1,) + (1,) * (m_i.dim() - 1))
     w_i, w_j = a * m_i.to(h), (1 - a) * m_j.to(h)
-    li, Wi = weighted_loss(task, h, y_i, w_i, class_w)
-    lj, Wj = weighted_loss(task, h, y_j, w_j, class_w)
-    return (Wi * li + Wj * lj) / (Wi + Wj).clamp_min(EPS)
+    li, lj = task_loss(task, h, y_i, w_i, class_w), task_loss(task, h, y_j, w_j, class_w)
+    return (w_i.sum() * li + w_j.sum() * lj) / (w_i.sum() + w_j.sum()).clamp_min(EPS)

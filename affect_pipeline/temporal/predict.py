@@ -4,11 +4,12 @@ Output ``predictions/{task}/{fold}.h5``: groups ``validation`` and ``test``, one
 with ``pred`` (activated: AU / EXPR probabilities, VA in [-1, 1]; (n_frames, C), ERI (1, 7))
 and ``valid`` (face found per frame; ERI: any face in the video); root attrs task, fold, the
 model's validation score and stage. Every test video must have as many feature rows as the
-index says it has frames (the submission needs one row per frame).
+index says it has frames (the submission needs one row per frame). Clips go through the model
+in the batches its validation used in training (``TemporalPredictor.batch_size``).
 
     python -m affect_pipeline predict --task T --fold F --folds folds/T.json
         --labels index/labels/T.h5 --features SHARD... --model dcl.pt --index index/videos.tsv
-        --out predictions/T/F.h5 [--batch-size 32 --threads N --device D]
+        --out predictions/T/F.h5 [--threads N --device D]
 """
 from __future__ import annotations
 
@@ -17,21 +18,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from affect_pipeline.common.folds import read_fold
 from affect_pipeline.common.losses import activate
 from affect_pipeline.common.runtime import PipelineError, atomic_path, log
 from affect_pipeline.temporal.checkpoint import load_temporal
 from affect_pipeline.temporal.evaluation import infer_logits
-from affect_pipeline.temporal.fold_data import (
-    FoldInputs,
-    Job,
-    fold_parser,
-    load_features,
-    read_fold,
-)
+from affect_pipeline.temporal.fold_data import load_features
+from affect_pipeline.temporal.settings import FoldInputs, Job, fold_parser
 
 
-def predict(inp: FoldInputs, model_path: Path, index_path: Path, out: Path, batch_size: int = 32,
-            job: Job = Job()) -> None:
+def predict(inp: FoldInputs, model_path: Path, index_path: Path, out: Path, job: Job = Job()) -> None:
     """Write the fold's validation + test predictions (see the module docstring)."""
     from affect_pipeline.data.index_dataset import read_index
 
@@ -56,7 +52,7 @@ def predict(inp: FoldInputs, model_path: Path, index_path: Path, out: Path, batc
                         "stage": str(model.meta["stage"]), "model": str(model_path)})
         for name, vids in (("validation", split.val), ("test", split.test)):
             g = f.create_group(name)
-            logits = infer_logits(model, fs, vids, model.clip_len, batch_size, device, per_video)
+            logits = infer_logits(model, fs, vids, model.clip_len, model.batch_size, device, per_video)
             for v in vids:
                 gv = g.create_group(v)
                 gv.create_dataset("pred", data=activate(model.task, logits[v]).numpy().astype(np.float32))
@@ -70,7 +66,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--model", required=True, help="dcl.pt (or blb.pt)")
     p.add_argument("--index", required=True, help="results/index/videos.tsv")
     p.add_argument("--out", required=True)
-    p.add_argument("--batch-size", type=int, default=32, help="clips per model call")
     a = p.parse_args(argv)
-    predict(FoldInputs.from_args(a), Path(a.model), Path(a.index), Path(a.out), a.batch_size, Job.from_args(a))
+    predict(FoldInputs.from_args(a), Path(a.model), Path(a.index), Path(a.out), Job.from_args(a))
     return 0

@@ -16,21 +16,23 @@ import math
 import torch
 
 from affect_pipeline.common.losses import task_loss
-from affect_pipeline.common.runtime import autocast, log, save_checkpoint, write_json, write_text
-from affect_pipeline.common.training import curve_csv
-from affect_pipeline.temporal.checkpoint import checkpoint_meta
-from affect_pipeline.temporal.evaluation import evaluate, fit_scored, framewise_score, metrics_doc
-from affect_pipeline.temporal.fold_data import (
-    FoldData,
+from affect_pipeline.common.runtime import autocast, log
+from affect_pipeline.temporal.checkpoint import TrainOutputs, save_trained
+from affect_pipeline.temporal.evaluation import (
+    evaluate,
+    fit_scored,
+    framewise_score,
+    metrics_doc,
+)
+from affect_pipeline.temporal.fold_data import FoldData, load_fold
+from affect_pipeline.temporal.model import build_model, model_config
+from affect_pipeline.temporal.settings import (
     FoldInputs,
     Job,
     TemporalHP,
-    TrainOutputs,
     fold_parser,
-    load_fold,
     temporal_hp,
 )
-from affect_pipeline.temporal.model import build_model, model_config
 
 
 def clip_loss(task: str, model, b: dict, weights, device):
@@ -64,10 +66,7 @@ def train_blb(inp: FoldInputs, out: TrainOutputs, hp: TemporalHP, job: Job = Job
     res, best, n_clips = fit_blb(model, data, hp, device, job.seed, desc=f"blb {inp.task}/{inp.fold}")
     doc = metrics_doc("blb", data, best, res.best_epoch,
                       {"framewise_score": framewise_score(data), "n_clips": n_clips})
-    save_checkpoint({**checkpoint_meta(data, hp), "stage": "blb", "config": cfg, "blb_state": res.best_state,
-                     "score": doc["score"], "best_epoch": res.best_epoch}, out.model)
-    write_json(out.metrics, doc)
-    write_text(out.curve, curve_csv(res.curve))
+    save_trained(out, data, hp, res, doc, stage="blb", config=cfg, blb_state=res.best_state)
     log.info("blb %s/%s: %s %.4f (baseline %.4f, frame-wise MAE %s) at epoch %d", inp.task, inp.fold,
              doc["metric"], doc["score"], doc["baseline"], doc["framewise_score"], res.best_epoch)
     return doc

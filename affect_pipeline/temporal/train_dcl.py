@@ -6,7 +6,7 @@ D_CLB, draws one α ~ Beta(tau1, tau2) per pair and trains the CLB on
 
     h = α·h_BLB(x_i) + (1 − α)·h_CLB(x_j),    L = α·L(h, y_i) + (1 − α)·L(h, y_j)
 
-(``temporal.dcl_loss``: raw logits, union mask handling). Training runs through
+(``model.dcl_loss``: raw logits, union mask handling). Training runs through
 ``training.fit`` with the BLB's optimiser settings and ``dcl.epochs``; each epoch is judged
 with both branches on the same validation clips, combined as ``dcl.inference`` says
 (``mean``, ``blb_weighted`` = 0.8·BLB + 0.2·CLB, ``blb``, ``clb``).
@@ -24,41 +24,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from affect_pipeline.common.runtime import (
-    PipelineError,
-    autocast,
-    log,
-    read_json,
-    save_checkpoint,
-    write_json,
-    write_text,
-)
-from affect_pipeline.common.training import curve_csv
+from affect_pipeline.common.runtime import PipelineError, autocast, log, read_json
 from affect_pipeline.temporal.checkpoint import (
-    check_clip_len,
-    checkpoint_meta,
-    model_from_checkpoint,
-    norm_of,
-    read_temporal_checkpoint,
+    TrainOutputs,
+    continue_from_blb,
+    save_trained,
 )
 from affect_pipeline.temporal.clips import Clip
 from affect_pipeline.temporal.evaluation import evaluate, fit_scored, metrics_doc
-from affect_pipeline.temporal.fold_data import (
-    FoldData,
-    FoldInputs,
-    Job,
-    TemporalHP,
-    TrainOutputs,
-    fold_parser,
-    load_fold,
-    temporal_hp,
-)
+from affect_pipeline.temporal.fold_data import FoldData
 from affect_pipeline.temporal.model import (
-    INFERENCE,
     DualBranch,
     build_model,
     dcl_loss,
     interpolate_logits,
+)
+from affect_pipeline.temporal.settings import (
+    INFERENCE,
+    FoldInputs,
+    Job,
+    TemporalHP,
+    fold_parser,
+    temporal_hp,
 )
 
 
@@ -125,10 +112,8 @@ def train_dcl(inp: FoldInputs, blb_path: Path, clb_clips: Path, out: TrainOutput
               job: Job = Job()) -> dict:
     """Train the CLB, then write dcl.pt (both branches), the metrics and the curve; returns the metrics."""
     device = job.start()
-    ck = read_temporal_checkpoint(blb_path, inp.features)
-    check_clip_len(ck, hp, blb_path)
-    data = load_fold(inp, hp, norm=norm_of(ck), expect_dims=ck["feature_dims"])
-    blb = model_from_checkpoint(ck, blb_path, device).requires_grad_(False)
+    ck, data, blb = continue_from_blb(inp, hp, blb_path, device)
+    blb.requires_grad_(False)
     clb = build_model(ck["config"]).to(device)
     if hp.dcl.clb_init == "blb":
         clb.load_state_dict(blb.state_dict())
@@ -137,12 +122,8 @@ def train_dcl(inp: FoldInputs, blb_path: Path, clb_clips: Path, out: TrainOutput
     doc = metrics_doc("dcl", data, best, res.best_epoch, {"blb_score": ck.get("score"), "inference": hp.dcl.inference,
                                                           "n_clips": n, "n_clb_clips": len(d_clb),
                                                           "inference_scores": inference_scores(blb, clb, res, data, hp, device)})
-    save_checkpoint({**checkpoint_meta(data, hp), "stage": "dcl", "config": ck["config"],
-                     "blb_state": {k: v.cpu() for k, v in blb.state_dict().items()},
-                     "clb_state": res.best_state, "inference": hp.dcl.inference,
-                     "score": doc["score"], "best_epoch": res.best_epoch}, out.model)
-    write_json(out.metrics, doc)
-    write_text(out.curve, curve_csv(res.curve))
+    save_trained(out, data, hp, res, doc, stage="dcl", config=ck["config"], inference=hp.dcl.inference,
+                 blb_state={k: v.cpu() for k, v in blb.state_dict().items()}, clb_state=res.best_state)
     log.info("dcl %s/%s: %s %.4f (BLB %.4f, baseline %.4f) at epoch %d", inp.task, inp.fold, doc["metric"],
              doc["score"], ck.get("score") or float("nan"), doc["baseline"], res.best_epoch)
     return doc

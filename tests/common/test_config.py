@@ -44,6 +44,7 @@ def test_shipped_config_is_valid_and_defaults_are_the_paper():
     assert minimal["temporal"]["blb"]["layers"] == 4 and minimal["temporal"]["blb"]["dropout"] == 0.3
     assert minimal["mae"]["pretrain"]["mask_ratio"] == 0.75 and minimal["mae"]["pretrain"]["base_lr"] == 0.0024
     assert minimal["temporal"]["dcl"]["tau1"] == 2.0 and minimal["folds"] == 5
+    assert minimal["temporal"]["blb"]["clip_grad"] == 1.0 and minimal["mae"]["finetune"]["clip_grad"] == 0.0
     assert minimal["mae"]["model"]["embed_dim"] == 768 and minimal["faces"]["size"] == 224   # ViT-B/16, 224 px
     assert minimal["affwild2"]["videos"] == "/data/aff/videos" and minimal["affwild2"]["cropped_aligned"] is None
 
@@ -71,6 +72,8 @@ def test_defaults_live_in_one_place():
     (lambda c: c["faces"].__setitem__("backend", "dlib"), "backend"),
     (lambda c: c.__setitem__("tasks", ["AU", "XYZ"]), "tasks"),
     (lambda c: c["temporal"]["blb"].pop("layers"), "layers"),          # every key is required
+    (lambda c: c["temporal"]["blb"].pop("clip_grad"), "clip_grad"),
+    (lambda c: c["mae"]["finetune"].__setitem__("clip_grad", -1.0), "clip_grad"),
     (lambda c: c.pop("scoring"), "scoring"),
 ])
 def test_bad_keys_are_named(mutate, needle):
@@ -97,7 +100,7 @@ def test_demo_config_is_an_ordinary_validated_overlay():
 @pytest.mark.parametrize("typo, needle", [
     ({"faces": {"sise": 112}}, "sise"),
     ({"demo": {"n_video": {"train": 2}}}, "n_video"),
-    ({"demo": {"overrides": {"faces": {"size": 112}}}}, "overrides"),     # the old switch is gone
+    ({"demo": {"overrides": {"faces": {"size": 112}}}}, "overrides"),     # settings overlay, not nest
     ({"demo": {"size": 100}}, "size"),
     ({"scoring": {"test_label": "x"}}, "test_label"),
 ])

@@ -56,6 +56,50 @@ def test_torch_ccc_equals_numpy_and_va_loss_is_eq3():
     assert float(losses.va_loss(logits, y, mask)) == pytest.approx(ref, abs=1e-5)
 
 
+def test_one_ccc_and_pcc_for_numpy_and_torch_with_and_without_weights():
+    """metrics.ccc / pcc are the scores and, on tensors, the losses' correlations: numpy float64
+    and torch give the same numbers, unit weights the plain ones, integer weights those of the
+    rows repeated (weight 0: the row dropped)."""
+    x = rng.normal(size=(60, 3))
+    y = 0.6 * x + rng.normal(size=(60, 3))
+    np.testing.assert_allclose(metrics.ccc(x, y), [ccc_ref(x[:, j], y[:, j]) for j in range(3)], rtol=1e-7)
+    np.testing.assert_allclose(metrics.pcc(x, y), [np.corrcoef(x[:, j], y[:, j])[0, 1] for j in range(3)], rtol=1e-7)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    k = rng.integers(0, 4, 60).astype(np.float64)
+    for f in (metrics.ccc, metrics.pcc):
+        np.testing.assert_allclose(f(tx, ty).numpy(), f(x, y), rtol=1e-12)
+        np.testing.assert_allclose(f(x, y, np.ones(60)), f(x, y), rtol=1e-12)
+        np.testing.assert_allclose(f(tx, ty, torch.ones(60, dtype=torch.float64)).numpy(), f(x, y), rtol=1e-12)
+        np.testing.assert_allclose(f(x, y, k), f(np.repeat(x, k.astype(int), 0), np.repeat(y, k.astype(int), 0)),
+                                   rtol=1e-7)
+        np.testing.assert_allclose(f(tx, ty, torch.from_numpy(k)).numpy(), f(x, y, k), rtol=1e-12)
+    assert metrics.ccc(np.ones(5), np.ones(5)) == 0.0 and metrics.pcc(np.ones(5), np.arange(5.0)) == 0.0
+
+
+@pytest.mark.parametrize("task", ["AU", "EXPR", "VA", "ERI"])
+def test_row_weights_of_0_and_1_are_the_loss_over_the_rows_marked_1(task):
+    """task_loss takes a bool mask or float row weights (DCL): 0/1 weights give the masked loss,
+    the loss of the kept rows alone; its gradient flows through the shared CCC / PCC."""
+    from affect_pipeline.common.tasks import TASK_OUTPUTS
+
+    g = torch.Generator().manual_seed(1)
+    n, c = 40, TASK_OUTPUTS[task]
+    logits = torch.randn(n, c, generator=g, requires_grad=True)
+    y = {"AU": lambda: (torch.rand(n, c, generator=g) > 0.5).float(),
+         "EXPR": lambda: torch.randint(0, 8, (n, 1), generator=g).float(),
+         "VA": lambda: torch.rand(n, c, generator=g) * 2 - 1,
+         "ERI": lambda: torch.rand(n, c, generator=g)}[task]()
+    mask = torch.rand(n, generator=g) > 0.3
+    got = losses.task_loss(task, logits, y, mask.float())
+    with torch.no_grad():
+        masked = losses.task_loss(task, logits, y, mask)
+        kept = losses.task_loss(task, logits[mask], y[mask], torch.ones(int(mask.sum()), dtype=torch.bool))
+    assert float(got.detach()) == pytest.approx(float(masked), abs=1e-6)
+    assert float(got.detach()) == pytest.approx(float(kept), abs=1e-5)
+    got.backward()
+    assert torch.isfinite(logits.grad).all() and (logits.grad[~mask] == 0).all()
+
+
 def test_au_class_weights_and_weighted_bce_by_hand():
     y = np.zeros((10, 12), np.float32)
     y[:5, 0] = 1          # AU1 fires in half the frames, AU2 in one frame, others never

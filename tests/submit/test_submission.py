@@ -204,6 +204,18 @@ def test_ensemble_settings_are_required_and_checked():
         settings(no_face="drop")
 
 
+def test_no_face_policies_are_the_schemas():
+    """One list: the schema's ensemble.no_face enum is ensemble.NO_FACE, and every policy runs."""
+    import yaml
+    from conftest import REPO
+
+    schema = yaml.safe_load((REPO / "workflow_config.schema.yaml").read_text())
+    assert schema["properties"]["ensemble"]["properties"]["no_face"]["enum"] == list(ens.NO_FACE)
+    assert workflow_defaults()["ensemble"]["no_face"] in ens.NO_FACE
+    for policy in ens.NO_FACE:
+        assert settings(no_face=policy).no_face == policy
+
+
 # ----------------------------------------------------------------------------- official order
 def test_rows_follow_the_official_name_list(tmp_path):
     index, preds, metrics, _ = setup_folds(tmp_path, "VA", (1, 1))

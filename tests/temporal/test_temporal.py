@@ -21,7 +21,8 @@ from affect_pipeline.common.stores import FeatureShard, FeatureShardWriter, Labe
 from affect_pipeline.common.tasks import TASK_OUTPUTS
 from affect_pipeline.data.index_dataset import write_index_tsv
 from affect_pipeline.temporal.clips import Clip, eval_clips, gather, stitch, train_clips
-from affect_pipeline.temporal.fold_data import load_features, temporal_hp
+from affect_pipeline.temporal.fold_data import load_features
+from affect_pipeline.temporal.settings import temporal_hp
 
 torch.set_num_threads(1)
 LAT = 4
@@ -288,6 +289,7 @@ def test_chain_is_deterministic_and_predict_covers_every_test_frame(tmp_path):
     # the library entry points give the same numbers as the predict stage
     from affect_pipeline.temporal.checkpoint import load_temporal, predict_video
     model = load_temporal(tmp_path / "a" / "dcl.pt", "cpu")
+    assert model.batch_size == params["blb"]["batch_size"]      # predict's clips per call: from the config
     parts = [FeatureShard(p).read("te0") for p in d["features"]]
     got = predict_video(model, np.concatenate([p.features for p in parts], 1), np.stack([p.valid for p in parts], 1))
     np.testing.assert_allclose(got, p1["test/te0"][0], atol=1e-5)
