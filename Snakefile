@@ -6,6 +6,8 @@ import os
 
 from snakemake.utils import min_version
 
+from affect_pipeline.audio.models import MODELS as AUDIO_MODELS
+
 min_version("9.0")
 
 
@@ -17,11 +19,11 @@ include: "rules/common.smk"
 
 
 wildcard_constraints:
-    task="AU|EXPR|VA|ERI",
+    task="|".join(ABAW_TASKS),
     fold="official|fold[0-9]+",
     batch="(affwild2|hume)_[0-9]+",
     media="[^/]+",
-    model="hubert|wav2vec2|vggish",
+    model="|".join(AUDIO_MODELS),
 
 
 include: "rules/demo.smk"

@@ -48,7 +48,8 @@ def faces_config(**kw) -> dict:
 
 def make_video(path, n_frames: int, size: int, height: int | None = None, fps: float = 25) -> dict:
     from affect_pipeline.common.runtime import write_json
-    from affect_pipeline.data.video import frame_info, write_video
+    from affect_pipeline.data.video import frame_info
+    from affect_pipeline.data.video_writer import write_video
 
     write_video(path, face_frames(n_frames, size, height), fps, "libx264")
     info = frame_info(path, show_progress=False)

@@ -7,7 +7,7 @@ rule audio_features:
         frames=lambda wc: [f"results/frames/{m}.json" for m in audio_media()],
         weights=lambda wc: weights(f"audio.{wc.model}.weights"),
     output:
-        "results/features/{model}.h5",
+        results.audio_shard("{model}"),
     log:
         "results/logs/audio_features/{model}.log",
     benchmark:

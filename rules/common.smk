@@ -10,13 +10,18 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from affect_pipeline.__main__ import STAGES
+from affect_pipeline.common import results
 from affect_pipeline.common.digests import ImportGraph
+from affect_pipeline.common.tasks import FRAME_TASKS as ABAW_FRAME_TASKS
+from affect_pipeline.common.tasks import TASKS as ABAW_TASKS
 from affect_pipeline.data.layout import LayoutError, enabled_tasks, scan_dataset
+from affect_pipeline.temporal.settings import stage_keys
 
 validate(config, os.path.join(workflow.basedir, "workflow_config.schema.yaml"))
 
+# ABAW_TASKS: every task of the challenge; TASKS: the configured ones whose data is given
 TASKS = list(enabled_tasks(config))
-FRAME_TASKS = [t for t in TASKS if t != "ERI"]
+FRAME_TASKS = [t for t in TASKS if t in ABAW_FRAME_TASKS]
 FOLDS = ["official"] + [f"fold{i}" for i in range(1, config["folds"] + 1)]
 ENSEMBLE_FOLDS = FOLDS[1:]
 PER_FOLD = config["mae"]["finetune"]["per_fold"]
@@ -82,7 +87,7 @@ def frames_json(video):
 def face_batches(videos):
     """The crop_faces batch directories holding these videos' face stores."""
     n = config["resources"]["face_batches"]
-    return sorted({f"results/faces/{layout().face_batch(v, n)}" for v in videos})
+    return sorted({results.faces_batch(layout().face_batch(v, n)) for v in videos})
 
 
 def batch_videos(batch):
@@ -99,19 +104,19 @@ def encoder(task, fold):
     one. ERI's videos (Hume) are outside every Aff-Wild2 fold: the official EXPR encoder.
     """
     if task == "ERI":
-        return f"results/mae/{ERI_VISUAL}/official/finetune.pt"
-    return f"results/mae/{task}/{fold if PER_FOLD else 'official'}/finetune.pt"
+        return results.encoder(ERI_VISUAL, "official")
+    return results.encoder(task, fold if PER_FOLD else "official")
 
 
 def visual_shard(task, fold):
     shared = task == "ERI" or not PER_FOLD
-    return f"results/features/mae/{task}/{'official' if shared else fold}.h5"
+    return results.visual_shard(task, "official" if shared else fold)
 
 
 def feature_shards(task, fold):
     """The feature shards a task x fold's temporal models read, in concatenation order."""
     return [
-        visual_shard(task, fold) if name == "mae" else f"results/features/{name}.h5"
+        visual_shard(task, fold) if name == "mae" else results.audio_shard(name)
         for name in config["temporal"]["features"]
     ]
 
@@ -158,15 +163,13 @@ def torch_launcher(gpus):
 
 
 def temporal_params(*sections):
-    """The temporal settings a stage needs, per task: the shared ones + its own sections (a DCL
-    change does not rerun BLB training), and temporal.eri only for ERI (tuning ERI's model does
-    not retrain the frame tasks' BLBs)."""
-    shared = ("features", "clip_len", "stride", "au_pos_weight", "blb") + sections
-    eri = ("eri_visual_task", "eri")
+    """The temporal settings a stage needs, per task (affect_pipeline.temporal.settings.stage_keys):
+    the shared ones + its own sections (a DCL change does not rerun BLB training), and temporal.eri
+    only for ERI (tuning ERI's model does not retrain the frame tasks' BLBs)."""
 
     def params(wildcards):
-        keep = shared + (eri if wildcards.task == "ERI" else ())
-        return as_json({k: config["temporal"][k] for k in keep})
+        keys = stage_keys(wildcards.task, *sections)
+        return as_json({k: config["temporal"][k] for k in keys})
 
     return params
 

@@ -7,7 +7,7 @@ rule crop_faces:
         videos=lambda wc: [layout().videos[v].path for v in batch_videos(wc.batch)],
         frames=lambda wc: [frames_json(v) for v in batch_videos(wc.batch)],
     output:
-        directory("results/faces/{batch}"),
+        directory(results.faces_batch("{batch}")),
     log:
         "results/logs/crop_faces/{batch}.log",
     benchmark:

@@ -48,7 +48,7 @@ rule finetune_mae:
         # every fold's train + validation videos are among these; the job reads its fold's only
         faces=lambda wc: face_batches(task_videos(wc.task, ("train", "validation"))),
     output:
-        model="results/mae/{task}/{fold}/finetune.pt",
+        model=results.encoder("{task}", "{fold}"),
         metrics="results/mae/{task}/{fold}/finetune_metrics.json",
         curve="results/mae/{task}/{fold}/finetune_curve.csv",
     log:
@@ -78,7 +78,7 @@ rule visual_features:
         models=lambda wc: [encoder(wc.task, f) for f in FINETUNE_FOLDS],
         faces=lambda wc: face_batches(task_videos(wc.task)),
     output:
-        expand("results/features/mae/{{task}}/{fold}.h5", fold=FINETUNE_FOLDS),
+        [results.visual_shard("{task}", f) for f in FINETUNE_FOLDS],
     log:
         "results/logs/visual_features/{task}.log",
     benchmark:
@@ -106,6 +106,6 @@ use rule visual_features as visual_features_eri with:
         models=[encoder("ERI", "official")],
         faces=lambda wc: face_batches(task_videos("ERI")),
     output:
-        "results/features/mae/{task}/official.h5",
+        results.visual_shard("{task}", "official"),
     wildcard_constraints:
         task="ERI",

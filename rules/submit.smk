@@ -8,9 +8,10 @@ from affect_pipeline.submit.report import FIGURES
 rule ensemble:
     input:
         preds=expand("results/predictions/{{task}}/{fold}.h5", fold=ENSEMBLE_FOLDS),
-        metrics=expand(
-            "results/models/{{task}}/{fold}/dcl_metrics.json", fold=ENSEMBLE_FOLDS
-        ),
+        metrics=[
+            results.metrics(results.fold_model("{task}", f, "dcl"))
+            for f in ENSEMBLE_FOLDS
+        ],
         index="results/index/videos.tsv",
         index_report="results/index/index_report.json",
     output:

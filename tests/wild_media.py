@@ -244,10 +244,10 @@ def long_video(path: Path, seconds: float, size: int = 64) -> Path:
     """``seconds`` of low-res H.264 + AAC, the demo clip looped, encoded streaming (flat memory)."""
     import itertools
 
-    from affect_pipeline.data.video import write_video
+    from affect_pipeline.data.video_writer import Soundtrack, write_video
 
     src = demo_source(size=size)
     n = int(round(seconds * FPS))
     voice = np.resize(src.voice(SAMPLE_RATE), int(seconds * SAMPLE_RATE))
     frames = itertools.islice(itertools.cycle(src.frames + src.frames[::-1]), n)
-    return write_video(path, frames, FPS, "libx264", audio=voice, options={"preset": "ultrafast", "threads": "1"})
+    return write_video(path, frames, FPS, "libx264", audio=Soundtrack(voice), options={"preset": "ultrafast", "threads": "1"})

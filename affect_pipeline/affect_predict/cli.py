@@ -21,8 +21,8 @@ A progress bar per video (decode, faces, each feature source, each task) goes to
 Per video it runs the workflow's own stage code, in memory or in a temporary folder (removed
 at the end): decode (``video.frame_info``), faces (``crop_faces.crop_faces`` with the run's
 ``faces`` settings) into a face store, each fold's fine-tuned MAE features (``visual_features.embed_crops``),
-the wav (``video.extract_audio``) and its HuBERT / wav2vec2 / VGGish features
-(``audio_features.extract``), every fold's temporal model (``temporal_checkpoint.predict_video``)
+the wav (``audio_track.extract_audio``) and its HuBERT / wav2vec2 / VGGish features
+(``audio_features.extract``), every fold's temporal model (``temporal.checkpoint.predict_video``)
 and the fold ensemble exactly as the submission does it (``ensemble.fold_weights``,
 ``average_folds``, ``interpolate_no_face``).
 
@@ -47,7 +47,7 @@ import argparse
 import logging
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +60,7 @@ from affect_pipeline.affect_predict.batches import (
     plan_batch,
     run_batch,
 )
-from affect_pipeline.affect_predict.outputs import CSV_TASKS, NATIVE, CsvStyle, VideoResult
+from affect_pipeline.affect_predict.outputs import NATIVE, CsvStyle, VideoResult
 from affect_pipeline.affect_predict.run_models import (
     AudioSource,
     TaskModels,
@@ -73,8 +73,11 @@ from affect_pipeline.affect_predict.run_models import (
     make_sources,
     setting,
 )
-from affect_pipeline.common.config import RUN_CONFIG as RUN_CONFIG_NAME
+from affect_pipeline.affect_predict.video_job import prepare_video
+from affect_pipeline.common import results
+from affect_pipeline.common.config import RUN_CONFIG
 from affect_pipeline.common.runtime import PipelineError, progress, run_stage
+from affect_pipeline.common.tasks import FRAME_TASKS
 from affect_pipeline.submit.ensemble import EnsembleSettings
 
 log = logging.getLogger("affect_pipeline.temporal.predict")
@@ -83,38 +86,12 @@ log = logging.getLogger("affect_pipeline.temporal.predict")
 # ---------------------------------------------------------------- config
 def load_config(models_dir: Path, paths=()) -> dict:
     """The run's effective config (``{models_dir}/config.yaml``) with ``paths`` merged in order."""
-    from affect_pipeline.common.config import RUN_CONFIG, load_run_config
+    from affect_pipeline.common.config import load_run_config
 
     return load_run_config(Path(models_dir) / RUN_CONFIG, paths or ())
 
 
 # ---------------------------------------------------------------- one video
-@dataclass
-class VideoJob:
-    path: Path
-    video_id: str
-    info: dict
-    faces: Path
-    wav: Path | None
-    timestamps: np.ndarray = field(default_factory=lambda: np.zeros(0))
-
-
-def prepare_video(path: Path, video_id: str, tmp: Path, fparams: dict, sample_rate: int | None,
-                  threads: int, device) -> VideoJob:
-    """Decode once for the timestamps, then the face store and (``sample_rate`` given) the wav, in ``tmp``."""
-    from affect_pipeline.data.video import extract_audio, frame_info
-    from affect_pipeline.faces.crop_faces import FaceJob, crop_faces
-    from affect_pipeline.faces.detection import FaceParams
-
-    info = frame_info(path, threads)
-    job = VideoJob(path, video_id, info, tmp / "faces.h5", tmp / "audio.wav" if sample_rate else None,
-                   np.asarray(info["timestamps"], np.float64))
-    crop_faces(FaceJob(path, info, job.faces, video_id), FaceParams.from_config(fparams), threads=threads, device=device)
-    if sample_rate and info["has_audio"]:
-        extract_audio(path, job.wav, sample_rate, duration=float(info["duration"]), threads=threads)
-    return job
-
-
 def ensemble_task(tm: TaskModels, feats: dict, ens, batch_size: int) -> np.ndarray:
     """Every fold's prediction (its stores from its own sources, ``tm.keys``), averaged and
     no-face filled exactly as the submission's ensemble (``ens``: ensemble.EnsembleSettings)."""
@@ -216,7 +193,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo videos whose CSV exists (default: skip them)")
     p.add_argument("--openface-columns", action="store_true",
                    help="OpenFace-style column names: frame, face_id, timestamp, confidence, success, AU01_c ...")
-    p.add_argument("--tasks", nargs="+", choices=CSV_TASKS, default=None,
+    p.add_argument("--tasks", nargs="+", choices=FRAME_TASKS, default=None,
                    help="tasks to predict (default: every frame task the run trained)")
     p.add_argument("--config", action="append", default=[], type=Path, metavar="YAML",
                    help="a config overlay merged over the run's saved config, {models}/config.yaml (repeatable)")
@@ -248,15 +225,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def select_tasks(models_dir: Path, cfg: dict, requested) -> dict[str, list[Path]]:
     """The ensembles to run: the requested tasks (default: every frame task of the run's
     ``tasks``), each as its fold1..k checkpoints."""
-    trained = [t for t in CSV_TASKS if t in setting(cfg, "tasks")]
+    trained = [t for t in FRAME_TASKS if t in setting(cfg, "tasks")]
     folds = ensemble_folds(cfg)
     for t in requested or ():
         if t not in trained:
-            raise PipelineError(f"{models_dir / 'models' / t / folds[0] / 'dcl.pt'}: model not found (task {t} "
+            raise PipelineError(f"{results.fold_model(t, folds[0], 'dcl', root=models_dir)}: model not found (task {t} "
                                 f"was not trained in this run: its frame tasks are {trained})")
     tasks = list(requested or trained)
     if not tasks:
-        raise PipelineError(f"{models_dir / RUN_CONFIG_NAME}: the run trained no AU / EXPR / VA models "
+        raise PipelineError(f"{models_dir / RUN_CONFIG}: the run trained no {' / '.join(FRAME_TASKS)} models "
                             f"(tasks {setting(cfg, 'tasks')})")
     return {t: find_fold_models(models_dir, t, folds) for t in tasks}
 
@@ -278,7 +255,7 @@ def make_predictor(a: argparse.Namespace, cfg: dict, task_paths: dict, tmp_root:
     workdir = a.workdir or a.models.resolve().parent
     ens = EnsembleSettings.from_params(setting(cfg, "ensemble"))
     fparams = faces_params(cfg, workdir)
-    check_faces(a.models / "faces", fparams)
+    check_faces(Path(results.faces(a.models)), fparams)
     torch = setup_torch(a.threads, a.seed)
     cv2.setNumThreads(a.threads)
     device = pick_device(a.device)

@@ -26,9 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from affect_pipeline.common.runtime import PipelineError, atomic_path
-from affect_pipeline.common.tasks import AU_NAMES, EXPR_NAMES, TASK_COLUMNS, VA_NAMES
-
-CSV_TASKS = ("AU", "EXPR", "VA")            # per-frame tasks (ERI is per video: not a CSV column)
+from affect_pipeline.common.tasks import AU_NAMES, EXPR_NAMES, FRAME_TASKS, TASK_COLUMNS, VA_NAMES
 
 
 @dataclass
@@ -57,7 +55,7 @@ class CsvStyle:
                 "EXPR": [n.lower() for n in EXPR_NAMES], "VA": list(VA_NAMES)}[task]
 
     def header(self, tasks) -> list[str]:
-        return self.lead() + [c for t in CSV_TASKS if t in tasks for c in self.task_columns(t)]
+        return self.lead() + [c for t in FRAME_TASKS if t in tasks for c in self.task_columns(t)]
 
     def values(self, r: VideoResult, task: str) -> np.ndarray:
         """The strings of one task's columns."""
@@ -80,7 +78,7 @@ class CsvStyle:
             left = [ids, frames, np.zeros(n, int).astype(str), ts, conf, found]
         else:
             left = [ids, frames, ts, found]
-        cols = [c[:, None] for c in left] + [self.values(r, t) for t in CSV_TASKS if t in tasks]
+        cols = [c[:, None] for c in left] + [self.values(r, t) for t in FRAME_TASKS if t in tasks]
         return np.concatenate([np.asarray(c, dtype=object) for c in cols], 1)
 
 
@@ -152,7 +150,7 @@ def read_results(path: Path, tasks, style: CsvStyle = NATIVE, ids=None) -> list[
     for vid in (rows if ids is None else ids):
         a = np.array([r[1:] for r in rows[vid]], dtype=object)
         num = lambda c: a[:, header.index(c) - 1].astype(np.float64)  # noqa: E731
-        preds = {t: np.stack([num(c) for c in style.task_columns(t)], 1) for t in CSV_TASKS if t in tasks}
+        preds = {t: np.stack([num(c) for c in style.task_columns(t)], 1) for t in FRAME_TASKS if t in tasks}
         score = num("confidence") if style.openface else None
         out.append(VideoResult(vid, num("timestamp"), a[:, found_col - 1].astype(int) == 1, preds, score))
     return out
@@ -167,7 +165,7 @@ def plot_timeline(results: list[VideoResult], tasks, out) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [t for t in CSV_TASKS if t in tasks]
+    rows = [t for t in FRAME_TASKS if t in tasks]
     heights = {"AU": 2.2, "EXPR": 1.6, "VA": 1.6}
     ratios = [heights[t] for _ in results for t in rows]
     fig, axes = plt.subplots(len(ratios), 1, figsize=(12, 0.6 + sum(ratios)), squeeze=False,

@@ -6,23 +6,21 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from affect_pipeline.affect_predict.video_job import VideoJob
+from affect_pipeline.audio.models import MODELS as AUDIO_STORES
+from affect_pipeline.common import results
 from affect_pipeline.common.config import need
 from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.tasks import FRAME_TASKS
 
 log = logging.getLogger(__name__)
 
-AUDIO_STORES = ("hubert", "wav2vec2", "vggish")
-VISUAL_STORE = re.compile(r"^mae_(AU|EXPR|VA)$")
-
-if TYPE_CHECKING:
-    from affect_pipeline.affect_predict.cli import VideoJob
+VISUAL_STORES = tuple(f"mae_{t}" for t in FRAME_TASKS)
 
 
 def setting(cfg: dict, key: str):
@@ -58,8 +56,9 @@ def check_faces(faces_dir: Path, params: dict) -> None:
     """The run's face stores (if kept) record the crop settings: a different --config is refused."""
     import h5py
 
+    # faces/{batch}/{video}.h5; an unbatched run's are faces/{video}.h5
     stores = sorted(faces_dir.glob("*/*.h5")) + sorted(faces_dir.glob("*.h5")) if faces_dir.is_dir() else []
-    first = next(iter(stores), None)          # faces/{batch}/{video}.h5 (a run before batches: faces/*.h5)
+    first = next(iter(stores), None)
     if first is None:
         return
     with h5py.File(first, "r") as f:
@@ -92,8 +91,8 @@ def ensemble_folds(cfg: dict) -> list[str]:
 
 
 def find_fold_models(models_dir: Path, task: str, folds: list[str]) -> list[Path]:
-    """``models/{task}/{fold}/dcl.pt`` of every ensembled fold; each must exist."""
-    paths = [models_dir / "models" / task / f / "dcl.pt" for f in folds]
+    """The ``dcl`` model of every ensembled fold; each must exist."""
+    paths = [Path(results.fold_model(task, f, "dcl", root=models_dir)) for f in folds]
     for p in paths:
         if not p.is_file():
             raise PipelineError(f"{p}: model not found (train_dcl of this fold has not finished; "
@@ -119,12 +118,12 @@ def load_task_models(models_dir: Path, task: str, paths: list[Path], device) -> 
 
 
 def fold_metrics(paths: list[Path]) -> list[tuple[str, dict]]:
-    """(file, metrics) of each fold model: its ``dcl_metrics.json`` ({} when absent), as the
+    """(file, metrics) of each fold model: the metrics written beside it ({} when absent), as the
     submission's ensemble reads them (fold weights, tuned AU thresholds)."""
     from affect_pipeline.common.runtime import read_json
 
     return [(str(mp), read_json(mp) if mp.is_file() else {})
-            for mp in (Path(p).with_name("dcl_metrics.json") for p in paths)]
+            for mp in (Path(results.metrics(str(p))) for p in paths)]
 
 
 def au_threshold(cfg: dict, paths: list[Path]) -> tuple[float, ...]:
@@ -148,7 +147,7 @@ class VisualSource:
                                 f"but the temporal models need {name} features")
         self.dim, self.layer = int(self.model.config["embed_dim"]), None
 
-    def __call__(self, job: "VideoJob") -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, job: VideoJob) -> tuple[np.ndarray, np.ndarray]:
         from affect_pipeline.common.stores import FaceStore
         from affect_pipeline.mae.face_reader import resize_crops
         from affect_pipeline.mae.visual_features import embed_crops
@@ -189,7 +188,7 @@ class AudioSource:
                                 f"{self.model.sample_rate} Hz")
         self.dim, self.digest, self.layer = self.model.dim, self.model.digest, str(self.model.layer)
 
-    def __call__(self, job: "VideoJob") -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, job: VideoJob) -> tuple[np.ndarray, np.ndarray]:
         from affect_pipeline.audio.audio_features import Chunking, extract
 
         n = len(job.timestamps)
@@ -200,14 +199,14 @@ class AudioSource:
 
 
 def visual_encoder(models_dir: Path, src: dict, ckpt: Path) -> Path:
-    """The encoder that made a visual store: ``{models}/mae/{X}/{fold}/finetune.pt`` for ``mae_X``
-    (its fold as the shard recorded it: the model's own fold, or ``official`` when the run did not
-    fine-tune per fold, and for ERI)."""
+    """The encoder that made a visual store ``mae_X``: X's fine-tuned MAE of the fold the shard
+    recorded (the model's own fold, or ``official`` when the run did not fine-tune per fold, and
+    for ERI)."""
     name, fold = src["name"], src.get("fold")
     if not fold:
         raise PipelineError(f"{ckpt}: its {name} store (shard {src.get('shard')}) records no encoder fold; "
                             f"affect-predict cannot tell which fine-tuned MAE made it (rerun visual_features)")
-    return models_dir / "mae" / name[len("mae_"):] / fold / "finetune.pt"
+    return Path(results.encoder(name.removeprefix("mae_"), fold, root=models_dir))
 
 
 def _mismatch(ckpt: Path, src: dict, what: str, got: str, hint: str) -> PipelineError:
@@ -232,7 +231,7 @@ def make_sources(tasks: dict[str, TaskModels], models_dir: Path, cfg: dict, work
             for src, name, dim in zip(m.feature_sources, m.feature_names, m.feature_dims):
                 if src.get("name") != name:
                     raise PipelineError(f"{path}: feature_sources {src.get('name')!r} does not match store {name!r}")
-                if VISUAL_STORE.match(name):
+                if name in VISUAL_STORES:
                     enc = visual_encoder(models_dir, src, path)
                     key = f"{name}@{src['fold']}"
                     if not enc.is_file():
@@ -253,7 +252,7 @@ def make_sources(tasks: dict[str, TaskModels], models_dir: Path, cfg: dict, work
                     key = name
                     if key not in sources:
                         sources[key] = AudioSource(name, cfg, workdir, device)
-                        check_digest(models_dir / "features" / f"{name}.h5", sources[key])
+                        check_digest(Path(results.audio_shard(name, root=models_dir)), sources[key])
                     a = sources[key]
                     if src.get("checkpoint_digest") and src["checkpoint_digest"] != a.digest:
                         raise _mismatch(path, src, "the weights configured here", a.digest,
@@ -263,7 +262,7 @@ def make_sources(tasks: dict[str, TaskModels], models_dir: Path, cfg: dict, work
                                             f"{src.get('shard')}), the config here says {a.layer}")
                 else:
                     raise PipelineError(f"{path}: trained on feature store {name!r}, which affect-predict "
-                                        f"cannot compute (known: mae_AU, mae_EXPR, mae_VA, {', '.join(AUDIO_STORES)})")
+                                        f"cannot compute (known: {', '.join(VISUAL_STORES + AUDIO_STORES)})")
                 if sources[key].dim != dim:
                     raise PipelineError(f"{path}: trained on {dim}-d {name!r} features, but "
                                         f"{getattr(sources[key], 'path', None) or 'the configured ' + name + ' weights'} "

@@ -1,6 +1,6 @@
 """The HDF5 stores that connect stages: face crops, per-frame features, labels.
 
-Formats (DESIGN.md):
+Formats:
 - face store ``faces/{batch}/{video}.h5`` (a directory per ``crop_faces`` batch) — one row per
   decoded frame: ``jpeg`` (vlen uint8, empty when no face), ``found`` bool, ``score`` f4,
   ``box`` f4 (x1, y1, x2, y2), ``landmarks`` f4 (L, 2), ``timestamps`` f8 seconds; attrs
@@ -187,7 +187,8 @@ class FaceStore(_Reader):
         out = np.zeros((len(idx), self.size, self.size, 3), np.uint8)
         ds = self.f["jpeg"]
         lo, hi = (int(idx.min()), int(idx.max()) + 1) if len(idx) else (0, 0)
-        # one slice read when the rows are dense (a row at a time costs 15x as much in h5py)
+        # one slice read when the rows asked are dense (their span at most 4x their number): h5py
+        # pays per read call, so reading row by row is the slow path
         block = ds[lo:hi] if 0 <= lo and hi <= ds.shape[0] and hi - lo <= 4 * len(idx) else None
         for k, i in enumerate(idx):
             buf = block[i - lo] if block is not None else ds[int(i)]

@@ -1,7 +1,14 @@
-"""The ABAW tasks: their names, label columns, output sizes and invalid-label markers."""
+"""The ABAW tasks: their names, label columns, output sizes and invalid-label markers.
+
+The one list of tasks: code imports it; the schema's enums, which cannot, are checked against it
+(tests/common/test_tasks.py).
+"""
 
 TASKS = ("AU", "EXPR", "VA", "ERI")
+#: tasks labelled per frame (Aff-Wild2); ERI (Hume-Reaction) is labelled per video
 FRAME_TASKS = ("AU", "EXPR", "VA")
+#: tasks whose labels are classes (integers in the annotation files and submission rows)
+CLASS_TASKS = ("AU", "EXPR")
 
 AU_NAMES = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
 EXPR_NAMES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")

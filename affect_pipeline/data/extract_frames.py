@@ -2,7 +2,7 @@
 
 One job per media file (``X_left`` / ``X_right`` share media ``X``) writes the frames JSON
 (probe + exact per-frame timestamps, :func:`video.frame_info`) and the 16 kHz mono wav on the
-media clock (:func:`video.extract_audio`; silence of the video's duration, ``has_audio: false``,
+media clock (:func:`audio_track.extract_audio`; silence of the video's duration, ``has_audio: false``,
 when there is no audio stream). One job instead of two halves the per-video job count at
 Aff-Wild2 scale.
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 
 from affect_pipeline.common.runtime import atomic_path, stage_parser, write_json
-from affect_pipeline.data.video import extract_audio, frame_info
+from affect_pipeline.data.audio_track import extract_audio
+from affect_pipeline.data.video import frame_info
 
 log = logging.getLogger("affect_pipeline.data.extract_frames")
 

@@ -10,7 +10,8 @@ per video, as runs) and ``frame_list_mismatch`` (:func:`compare_frame_lists`)).
 Annotation policy (Aff-Wild2): line i (after the header) is frame i. When a file's row count
 differs from the video's decoded frame count, the mismatch is logged with both counts and
 recorded in ``index_report.json``; extra rows are dropped and missing rows are marked invalid
-— rows are never shifted. Invalid markers (AU -1, EXPR -1, VA -5) become ``mask = False``.
+— rows are never shifted. Invalid markers (AU -1, EXPR -1, VA -5) become ``mask = False``
+(:func:`affect_pipeline.data.annotations.parse_annotation`).
 """
 from __future__ import annotations
 
@@ -23,58 +24,15 @@ from typing import Iterable
 
 import numpy as np
 
-from affect_pipeline.common.runtime import (
-    PipelineError,
-    read_json,
-    stage_parser,
-    write_json,
-    write_text,
-)
+from affect_pipeline.common.runtime import PipelineError, read_json, stage_parser, write_json, write_text
 from affect_pipeline.common.stores import Labels, write_labels
-from affect_pipeline.common.tasks import ERI_NAMES, FRAME_TASKS, INVALID_MARKER, TASK_COLUMNS
-from affect_pipeline.data.layout import Layout, read_hume_csv, scan_dataset
+from affect_pipeline.common.tasks import FRAME_TASKS, TASKS
+from affect_pipeline.data.annotations import parse_annotation, read_eri_labels
+from affect_pipeline.data.layout import Layout, scan_dataset
 
 log = logging.getLogger(__name__)
 INDEX_COLUMNS = ("video_id", "path", "media", "side", "fps", "n_frames", "width", "height",
-                 "duration", "has_audio", "split_AU", "split_EXPR", "split_VA", "split_ERI")
-
-
-def parse_annotation(path: str | Path, task: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read one Aff-Wild2 annotation file -> (values (rows, C) float32, row-valid mask)."""
-    path = Path(path)
-    cols = TASK_COLUMNS[task] if task != "EXPR" else None
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except OSError as e:
-        raise PipelineError(f"{path}: cannot read annotation ({e})") from e
-    if not lines:
-        raise PipelineError(f"{path}: empty annotation file (expected a header line)")
-    header = [h.strip() for h in lines[0].split(",")]
-    expected = list(TASK_COLUMNS[task])
-    if [h.lower() for h in header] != [c.lower() for c in expected]:
-        raise PipelineError(f"{path}: header {lines[0]!r} is not the {task} header {','.join(expected)!r}")
-    width = 1 if task == "EXPR" else len(cols)
-    rows = [ln for ln in lines[1:] if ln.strip()]
-    y = np.empty((len(rows), width), np.float32)
-    for i, ln in enumerate(rows):
-        parts = ln.split(",")
-        if len(parts) != width:
-            raise PipelineError(f"{path} line {i + 2}: expected {width} value(s), got {len(parts)}: {ln!r}")
-        try:
-            y[i] = [float(p) for p in parts]
-        except ValueError as e:
-            raise PipelineError(f"{path} line {i + 2}: not a number: {ln!r}") from e
-    mask = ~np.any(y == INVALID_MARKER[task], axis=1)
-    if task == "EXPR":
-        bad = mask & ~np.isin(y[:, 0], np.arange(8))
-    elif task == "AU":
-        bad = mask & ~np.all(np.isin(y, (0.0, 1.0)), axis=1)
-    else:
-        bad = mask & ~np.all(np.abs(y) <= 1.0, axis=1)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise PipelineError(f"{path} line {i + 2}: value out of range for {task}: {rows[i]!r}")
-    return y, mask
+                 "duration", "has_audio", *(f"split_{t}" for t in TASKS))
 
 
 def fit_to_frames(y: np.ndarray, mask: np.ndarray, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,19 +42,6 @@ def fit_to_frames(y: np.ndarray, mask: np.ndarray, n_frames: int) -> tuple[np.nd
     pad = n_frames - len(y)
     return (np.concatenate([y, np.zeros((pad, y.shape[1]), y.dtype)]),
             np.concatenate([mask, np.zeros(pad, bool)]))
-
-
-def read_eri_labels(csv_path: str) -> dict[str, np.ndarray]:
-    out = {}
-    for row in read_hume_csv(csv_path):
-        vals = [row.get(c, "") for c in ERI_NAMES]
-        if row["Split"] == "test" or all(v in ("", None) for v in vals):
-            continue
-        try:
-            out[row["File_ID"]] = np.array([float(v) for v in vals], np.float32)
-        except (TypeError, ValueError) as e:
-            raise PipelineError(f"{csv_path}: File_ID {row['File_ID']}: intensities {vals} are not numbers") from e
-    return out
 
 
 def build_index(lay: Layout, frames: Iterable[str | Path]) -> tuple[list[dict], dict[str, dict[str, Labels]], dict]:
@@ -115,7 +60,7 @@ def build_index(lay: Layout, frames: Iterable[str | Path]) -> tuple[list[dict], 
                      "fps": round(float(probe["fps"]), 6), "n_frames": n, "width": probe["width"],
                      "height": probe["height"], "duration": round(float(probe["duration"]), 6),
                      "has_audio": bool(probe["has_audio"]),
-                     **{f"split_{t}": e.splits.get(t, "") for t in ("AU", "EXPR", "VA", "ERI")}})
+                     **{f"split_{t}": e.splits.get(t, "") for t in TASKS}})
         for task in lay.tasks:
             split = e.splits.get(task)
             if task in FRAME_TASKS and task in e.annotations:

@@ -3,26 +3,19 @@
 Used at Snakefile parse time (so it only lists folders and reads small text files: nothing is
 decoded) and again by ``index_dataset``, so both agree on which videos exist. Every tree goes
 through the same scan, the embedded demo's included (``demo_config.yaml`` points the data keys
-at the tree ``make_demo`` writes).
+at the tree ``make_demo`` writes). The files found are read by :mod:`affect_pipeline.data.annotations`.
 
 Aff-Wild2: ``{annotations}/{AU_Detection_Challenge,EXPR_Classification_Challenge |
 EXPR_Recognition_Challenge,VA_Estimation_Challenge}/{Train_Set,Validation_Set}/{id}.txt`` and the
 test lists in ``{test_lists}``: ``*.txt`` files whose name holds "test" and the task
 (``action_unit`` / ``au_detection`` / ``_au_``, ``expression`` / ``expr_``, ``valence`` /
-``va_estimation`` / ``_va_``, any case). Two formats, told apart by their rows:
-
-- name list (``*_test_set_release.txt``): one video id a line (an optional ``video_id`` /
-  ``name`` header line); the test ids and their order; several name lists of a task add up;
-- frame list, the organizers' per-frame test list (``CVPR_5th_ABAW_AU_test_set_example.txt``,
-  ``CVPR_6th_ABAW_Expr_test_set_example.txt``, ...): a header line, then one row
-  ``video/00001.jpg[,values]`` per test frame (values ignored), each video's rows together, frame
-  numbers increasing and written ``%05d``. It sets the test videos, their order and the rows of
-  the submission (:class:`FrameList`); a task has at most one, and a name list beside it must
-  name the same videos.
+``va_estimation`` / ``_va_``, any case). Several name lists of a task add up; a frame list sets
+the test videos, their order and the rows of the submission; a task has at most one, and a name
+list beside it must name the same videos.
 
 An id ``X_left`` / ``X_right`` without its own media file uses ``X``'s video and audio.
-Hume-Reaction: ``{root}/data_info.csv`` (File_ID, Split, the 7 intensities) and one video per
-File_ID anywhere below ``root``; its test ids keep the CSV's order (the ERI submission's order).
+Hume-Reaction: ``{root}/data_info.csv`` and one video per File_ID anywhere below ``root``; its
+test ids keep the CSV's order (the ERI submission's order).
 
 Refused (``LayoutError`` naming the file): ids the official formats cannot carry (see
 :func:`id_problem`), two media files with the stem a used id needs, a Hume id equal to an
@@ -30,17 +23,16 @@ Aff-Wild2 id, and two used media files with one stem (they would share ``frames/
 """
 from __future__ import annotations
 
-import csv
 import functools
 import os
 import re
 import zlib
 from dataclasses import dataclass, field
-from itertools import groupby
 from pathlib import Path
 
 from affect_pipeline.common.config import need
-from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.tasks import FRAME_TASKS
+from affect_pipeline.data.annotations import LayoutError, read_hume_csv, read_test_list
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 ANNOTATION_DIRS = {
@@ -51,22 +43,12 @@ ANNOTATION_DIRS = {
 SPLIT_DIRS = {"Train_Set": "train", "Validation_Set": "validation"}
 TEST_LIST_KEYS = {"AU": ("action_unit", "au_detection", "_au_"), "EXPR": ("expression", "expr_"),
                   "VA": ("valence", "va_estimation", "_va_")}
-HUME_SPLITS = {"train": "train", "val": "validation", "valid": "validation",
-               "validation": "validation", "test": "test", "devel": "validation"}
 SIDE = re.compile(r"^(?P<media>.+)_(?P<side>left|right)$")
 #: what an id may not hold: ids go unquoted into videos.tsv and into the submission rows, which the
 #: organizers' scripts split on commas and lines (Python's str.splitlines also splits on \x85 \u2028 \u2029)
 UNSAFE_ID = re.compile(r'[",\x00-\x1f\x7f\x85\u2028\u2029]|^\s|\s$')
 UNSAFE_NAMES = {'"': "a double quote", ",": "a comma", "\t": "a tab", "\n": "a line break",
                 "\r": "a carriage return"}
-FRAME_ROW = re.compile(r"^(?P<video>[^/]+)/(?P<frame>\d+)\.jpg$")
-#: well-formed frame-list rows (canonical %05d frame names, values ignored), each ending in "\n"
-FAST_ROWS = re.compile(r"(?:[^/\n,]+/(?:\d{5}|[1-9]\d{5,})\.jpg(?:,[^\n]*)?\n)+")
-FAST_VIDEO, FAST_FRAME = re.compile(r"^([^/\n]+)/", re.M), re.compile(r"^[^/\n]+/(\d+)\.jpg", re.M)
-
-
-class LayoutError(PipelineError):
-    """The dataset on disk does not match the layout the config promises."""
 
 
 @dataclass
@@ -78,23 +60,8 @@ class VideoEntry:
     annotations: dict = field(default_factory=dict)  # task -> annotation file
 
     @functools.cached_property
-    def media(self) -> str:          # asked per job and per input: 3,700 times for 600 videos
+    def media(self) -> str:          # cached: the rules ask it per job and per input
         return Path(self.path).stem
-
-
-@dataclass
-class FrameList:
-    """An organizers' per-frame test list. ``runs``: per video (in list order) its frame numbers
-    as runs ``[first, last]`` (inclusive; one run for a video listed 1..N), so a million rows stay
-    small; parsed and checked on first use (index_dataset), not at Snakefile parse time."""
-    path: str
-    parsed: dict | None = field(default=None, repr=False)
-
-    @property
-    def runs(self) -> dict:
-        if self.parsed is None:
-            self.parsed = frame_list_runs(self.path)
-        return self.parsed
 
 
 @dataclass
@@ -105,8 +72,8 @@ class Layout:
     test_order: dict = field(default_factory=dict)   # task -> test ids in the official list's order
     test_frames: dict = field(default_factory=dict)  # task -> FrameList, where the organizers give one
     stems: dict = field(default_factory=dict, repr=False)   # media stem -> path of the entries so far
-    #: answers of ids() / media_paths() once the scan is complete: the rules ask them per job
-    #: (600 videos: 370 k entry lookups, half of a dry run, before they were kept)
+    #: answers of ids() / face_batches() / media_paths() once the scan is complete: the rules ask
+    #: them per job, and recomputing each answer walks every entry
     answers: dict = field(default_factory=dict, repr=False, compare=False)
 
     def ids(self, task: str | None = None, splits=("train", "validation", "test")) -> list[str]:
@@ -147,10 +114,10 @@ def face_batch(video_id: str, dataset: str, n: int) -> str:
 
 
 def enabled_tasks(config: dict) -> tuple:
-    """The configured tasks whose data is given: ERI needs hume.root, the others affwild2.videos."""
+    """The configured tasks whose data is given: the frame tasks need affwild2.videos, ERI hume.root."""
     aff = need(config, "affwild2.videos", "config", LayoutError)
     hume = need(config, "hume.root", "config", LayoutError)
-    return tuple(t for t in need(config, "tasks", "config", LayoutError) if (hume if t == "ERI" else aff))
+    return tuple(t for t in need(config, "tasks", "config", LayoutError) if (aff if t in FRAME_TASKS else hume))
 
 
 def scan_dataset(config: dict) -> Layout:
@@ -161,7 +128,7 @@ def scan_dataset(config: dict) -> Layout:
                           f"are null (set the data keys with --configfile, or use the default profile, "
                           f"whose demo_config.yaml points them at the embedded demo)")
     lay = Layout(tasks=tasks)
-    frame_tasks = [t for t in tasks if t != "ERI"]
+    frame_tasks = [t for t in tasks if t in FRAME_TASKS]
     if frame_tasks:
         aff = config["affwild2"]
         media = _index_media(aff["videos"], "affwild2.videos")
@@ -262,100 +229,6 @@ def _test_list_files(folder: str, task: str) -> list[str]:
             if f.endswith(".txt") and "test" in f.lower() and any(k in f.lower() for k in TEST_LIST_KEYS[task])]
 
 
-def read_test_list(path: str) -> tuple[list[str], FrameList | None]:
-    """(test ids in order, the FrameList or None) of a name list or a frame list (module docstring).
-    A frame list's ids come from its rows' first path parts (cheap: ABAW's lists have a million rows)."""
-    lines = _read_lines(path)
-    skip = _frame_rows_start(lines)
-    if skip is None:
-        ids = [ln.strip().strip(",").strip() for ln in lines]
-        return [v for v in ids if v and not v.lower().startswith(("video_id", "name"))], None
-    rows = [ln for ln in lines[skip:] if ln.strip()]
-    if any("/" not in ln for ln in rows):
-        frame_list_runs(path)                         # names the malformed line
-    return list(dict.fromkeys(ln.partition("/")[0].strip() for ln in rows)), FrameList(path)
-
-
-def frame_list_runs(path: str) -> dict[str, list[list[int]]]:
-    """Video -> runs of a frame list, every row checked (a malformed one names its line)."""
-    lines = _read_lines(path)
-    skip = _frame_rows_start(lines) or 0
-    fast = _fast_frame_list([ln.strip() for ln in lines[skip:] if ln.strip()])
-    return fast or _frame_list(path, [(i, ln.strip()) for i, ln in enumerate(lines[skip:], skip + 1) if ln.strip()])
-
-
-def _read_lines(path: str) -> list[str]:
-    try:
-        with open(path, encoding="utf-8-sig") as fh:
-            return fh.read().replace("\r", "").split("\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise LayoutError(f"{path}: cannot read test list ({e})") from e
-
-
-def _frame_rows_start(lines: list[str]) -> int | None:
-    """Index of a frame list's first row (after its header line), or None for a name list (whose
-    ids, file stems, hold no "/")."""
-    first = []
-    for i, ln in enumerate(lines):
-        if ln.strip():
-            first.append(i)
-            if len(first) == 2:
-                break
-    rows = [bool(FRAME_ROW.match(lines[i].split(",", 1)[0].strip())) for i in first]
-    if not any(rows):
-        return None
-    return first[0] + (not rows[0])
-
-
-def _fast_frame_list(rows: list[str]) -> dict | None:
-    """The runs of well-formed rows (stripped, non-blank) in a few C-speed passes that build no
-    per-row containers; None when anything is off, for :func:`_frame_list` to name the line."""
-    import numpy as np
-
-    text = "\n".join(rows) + "\n"
-    if not rows or not FAST_ROWS.fullmatch(text):
-        return None
-    vids, nums = FAST_VIDEO.findall(text), np.array(list(map(int, FAST_FRAME.findall(text))), np.int64)
-    runs, start = {}, 0
-    for vid, grp in groupby(vids):
-        n = sum(1 for _ in grp)
-        seg, start = nums[start:start + n], start + n
-        if vid in runs or seg[0] < 1 or (np.diff(seg) <= 0).any():
-            return None
-        cut = np.flatnonzero(np.diff(seg) != 1) + 1
-        runs[vid] = [[int(a[0]), int(a[-1])] for a in np.split(seg, cut)]
-    return runs
-
-
-def _frame_list(path: str, rows: list) -> dict[str, list[list[int]]]:
-    """Runs per video of the rows ``video/00001.jpg[,…]``; malformed rows name their line."""
-    runs_of, last, prev = {}, None, 0
-    for i, ln in rows:
-        key = ln.split(",", 1)[0].strip()
-        m = FRAME_ROW.match(key)
-        if not m:
-            raise LayoutError(f"{path} line {i}: {key!r} is not video/NNNNN.jpg (a frame list row)")
-        vid, num = m["video"], int(m["frame"])
-        if m["frame"] != f"{num:05d}":
-            raise LayoutError(f"{path} line {i}: frame {m['frame']!r} is not written {num:05d} "
-                              f"(the submission writes video/%05d.jpg)")
-        if vid != last:
-            if vid in runs_of:
-                raise LayoutError(f"{path} line {i}: video {vid!r} again after other videos (a frame list "
-                                  f"keeps each video's rows together)")
-            runs_of[vid], last, prev = [], vid, 0
-        if num < 1 or num <= prev:
-            why = "frame numbers start at 00001" if num < 1 else f"it does not follow frame {prev:05d}"
-            raise LayoutError(f"{path} line {i}: {key}: {why} (frame numbers increase within a video)")
-        runs = runs_of[vid]
-        if runs and runs[-1][1] == num - 1:
-            runs[-1][1] = num
-        else:
-            runs.append([num, num])
-        prev = num
-    return runs_of
-
-
 def _add_test_lists(lay: Layout, task: str, media: dict, files: list[str]) -> None:
     """Mark the task's test videos; a frame list (at most one) sets their order and frames."""
     names, frames = {}, []
@@ -399,17 +272,3 @@ def _scan_hume(lay: Layout, root: str):
         _entry(lay, fid, media, csv_path).splits["ERI"] = row["Split"]
         if row["Split"] == "test":
             lay.test_order.setdefault("ERI", []).append(fid)
-
-
-def read_hume_csv(path: str) -> list[dict]:
-    """Rows of data_info.csv with File_ID unbracketed and Split normalised."""
-    rows = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        for i, row in enumerate(csv.DictReader(fh), start=2):
-            fid = (row.get("File_ID") or "").strip().strip("[]")
-            split = HUME_SPLITS.get((row.get("Split") or "").strip().lower())
-            if not fid or split is None:
-                raise LayoutError(f"{path} line {i}: needs File_ID and a Split of Train/Val/Test, got "
-                                  f"{row.get('File_ID')!r} / {row.get('Split')!r}")
-            rows.append({**row, "File_ID": fid, "Split": split})
-    return rows

@@ -1,7 +1,7 @@
-"""Video decoding (PyAV/FFmpeg): probe, streaming frame iterators, the frames JSON, 16 kHz audio.
+"""Video decoding (PyAV/FFmpeg): probe, streaming frame iterators, the frames JSON.
 
-The stage ``extract_frames`` (extract_frames.py) writes both per media file: the frames JSON
-(:func:`frame_info`) and the wav (:func:`extract_audio`).
+The stage ``extract_frames`` writes the frames JSON (:func:`frame_info`) of every media file
+beside its wav (:mod:`affect_pipeline.data.audio_track`).
 
 Conventions every later stage relies on -- the frames are what a player shows:
 - Frame i of an annotation file (1-based) is the i-th frame the decoder outputs (presentation
@@ -14,14 +14,10 @@ Conventions every later stage relies on -- the frames are what a player shows:
   stretches the width; ``width``/``height`` are the shown size.
 - Timestamps are seconds on the media clock (``pts x time_base``), not renumbered from 0; a
   variable-frame-rate (VFR) file keeps its irregular timestamps and is flagged ``vfr: true``.
-- The wav of :func:`extract_audio` is on the same clock: sample k is media time k / sample_rate
-  (an audio stream that starts late is padded with leading silence, one that ends early with
-  trailing silence up to the video's end), so a feature extractor finds frame i's audio at
-  ``timestamps[i]``.
 - Decoded frames are never written to disk: ``extract_frames`` decodes once to count frames and
   record timestamps, and ``crop_faces`` decodes again, streaming, through :func:`iter_frame_batches`
-  (cheaper than writing and re-reading ~10^5 JPEGs per video; DESIGN allows temp frames, we
-  don't need them). Memory stays flat: one batch of frames at a time.
+  (cheaper than writing and re-reading ~10^5 JPEGs per video). Memory stays flat: one batch of
+  frames at a time.
 """
 from __future__ import annotations
 
@@ -30,13 +26,12 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
-from affect_pipeline.common.runtime import PipelineError, atomic_path, progress, read_json
+from affect_pipeline.common.runtime import PipelineError, progress, read_json
 
 log = logging.getLogger("affect_pipeline.data.video")
 
@@ -46,7 +41,7 @@ VFR_TOLERANCE = 0.1
 
 # ---------------------------------------------------------------- opening and probing
 @contextlib.contextmanager
-def _open(path) -> Iterator:
+def open_media(path) -> Iterator:
     """av.open with every FFmpeg failure turned into a PipelineError naming the file."""
     import av
 
@@ -78,7 +73,7 @@ def _rate(stream) -> float:
 
 def probe(path) -> dict:
     """Container metadata without decoding: what the header claims (``n_frames_declared`` may be 0)."""
-    with _open(path) as c:
+    with open_media(path) as c:
         v = _video_stream(c, path)
         cc = v.codec_context
         audio = c.streams.audio[0] if c.streams.audio else None
@@ -179,7 +174,7 @@ def iter_frames(path, threads: int = 1, stats: DecodeStats | None = None
     ``threads`` sets FFmpeg's decoder threads; ``stats`` (if given) is filled as decoding goes.
     """
     stats = DecodeStats() if stats is None else stats
-    with _open(path) as c:
+    with open_media(path) as c:
         v = _video_stream(c, path)
         v.thread_type = "AUTO"
         v.codec_context.thread_count = max(1, int(threads))
@@ -218,7 +213,8 @@ def iter_frame_batches(path, batch_size: int = 32, threads: int = 1, prefetch: i
     With ``prefetch > 0`` a background thread decodes the next batches while the caller runs its
     model (FFmpeg releases the GIL), holding at most ``prefetch`` batches in memory. Off by
     default: decoding and the model then take turns on the job's ``threads`` cores, so a job
-    never uses more than it was given (decoding is ~50x cheaper than detection anyway).
+    never uses more than it was given, and decoding is a small share of a crop_faces job
+    (``python benchmarks/bench_faces.py`` times decoding, the detector and the whole stage).
     """
     if prefetch <= 0:
         yield from _batches(path, batch_size, threads)
@@ -309,107 +305,3 @@ def read_frames_json(path) -> dict:
     if len(info["timestamps"]) != info["n_frames"]:
         raise PipelineError(f"{path}: {len(info['timestamps'])} timestamps for n_frames={info['n_frames']}")
     return info
-
-
-# ---------------------------------------------------------------- audio
-def extract_audio(video, out, sample_rate: int, duration: float | None = None, threads: int = 1) -> dict:
-    """Decode the first audio stream to mono PCM16 at ``sample_rate``, streaming, into ``out``.
-
-    Any rate and channel layout is resampled (libswresample downmix). The wav is on the media
-    clock: silence before an audio stream that starts late, and after one that ends before
-    ``duration`` (the video's); no audio stream (or no decodable audio) gives ``duration`` seconds
-    of silence. Returns a summary dict (samples, seconds, silent).
-    """
-    import soundfile as sf
-
-    with _open(video) as c, atomic_path(out) as tmp:
-        with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, subtype="PCM_16", format="WAV") as wav:
-            n = _write_audio_stream(c, video, wav, sample_rate, threads) if c.streams.audio else 0
-            silent = n == 0
-            if silent and duration is None:
-                raise PipelineError(f"{video}: no audio stream and no duration to make a silent track")
-            if silent and c.streams.audio:
-                log.warning("%s: audio stream has no decodable samples; writing silence", video)
-            total = max(n, int(round(duration * sample_rate))) if duration is not None else n
-            for s in range(n, total, 1 << 16):
-                wav.write(np.zeros(min(1 << 16, total - s), np.int16))
-    return {"samples": total, "seconds": total / sample_rate, "silent": silent}
-
-
-def _write_audio_stream(c, video, wav, sample_rate: int, threads: int) -> int:
-    """Resampled samples of the first audio stream into ``wav``, its first one at its media time
-    (leading silence for a late start, a cut for one before 0); returns the samples written."""
-    import av
-
-    a = c.streams.audio[0]
-    a.codec_context.thread_count = max(1, int(threads))
-    res = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
-    n, skip, start = 0, 0, None
-    try:
-        for frame in c.decode(a):
-            if start is None:
-                start = float(frame.time or 0.0)
-                lead = int(round(start * sample_rate))
-                if lead > 0:  # keep the wav on the media clock
-                    wav.write(np.zeros(lead, np.int16))
-                    n += lead
-                skip = max(0, -lead)
-            for r in res.resample(frame):
-                x = r.to_ndarray().reshape(-1)
-                if skip:
-                    x, skip = x[skip:], max(0, skip - len(x))
-                wav.write(x)
-                n += len(x)
-        for r in res.resample(None):
-            x = r.to_ndarray().reshape(-1)
-            wav.write(x)
-            n += len(x)
-    except (av.FFmpegError, OSError) as e:
-        raise PipelineError(f"{video}: audio decoding failed (corrupt or truncated: {e})") from e
-    return n
-
-
-# ---------------------------------------------------------------- encoding (tests, benchmarks, demo)
-def write_video(path, frames: Iterable[np.ndarray], fps: float = 25, codec: str = "libx264",
-                pts: Iterable[float] | None = None, audio: np.ndarray | None = None,
-                audio_rate: int = 16000, audio_codec: str | None = None, options: dict | None = None) -> Path:
-    """Encode RGB uint8 frames (streaming) to ``path``; the container follows the suffix.
-
-    ``pts`` (seconds per frame) makes a variable-frame-rate file; ``audio`` is a mono float array
-    in [-1, 1]. Used to make test, benchmark and demo videos with a real encoder.
-    """
-    import av
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tb = Fraction(1, 1000) if pts is not None else Fraction(1, int(round(fps))) if float(fps).is_integer() \
-        else Fraction(fps).limit_denominator(1001) ** -1
-    pts = None if pts is None else list(pts)
-    with av.open(str(path), "w") as c:
-        vs = None
-        if audio is not None:
-            acodec = audio_codec or ("pcm_s16le" if path.suffix.lower() == ".avi" else "aac")
-            as_ = c.add_stream(acodec, rate=audio_rate, layout="mono")
-        for i, rgb in enumerate(frames):
-            if vs is None:
-                vs = c.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-                vs.width, vs.height = rgb.shape[1], rgb.shape[0]
-                vs.pix_fmt = "yuv420p"
-                vs.codec_context.time_base = tb
-                if options:
-                    vs.options = dict(options)
-            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-            f.time_base = tb
-            f.pts = int(round(pts[i] / tb)) if pts is not None else i
-            c.mux(vs.encode(f))
-        if vs is not None:
-            c.mux(vs.encode())
-        if audio is not None:
-            s16 = (np.clip(np.asarray(audio, np.float64), -1, 1) * 32767).astype(np.int16)
-            fs = as_.codec_context.frame_size or 1024
-            for k, s in enumerate(range(0, len(s16), fs)):
-                af = av.AudioFrame.from_ndarray(s16[None, s:s + fs], format="s16", layout="mono")
-                af.sample_rate, af.pts, af.time_base = audio_rate, s, Fraction(1, audio_rate)
-                c.mux(as_.encode(af))
-            c.mux(as_.encode())
-    return path

@@ -12,8 +12,7 @@ import numpy as np
 
 from affect_pipeline.common.runtime import atomic_path
 from affect_pipeline.common.tasks import AU_NAMES, EXPR_NAMES
-
-STAGE_LABEL = {"finetune": "MAE fine-tune", "blb": "BLB", "dcl": "DCL"}
+from affect_pipeline.submit.summarize import METHOD_NAMES, STAGES
 
 
 def pyplot():
@@ -47,7 +46,7 @@ def training_curves(task: str, curves: dict[str, dict[str, dict]], folds):
     colors = dict(zip(folds, plt.cm.tab10.colors))
     for j, (st, cs) in enumerate(curves.items()):
         top, bot = axes[0, j], axes[1, j]
-        top.set_title(f"{task} — {STAGE_LABEL[st]}")
+        top.set_title(f"{task} — {METHOD_NAMES[st]}")
         for f, c in cs.items():
             col = colors.get(f, "k")
             top.plot(c["epoch"], c["train_loss"], color=col, label=f)
@@ -267,12 +266,12 @@ def faces_sheet(rows: list[FaceRow], n_cols: int):
 # ======================================================================== multi-seed ablation
 def _stage_bars(ax, tasks: dict):
     """Each task's stages as mean ± sd bars over the (fold, seed) cells."""
-    stages = list(STAGE_LABEL)
+    stages = STAGES
     x, w = np.arange(len(tasks)), 0.8 / len(stages)
     for i, st in enumerate(stages):
         s = [t["stages"][st] for t in tasks.values()]
         ax.bar(x + (i - 1) * w, [np.nan if v["mean"] is None else v["mean"] for v in s], w,
-               yerr=[0 if v["sd"] is None else v["sd"] for v in s], capsize=3, label=STAGE_LABEL[st])
+               yerr=[0 if v["sd"] is None else v["sd"] for v in s], capsize=3, label=METHOD_NAMES[st])
     ax.scatter(x, [np.nan if t["baseline"] is None else t["baseline"] for t in tasks.values()], marker="_",
                s=400, color="black", zorder=3, label="constant baseline")
     ax.set_xlim(-0.75, len(tasks) - 0.25)

@@ -23,7 +23,9 @@ import numpy as np
 
 from affect_pipeline.common.runtime import PipelineError, read_json, stage_parser
 from affect_pipeline.common.tasks import AU_NAMES, ERI_NAMES, FRAME_TASKS, TASKS
+from affect_pipeline.submit import figures
 from affect_pipeline.submit.report import BY_NAME, REPORT_FILES
+from affect_pipeline.submit.summarize import METHOD_NAMES, STAGES, ablation_rows, fold_span, read_truth
 
 log = logging.getLogger(__name__)
 
@@ -119,17 +121,6 @@ def _require_task(task: str, tasks) -> None:
         raise Skip(f"task {task} disabled in this run")
 
 
-def _truth(test_labels, task: str, vid: str):
-    if test_labels is None:
-        return None
-    path = Path(test_labels) / task / f"{vid}.txt"
-    if not path.exists():
-        return None
-    from affect_pipeline.data.index_dataset import parse_annotation
-
-    return parse_annotation(path, task)
-
-
 # ======================================================================== the figures' data
 class Report:
     """Loads each input once and turns it into the data of one figure (or a Skip)."""
@@ -139,8 +130,6 @@ class Report:
         self.summary = read_json(inp.summary) if inp.summary else {}
         self.folds = list(self.summary.get("folds") or [])
         self.cv = list(self.summary.get("ensemble_folds") or [f for f in self.folds if f != "official"])
-        from affect_pipeline.submit.summarize import fold_span
-
         self.span = fold_span(self.cv) or "no"
         self.curves = load_curves(inp.curves)
 
@@ -151,46 +140,38 @@ class Report:
         return t
 
     def curves_fig(self, task: str):
-        from affect_pipeline.submit import figures
-
         _require_task(task, self.inp.tasks)
         per_stage = {st: {f: c for (s, t, f), c in self.curves.items() if s == st and t == task}
-                     for st in ("finetune", "blb", "dcl")}
+                     for st in STAGES}
         if not any(per_stage.values()):
             raise Skip(f"no training curves for {task} among --curves")
         folds = self.folds or sorted({f for cs in per_stage.values() for f in cs})
         return figures.training_curves(task, per_stage, folds)
 
     def pretrain_fig(self):
-        from affect_pipeline.submit import figures
-
         c = next((c for (s, _, _), c in self.curves.items() if s == "pretrain"), None)
         if c is None or "loss" not in c:
             raise Skip("no MAE pretraining curve among --curves (a checkpoint was imported?)")
         return figures.pretrain_curve(c)
 
     def confusion_fig(self):
-        from affect_pipeline.submit import figures
-
         _require_task("EXPR", self.inp.tasks)
         conf = self.task("EXPR").get("confusion") or {}
         for st, folds in (("dcl", self.cv), ("blb", self.cv), ("dcl", ["official"])):
             mats = {f: np.asarray(conf.get(st, {})[f], np.float64) for f in folds if f in conf.get(st, {})}
             if mats:
-                return figures.confusion(np.sum(list(mats.values()), axis=0), f"{figures.STAGE_LABEL[st]}, "
+                return figures.confusion(np.sum(list(mats.values()), axis=0), f"{METHOD_NAMES[st]}, "
                                          f"{', '.join(mats)}")
         raise Skip("no 'confusion' in the EXPR metrics")
 
     def per_class_fig(self, task: str, names, ylabel: str):
-        from affect_pipeline.submit import figures
-
         _require_task(task, self.inp.tasks)
         t, series = self.task(task), {}
         for st in ("blb", "dcl"):
             per = [v for f, v in (t.get("per_class") or {}).get(st, {}).items()
                    if f in self.cv and v is not None and len(v) == len(names)]
             if per:
-                label = f"{figures.STAGE_LABEL[st]} (validation, {len(per)} folds)"
+                label = f"{METHOD_NAMES[st]} (validation, {len(per)} folds)"
                 series[label] = (np.mean(per, 0), np.std(per, 0))
         test = (self.summary.get("test") or {}).get(task, {})
         if test.get("per_class") and len(test["per_class"]) == len(names):
@@ -200,8 +181,6 @@ class Report:
         return figures.per_class_bars(task, names, series, ylabel)
 
     def va_scatter_fig(self):
-        from affect_pipeline.submit import figures
-
         _require_task("VA", self.inp.tasks)
         labels = _by_task(self.inp.labels, lambda p: p.stem)
         if "VA" not in labels:
@@ -212,9 +191,6 @@ class Report:
         return figures.va_scatter(*pairs, self.span)
 
     def ablation_fig(self):
-        from affect_pipeline.submit import figures
-        from affect_pipeline.submit.summarize import ablation_rows
-
         test = self.summary.get("test") or {}
         rows = ablation_rows(self.summary.get("tasks") or {}, self.folds) if self.summary else [[]]
         if len(rows) == 1 and not test:
@@ -225,8 +201,6 @@ class Report:
 
     def timelines_fig(self):
         import h5py
-
-        from affect_pipeline.submit import figures
 
         ens = {t: p for t, p in _by_task(self.inp.ensembles, lambda p: p.parent.name).items()
                if t in FRAME_TASKS and t in self.inp.tasks}
@@ -241,12 +215,11 @@ class Report:
                 data[t] = {v: (f[v]["prob"][:], f[v]["valid"][:]) for v in order}
             vids += [v for v in order if v not in vids]
         vids = vids[: self.n_videos]
-        truth = {t: {v: _truth(self.inp.test_labels, t, v) for v in vids} for t in data}
+        truth = {t: read_truth(self.inp.test_labels, t, vids) for t in data} if self.inp.test_labels else {}
         return figures.timelines(data, vids, truth)
 
     def faces_fig(self, n_frames: int = 8):
         from affect_pipeline.common.stores import FaceStore
-        from affect_pipeline.submit import figures
 
         if not self.inp.faces:
             raise Skip("no face stores among --faces")
@@ -279,8 +252,6 @@ class Report:
 # ======================================================================== the stage
 def make_report(inp: ReportInputs, out_dir, n_videos: int = 3) -> dict[str, str]:
     """Write every file of REPORT_FILES; returns name -> "plot" | "placeholder: why"."""
-    from affect_pipeline.submit import figures
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     status = {}

@@ -17,13 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from affect_pipeline.common.runtime import (
-    PipelineError,
-    read_json,
-    stage_parser,
-    write_json,
-    write_text,
-)
+from affect_pipeline.common import results
+from affect_pipeline.common.runtime import PipelineError, read_json, stage_parser, write_json, write_text
 from affect_pipeline.submit.summarize import METHOD_NAMES, STAGES, load_metrics, task_scores
 
 TIE = 1e-9          # |DCL - BLB| below this is a tie (neither wins)
@@ -44,16 +39,15 @@ def scores_from_summary(path) -> dict:
 
 
 def _existing(paths) -> list[str]:
-    return [str(p) for p in paths if p.exists()]
+    return [p for p in paths if Path(p).exists()]
 
 
-def scores_from_results(results, tasks, folds) -> dict:
+def scores_from_results(root, tasks, folds) -> dict:
     """The same shape (+ "baseline": the constant predictor's mean score), read from a results/
     folder's per-fold metrics files, so a seed run needs no predict / ensemble / summarize."""
-    r = Path(results)
-    finetune = _existing(r / "mae" / t / f / "finetune_metrics.json" for t in tasks for f in folds)
-    temporal = _existing(r / "models" / t / f / f"{st}_metrics.json" for t in tasks for f in folds
-                        for st in ("blb", "dcl"))
+    finetune = _existing(results.metrics(results.encoder(t, f, root=root)) for t in tasks for f in folds)
+    temporal = _existing(results.metrics(results.fold_model(t, f, st, root=root)) for t in tasks for f in folds
+                         for st in ("blb", "dcl"))
     metrics = load_metrics(finetune, temporal, tasks, folds)
     out = {t: task_scores(t, metrics, folds) for t in tasks}
     for t in tasks:

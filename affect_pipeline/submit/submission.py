@@ -1,8 +1,8 @@
 """The official ABAW submission files: format, reader, validator, test videos in official order.
 
-One ``predictions.txt`` per task (DESIGN.md "Submission"; the headers and row forms are those of
-public ABAW5 challenge writers: EXPR one class index under the 8-name header, frames numbered
-from 1 over each test video's full frame range)::
+One ``predictions.txt`` per task (the headers and row forms are those of public ABAW5 challenge
+writers: EXPR one class index under the 8-name header, frames numbered from 1 over each test
+video's full frame range)::
 
     AU    image_location,AU1,AU2,AU4,AU6,AU7,AU10,AU12,AU15,AU23,AU24,AU25,AU26
           demo_012/00001.jpg,0,1,0,0,0,0,1,0,0,0,1,0
@@ -42,18 +42,14 @@ from pathlib import Path
 import numpy as np
 
 from affect_pipeline.common.runtime import PipelineError, stage_parser
-from affect_pipeline.common.tasks import AU_NAMES, ERI_NAMES, EXPR_NAMES, TASKS, VA_NAMES
+from affect_pipeline.common.tasks import CLASS_TASKS, FRAME_TASKS, TASK_COLUMNS, TASKS
 
 log = logging.getLogger(__name__)
 
-HEADERS = {
-    "AU": ("image_location",) + AU_NAMES,
-    "EXPR": ("image_location",) + EXPR_NAMES,
-    "VA": ("image_location",) + VA_NAMES,
-    "ERI": ("File_ID",) + ERI_NAMES,
-}
+#: a frame task's rows name a frame (``video/00001.jpg``), ERI's a video (``File_ID``)
+HEADERS = {t: ("image_location" if t in FRAME_TASKS else "File_ID",) + TASK_COLUMNS[t] for t in TASKS}
 #: values per data row (EXPR: one class index under the 8-name header)
-ROW_VALUES = {"AU": 12, "EXPR": 1, "VA": 2, "ERI": 7}
+ROW_VALUES = {t: 1 if t == "EXPR" else len(TASK_COLUMNS[t]) for t in TASKS}
 MAX_SHOWN = 5   # problems listed per kind in a validation error
 FRAME_NAME = re.compile(r"^(?P<video>.+)/(?P<frame>\d{5,})\.jpg$")
 
@@ -132,7 +128,7 @@ def rows_for_list(values: dict[str, np.ndarray], frames: ListedFrames) -> tuple[
 def _value_strings(task: str, vals: np.ndarray) -> list[list[str]]:
     """Rows of formatted values, converted in one numpy call (millions of frames on Aff-Wild2)."""
     a = np.asarray(vals).reshape(len(vals), -1)
-    if task in ("AU", "EXPR"):
+    if task in CLASS_TASKS:
         return a.astype(np.int64).astype(str).tolist()
     return np.char.mod("%.6f", a.astype(np.float64)).tolist()
 

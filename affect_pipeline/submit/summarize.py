@@ -27,13 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from affect_pipeline.common.runtime import (
-    PipelineError,
-    read_json,
-    stage_parser,
-    write_json,
-    write_text,
-)
+from affect_pipeline.common.runtime import PipelineError, read_json, stage_parser, write_json, write_text
 from affect_pipeline.common.tasks import ERI_NAMES, TASKS
 
 log = logging.getLogger(__name__)
@@ -195,7 +189,7 @@ def ablation_rows(scores: dict, folds) -> list[list[str]]:
 # ======================================================================== test metrics (known truth)
 def read_truth(test_labels, task: str, videos) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Held-back test truth: ``{AU,EXPR,VA}/{video}.txt`` (annotation format) or ``ERI.csv``."""
-    from affect_pipeline.data.index_dataset import parse_annotation
+    from affect_pipeline.data.annotations import parse_annotation
 
     root, out = Path(test_labels), {}
     if task != "ERI":

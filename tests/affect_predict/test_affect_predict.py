@@ -1,8 +1,9 @@
 """``affect-predict``: a finished run's models on new videos -> per-frame CSV + timeline PNG.
 
 Fast tests cover the CSV / PNG writers, the run-config and missing-model errors and the choice
-of each fold's encoder from the checkpoints' feature_sources record, without a trained run. The slow ones train a cut-down demo run with snakemake (VA, 2 folds, tiny models;
-session fixture, ~3-4 min on 2 cores; set AFFECT_PREDICT_RUN=DIR to keep and reuse it), then
+of each fold's encoder from the checkpoints' feature_sources record, without a trained run. The
+slow ones train a cut-down demo run with snakemake (VA, 2 folds, tiny models; a session fixture
+that takes minutes; set AFFECT_PREDICT_RUN=DIR to keep and reuse it), then
 call the console script on new videos and on the run's own test video, whose predictions must
 equal the workflow's ensemble (crop_faces -> feature stores -> predict -> ensemble: the same
 models through the stages' files instead of this command's in-memory path).
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from sibling_tests import sibling
 
 from affect_pipeline.affect_predict.cli import predict
 from affect_pipeline.affect_predict.outputs import VideoResult, csv_header, csv_rows, plot_timeline
@@ -26,7 +28,7 @@ from affect_pipeline.common.tasks import AU_NAMES, EXPR_NAMES
 
 CLI = str(Path(sys.executable).with_name("affect-predict"))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
+sibling("temporal")                     # test_temporal's synthetic runs (imported where used)
 
 
 def read_csv(path):
@@ -159,7 +161,7 @@ class FakeModel:
 def test_each_fold_model_gets_its_own_encoder(tmp_path):
     """mae_X of fold F -> {models}/mae/X/F/finetune.pt, loaded once per encoder; a digest that
     differs from the one the shard recorded is refused, naming the checkpoint, shard and both."""
-    from test_determinism import VIT, finetuned_checkpoint
+    from stage_inputs import VIT, finetuned_checkpoint
 
     from affect_pipeline.common.runtime import file_digest, load_checkpoint, save_checkpoint
 
@@ -229,7 +231,7 @@ class CountingPredictor:
 
 
 def test_ids_with_commas_and_quotes_stay_one_field(tmp_path):
-    """Issue 16 defect 2: ids were written raw, so `a,b.mp4` gave an extra column."""
+    """The csv module quotes an id with a comma or quote: `a,b.mp4` stays one column."""
     r = fake_result()
     r.video_id = 'a,b "c"'
     head = csv_header(["AU", "EXPR", "VA"])

@@ -14,15 +14,15 @@ from skimage.data import astronaut
 
 from affect_pipeline.__main__ import main as cli
 from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.data.audio_track import extract_audio
 from affect_pipeline.data.video import (
-    extract_audio,
     frame_info,
     iter_frame_batches,
     iter_frames,
     probe,
     read_frames_json,
-    write_video,
 )
+from affect_pipeline.data.video_writer import Soundtrack, write_video
 
 torch.set_num_threads(1)
 FPS, N, SR = 25, 24, 16000
@@ -43,9 +43,9 @@ def tone(seconds, rate=SR):
 def media(tmp_path_factory):
     d = tmp_path_factory.mktemp("media")
     v = {}
-    v["mp4"] = write_video(d / "h264.mp4", frames(), FPS, "libx264", audio=tone(N / FPS, 44100), audio_rate=44100)
-    v["avi"] = write_video(d / "mpeg4.avi", frames(), FPS, "mpeg4", audio=tone(N / FPS))
-    v["mov"] = write_video(d / "hevc.mov", frames(), FPS, "libx265", audio=tone(N / FPS),
+    v["mp4"] = write_video(d / "h264.mp4", frames(), FPS, "libx264", audio=Soundtrack(tone(N / FPS, 44100), 44100))
+    v["avi"] = write_video(d / "mpeg4.avi", frames(), FPS, "mpeg4", audio=Soundtrack(tone(N / FPS)))
+    v["mov"] = write_video(d / "hevc.mov", frames(), FPS, "libx265", audio=Soundtrack(tone(N / FPS)),
                            options={"x265-params": "log-level=none"})
     pts = np.round(np.cumsum([0.0] + list(np.random.default_rng(0).uniform(0.02, 0.09, N - 1))), 3)
     v["vfr"] = write_video(d / "vfr.mp4", frames(), FPS, "libx264", pts=pts)

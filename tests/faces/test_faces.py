@@ -16,7 +16,8 @@ from skimage.transform import SimilarityTransform
 from affect_pipeline.__main__ import main as cli
 from affect_pipeline.common.runtime import PipelineError, write_json
 from affect_pipeline.common.stores import FaceStore
-from affect_pipeline.data.video import frame_info, write_video
+from affect_pipeline.data.video import frame_info
+from affect_pipeline.data.video_writer import write_video
 from affect_pipeline.faces import detection as faces
 from affect_pipeline.faces.crop_faces import FaceJob, crop_faces
 
