@@ -23,13 +23,15 @@ demo: venv
 test: venv
 	$(VENV)/bin/pytest -ra
 
+## test-fast: without the tests marked slow (end-to-end workflow runs) or slurm
 test-fast: venv
 	$(VENV)/bin/pytest -ra -m "not slow and not slurm"
 
+## bench: the stage and DAG benchmarks, printed only (README, Benchmarks: the command that updates benchmarks/RESULTS.md)
 bench: venv
 	$(PY) -m benchmarks.run
 
-## lint: the Snakemake catalog's checks (tests/test_style.py runs both in `make test`)
+## lint: the Snakemake catalog's checks (tests/workflow/test_style.py runs both in `make test`)
 lint: venv
 	$(VENV)/bin/snakefmt --check Snakefile rules/
 	$(VENV)/bin/snakemake --lint

@@ -16,7 +16,8 @@ or not up to date with the code. Rerunning resumes: a seed's finished jobs are k
 The configuration defaults to DIR's ``results/config.yaml`` (its effective settings), so every
 seed runs exactly the base run's settings. The table (:mod:`affect_pipeline.submit.seed_ablation`) goes
 to stdout and to DIR's ``results/metrics/ablation_seeds.{json,tsv,md}`` +
-``results/report/ablation_seeds.png``.
+``results/report/ablation_seeds.png``; ``--page benchmarks/RESULTS.md`` also replaces the
+``ablation`` section of the results page (its other sections are kept).
 """
 from __future__ import annotations
 
@@ -186,6 +187,28 @@ def seed_results(a, run: Path, cfg: dict, configfiles, tasks) -> dict[int, Path]
     return out
 
 
+#: the results page's ablation section: its heading and what its figures are
+PAGE_INTRO = """## Multi-seed ablation: DCL against BLB
+
+The seed-dependent stages of one finished run (frame-wise MAE fine-tune, MAE features, BLB,
+hard-clip mining, DCL) rerun with each seed on the run's folds, faces, pretraining and audio
+features. Validation scores, mean ± sd over the (fold, seed) cells (official + fold1..k). The
+reference of DCL is the BLB of the same cell (DCL starts from it): DCL − BLB per cell, how many
+cells DCL wins and an exact two-sided sign test. The cells share training videos across folds, so
+the p-values are optimistic."""
+
+
+def page_section(a, table: dict, run: Path) -> str:
+    """The ``ablation`` section of the results page: intro, where and how measured, the table."""
+    from benchmarks.results_page import machine, stamp
+
+    from affect_pipeline.submit import seed_ablation as sa
+
+    cmd = f"python -m benchmarks.ablation --run DIR --seeds {' '.join(map(str, a.seeds))}"
+    cmd += f" --tasks {' '.join(a.tasks)}" if a.tasks else ""
+    return f"{PAGE_INTRO}\n\n{stamp(machine(), cmd)}\n- DIR: `{run}`\n\n{sa.markdown(table)}"
+
+
 def main(argv=None) -> int:
     from affect_pipeline.common.tasks import TASKS
     from affect_pipeline.submit import seed_ablation as sa
@@ -199,6 +222,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--dry-run", action="store_true", help="prepare and plan the seeds, run nothing")
     ap.add_argument("--out", type=Path, default=None, help="output stem (default DIR/results/metrics/ablation_seeds)")
+    ap.add_argument("--page", type=Path, default=None,
+                    help="also replace the ablation section of this results page (e.g. benchmarks/RESULTS.md)")
     a = ap.parse_args(argv)
     try:
         run = a.run.resolve()
@@ -218,6 +243,11 @@ def main(argv=None) -> int:
         print(f"ablation: {e}", file=sys.stderr)
         return 1
     print(sa.markdown(table))
+    if a.page:
+        from benchmarks.results_page import update_page
+
+        update_page(a.page, {"ablation": page_section(a, table, run)})
+        paths = [*paths, f"{a.page} (section ablation)"]
     print("written: " + ", ".join(map(str, paths)))
     return 0
 

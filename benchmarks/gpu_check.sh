@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The GPU path, measured (issue 17): the demo's model stages on CUDA and ViT-B/16 bf16 feature
-# extraction end to end vs. model-only, printed as a markdown table for benchmarks/RESULTS.md.
+# The GPU path, measured: the demo's model stages on CUDA and ViT-B/16 bf16 feature extraction
+# end to end vs. model-only, printed as a markdown table.
 #
 #   benchmarks/gpu_check.sh [--out FILE]      on a CUDA machine (<= 8 minutes on an H200)
-#   benchmarks/gpu_check.sh --cpu-smoke       the same code on CPU, tiny sizes (tests/test_gpu_check.py)
+#   benchmarks/gpu_check.sh --page benchmarks/RESULTS.md    the same, and replace the results page's gpu section
+#   benchmarks/gpu_check.sh --cpu-smoke       the same code on CPU, tiny sizes (tests/benchmarks/test_gpu_check.py)
 #
 # Python: $PYTHON, else the project's .venv (make venv), else python3. It needs the pinned
 # packages (requirements.txt) and no network. Exit codes: 0 all checks ran; 1 a check failed
