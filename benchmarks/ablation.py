@@ -32,7 +32,9 @@ from pathlib import Path
 
 import yaml
 
+from affect_pipeline.common import results
 from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.tasks import FRAME_TASKS
 from affect_pipeline.data.layout import enabled_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,8 +70,9 @@ def metric_targets(cfg: dict, tasks) -> list[str]:
     """The per-fold metrics files of the three stages the table compares."""
     folds = folds_of(cfg)
     ft_folds = folds if cfg["mae"]["finetune"]["per_fold"] else ["official"]
-    out = [f"results/mae/{t}/{f}/finetune_metrics.json" for t in tasks if t != "ERI" for f in ft_folds]
-    return out + [f"results/models/{t}/{f}/{st}_metrics.json" for t in tasks for f in folds for st in ("blb", "dcl")]
+    out = [results.metrics(results.encoder(t, f)) for t in tasks if t in FRAME_TASKS for f in ft_folds]
+    return out + [results.metrics(results.fold_model(t, f, st)) for t in tasks for f in folds
+                  for st in ("blb", "dcl")]
 
 
 def _get(cfg: dict, key: str):
@@ -200,9 +203,8 @@ the p-values are optimistic."""
 
 def page_section(a, table: dict, run: Path) -> str:
     """The ``ablation`` section of the results page: intro, where and how measured, the table."""
-    from benchmarks.results_page import machine, stamp
-
     from affect_pipeline.submit import seed_ablation as sa
+    from benchmarks.results_page import machine, stamp
 
     cmd = f"python -m benchmarks.ablation --run DIR --seeds {' '.join(map(str, a.seeds))}"
     cmd += f" --tasks {' '.join(a.tasks)}" if a.tasks else ""

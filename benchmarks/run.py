@@ -99,12 +99,13 @@ def bench_dag(n_videos: int = 600) -> list[dict]:
     sys.path.insert(0, str(ROOT / "tests"))
     import yaml
     from aff_tree import make_tree
+    from affect_pipeline.common.tasks import FRAME_TASKS
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = make_tree(tmp / "aff", n_videos, pair_every=50)
-        data["tasks"] = ["AU", "EXPR", "VA"]
+        data["tasks"] = list(FRAME_TASKS)
         data["temporal"] = {"features": ["mae", "vggish"]}
         (tmp / "vggish.pth").write_bytes(b"")
         data["audio"] = {"models": ["vggish"], "vggish": {"weights": str(tmp / "vggish.pth")}}

@@ -34,12 +34,12 @@ rule ensemble:
 rule summarize:
     input:
         finetune=expand(
-            "results/mae/{task}/{fold}/finetune_metrics.json",
+            results.metrics(results.encoder("{task}", "{fold}")),
             task=FRAME_TASKS,
             fold=FINETUNE_FOLDS,
         ),
         metrics=expand(
-            "results/models/{task}/{fold}/{stage}_metrics.json",
+            results.metrics(results.fold_model("{task}", "{fold}", "{stage}")),
             task=TASKS,
             fold=FOLDS,
             stage=["blb", "dcl"],

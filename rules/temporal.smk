@@ -25,8 +25,8 @@ rule train_blb:
     input:
         unpack(fold_inputs),
     output:
-        model="results/models/{task}/{fold}/blb.pt",
-        metrics="results/models/{task}/{fold}/blb_metrics.json",
+        model=results.fold_model("{task}", "{fold}", "blb"),
+        metrics=results.metrics(results.fold_model("{task}", "{fold}", "blb")),
         curve="results/models/{task}/{fold}/blb_curve.csv",
     log:
         "results/logs/train_blb/{task}/{fold}.log",
@@ -51,7 +51,7 @@ rule train_blb:
 rule mine_hard_clips:
     input:
         unpack(fold_inputs),
-        blb="results/models/{task}/{fold}/blb.pt",
+        blb=results.fold_model("{task}", "{fold}", "blb"),
     output:
         "results/models/{task}/{fold}/clb_clips.json",
     log:
@@ -77,11 +77,11 @@ rule mine_hard_clips:
 rule train_dcl:
     input:
         unpack(fold_inputs),
-        blb="results/models/{task}/{fold}/blb.pt",
+        blb=results.fold_model("{task}", "{fold}", "blb"),
         clb_clips="results/models/{task}/{fold}/clb_clips.json",
     output:
-        model="results/models/{task}/{fold}/dcl.pt",
-        metrics="results/models/{task}/{fold}/dcl_metrics.json",
+        model=results.fold_model("{task}", "{fold}", "dcl"),
+        metrics=results.metrics(results.fold_model("{task}", "{fold}", "dcl")),
         curve="results/models/{task}/{fold}/dcl_curve.csv",
     log:
         "results/logs/train_dcl/{task}/{fold}.log",
@@ -107,7 +107,7 @@ rule train_dcl:
 rule predict:
     input:
         unpack(fold_inputs),
-        model="results/models/{task}/{fold}/dcl.pt",
+        model=results.fold_model("{task}", "{fold}", "dcl"),
         index="results/index/videos.tsv",
     output:
         "results/predictions/{task}/{fold}.h5",

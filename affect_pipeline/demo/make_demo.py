@@ -36,7 +36,7 @@ from affect_pipeline.common.runtime import (
     write_json,
     write_text,
 )
-from affect_pipeline.common.tasks import ERI_NAMES, EXPR_NAMES
+from affect_pipeline.common.tasks import ERI_NAMES, EXPR_NAMES, FRAME_TASKS
 from affect_pipeline.demo.labels import (
     HUME_DOMINANT,
     Plan,
@@ -103,7 +103,7 @@ class DemoVideo:
     video_id: str
     media: str
     split: str
-    tasks: tuple = ("AU", "EXPR", "VA")
+    tasks: tuple = FRAME_TASKS
     side: str = ""
 
 
@@ -124,7 +124,7 @@ def plan_tree(spec: DemoSpec) -> TreePlan:
     for split in SPLITS:
         for _ in range(spec.n_videos[split]):
             ext = ".avi" if i == 1 else ".mp4"
-            tasks = ("AU", "EXPR") if i == 3 else ("AU", "EXPR", "VA")
+            tasks = tuple(t for t in FRAME_TASKS if t != "VA") if i == 3 else FRAME_TASKS
             tree.videos.append(DemoVideo(f"demo_{i:03d}", f"demo_{i:03d}{ext}", split, tasks))
             i += 1
     for side in ("left", "right"):

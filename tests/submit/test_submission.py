@@ -1,6 +1,6 @@
 """Ensemble, official submission format + validator, summary / ablation, test metrics.
 
-Inputs are built in tmp_path exactly as the contracts in DESIGN.md describe (predictions stores
+Inputs are built in tmp_path in the formats the stages write (predictions stores
 with h5py, metrics JSONs at their rule paths, videos.tsv, index_report.json); settings come from
 workflow_config.yaml (conftest.workflow_defaults); expected numbers are computed independently.
 """
