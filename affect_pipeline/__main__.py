@@ -48,4 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from affect_pipeline.common.files import ensure_utf8_mode
+
+    ensure_utf8_mode()    # file names, argv and text as UTF-8 under any locale (restarts if need be)
     sys.exit(main())

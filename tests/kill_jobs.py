@@ -2,7 +2,7 @@
 the test means to kill it (each kill is checked to land there: inside the write, not before it),
 so a writer that is not crash-safe fails. Shared by the crash tests of tests/mae and tests/temporal.
 
-- No half-written file under an output's name (only a hidden ``.name.tmpPID@host`` may be left).
+- No half-written file under an output's name (only a hidden ``.affect-tmp.name.PID@host`` may be left).
 - The rerun ends equal to an uninterrupted run.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ def only_tmp_left(folder: Path, name: str) -> list[str]:
     """Names in ``folder`` that belong to output ``name``: must be none or a hidden tmp sibling."""
     left = sorted(p.name for p in folder.iterdir() if name in p.name) if folder.exists() else []
     assert name not in left, f"a half-written {name} is under the output name"
-    assert all(n.startswith(f".{name}.tmp") for n in left), left
+    assert all(n.startswith(f".affect-tmp.{name}.") for n in left), left
     return left
 
 

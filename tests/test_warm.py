@@ -48,6 +48,39 @@ def server_pid(sock: Path) -> int:
     return int(out.stdout.split()[0])
 
 
+def server_pids(run: Path) -> list[int]:
+    """The warm servers whose folder is under ``run`` (one per key)."""
+    out = subprocess.run(["pgrep", "-f", f"affect_pipeline.warm --serve {run}/"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def job_children(run: Path, timeout=60) -> list[int]:
+    """The jobs forked by the servers under ``run``, waiting up to ``timeout`` s for one."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        kids = [int(k) for srv in server_pids(run) for k in
+                subprocess.run(["pgrep", "-P", str(srv)], capture_output=True, text=True).stdout.split()]
+        if kids:
+            return kids
+        time.sleep(0.1)
+    raise AssertionError("no server forked a job")
+
+
+def key_of(env: dict) -> str:
+    """The socket name a launcher with ``env`` (and this process's nice, cgroup) uses."""
+    return subprocess.run([PY, "-c", "from affect_pipeline.warm import _key; print(_key())"], env=env,
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def home_of(run: Path) -> Path:
+    return run / f"affect-warm-{os.getuid()}"
+
+
+#: a job that blocks reading --params from its stdin (the test holds it open) while it is inspected
+BLOCKED = ["make_folds", "--task", "VA", "--labels", "l.h5", "--index", "i.tsv", "--out", "o.json",
+           "--params", "@/dev/stdin"]
+
+
 def test_job_through_server_matches_plain_run(warm_env, tmp_path):
     env, run = warm_env
     labels = tmp_path / "labels.h5"

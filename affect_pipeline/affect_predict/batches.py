@@ -30,7 +30,9 @@ from affect_pipeline.affect_predict.outputs import (
     read_results,
     write_csv,
 )
-from affect_pipeline.common.runtime import PipelineError, atomic_path, progress
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.files import TMP_PREFIX, atomic_path
+from affect_pipeline.common.runtime import progress
 from affect_pipeline.data.layout import VIDEO_EXTS
 
 log = logging.getLogger("affect_pipeline.temporal.predict")
@@ -115,7 +117,13 @@ class Batch:
 
     @property
     def parts_dir(self) -> Path:
-        return self.combined.with_name(f".{self.combined.name}.parts")
+        return parts_dir(self.combined)
+
+
+def parts_dir(combined: Path) -> Path:
+    """The hidden folder of a combined CSV's finished videos, named with the package's temporary
+    prefix (nothing a user names so is ever removed with it)."""
+    return combined.with_name(f"{TMP_PREFIX}{combined.name}.parts")
 
 
 def plan_batch(inputs: list[VideoInput], tasks, style: CsvStyle, out_dir: Path | None = None,
@@ -123,7 +131,7 @@ def plan_batch(inputs: list[VideoInput], tasks, style: CsvStyle, out_dir: Path |
     """Output paths of every video; two videos that would write the same file are refused."""
     ids = video_ids(inputs)
     if combined is not None:
-        parts = combined.with_name(f".{combined.name}.parts")
+        parts = parts_dir(combined)
         csvs = [parts / f"{hashlib.sha1(str(v.path.resolve()).encode()).hexdigest()[:16]}.csv" for v in inputs]
         return Batch(inputs, ids, list(tasks), style, csvs, [None] * len(inputs), combined,
                      timeline if isinstance(timeline, Path) else None, overwrite)

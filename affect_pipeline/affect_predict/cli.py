@@ -76,7 +76,9 @@ from affect_pipeline.affect_predict.run_models import (
 from affect_pipeline.affect_predict.video_job import prepare_video
 from affect_pipeline.common import results
 from affect_pipeline.common.config import RUN_CONFIG
-from affect_pipeline.common.runtime import PipelineError, progress, run_stage
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.files import ensure_utf8_mode
+from affect_pipeline.common.runtime import progress, run_stage
 from affect_pipeline.common.tasks import FRAME_TASKS
 from affect_pipeline.submit.ensemble import EnsembleSettings
 
@@ -287,6 +289,8 @@ def predict(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console script ``affect-predict``; user errors end with one line, exit code 1."""
+    if argv is None:              # the console script: file names and text as UTF-8 under any locale
+        ensure_utf8_mode()
     return run_stage("affect-predict", predict, list(sys.argv[1:] if argv is None else argv))
 
 

@@ -14,7 +14,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from affect_pipeline.common.runtime import PipelineError, write_text
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.files import not_utf8
+from affect_pipeline.common.runtime import write_text
 
 #: file name of a run's effective config under its results/ folder
 RUN_CONFIG = "config.yaml"
@@ -68,6 +70,8 @@ def read_yaml(path: str | Path) -> dict:
         raise PipelineError(f"{path}: workflow config not found")
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise PipelineError(not_utf8(path, e)) from None
     except yaml.YAMLError as e:
         raise PipelineError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
     if doc is None:

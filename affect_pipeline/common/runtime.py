@@ -13,30 +13,42 @@ import json
 import logging
 import os
 import random
-import re
-import shutil
-import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
+
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.files import ENCODING, DiskFull, atomic_path, is_disk_full, not_utf8
 
 log = logging.getLogger("affect_pipeline")
-
-
-class PipelineError(Exception):
-    """An expected failure (bad input, missing file, wrong config): reported without traceback."""
 
 
 def run_stage(stage: str, fn: Callable[[list[str]], int | None], argv: list[str]) -> int:
     logging.basicConfig(level=os.environ.get("AFFECT_LOGLEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from affect_pipeline.common import jobstats
+
+    # --benchmark PATH: the job's own time, CPU and peak memory in Snakemake's benchmark format
+    # (the rules' benchmark files: Snakemake's sampler cannot see a warm job; common/jobstats.py)
+    argv, bench = jobstats.split_benchmark(argv)
+    probe = jobstats.Probe() if bench else None
     t0 = time.time()
     try:
         rc = fn(argv) or 0
     except PipelineError as e:
         print(f"ERROR [{stage}]: {e}", file=sys.stderr)
         return 1
+    except Exception as e:   # ENOSPC / EDQUOT outside atomic_path: the same one line (DiskFull)
+        if not is_disk_full(e):
+            raise
+        print(f"ERROR [{stage}]: {DiskFull.of(e)}", file=sys.stderr)
+        return 1
+    finally:
+        if probe:
+            probe.stop()
+    if probe and rc == 0:
+        write_text(bench, probe.record(bench))
     log.info("%s finished in %.1f s", stage, time.time() - t0)
     return rc
 
@@ -55,7 +67,10 @@ def stage_parser(stage: str, doc: str | None = None) -> argparse.ArgumentParser:
 def parse_params(text: str) -> dict:
     """Parse ``--params``: inline JSON, or @PATH to a JSON file."""
     if text.startswith("@"):
-        text = Path(text[1:]).read_text()
+        try:
+            text = Path(text[1:]).read_text(encoding=ENCODING)
+        except UnicodeDecodeError as e:
+            raise argparse.ArgumentTypeError(f"--params {not_utf8(text[1:], e)}") from None
     try:
         value = json.loads(text) if text.strip() else {}
     except json.JSONDecodeError as e:
@@ -65,114 +80,14 @@ def parse_params(text: str) -> dict:
     return value
 
 
-# ---------------------------------------------------------------- atomic outputs
-#: a temporary file untouched for this long belongs to no running job (longer than any job's wall
-#: time × its retry in profiles/slurm, but for pretrain_mae, whose temporary lives only seconds)
-STALE_TMP_HOURS = float(os.environ.get("AFFECT_STALE_TMP_HOURS", "24"))
-
-
-def _writer_tag() -> str:
-    """Host (and, on Linux, PID namespace) of this process: a PID is only meaningful within both."""
-    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "localhost"
-    with contextlib.suppress(OSError):
-        host += "-" + re.sub(r"\D", "", os.readlink("/proc/self/ns/pid"))
-    return host
-
-
-_TAG = _writer_tag()
-_TMP_NAME = re.compile(r"\.(?P<out>.+)\.tmp(?P<pid>\d+)(?:@(?P<tag>[A-Za-z0-9-]+))?")
-
-
-def temp_sibling(path: str | os.PathLike) -> Path:
-    """``.{name}.tmp{pid}@{host}``: hidden, and naming the writer so that a later job can tell
-    whether it still runs (:func:`remove_stale_temps`)."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.tmp{os.getpid()}@{_TAG}")
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:   # another user's live process
-        return True
-    return True
-
-
-def remove_stale_temps(folder: str | os.PathLike, max_age_h: float | None = None) -> list[Path]:
-    """Delete the temporary files of killed writers in ``folder`` (a killed crop_faces job leaves up
-    to a GB): those of this host whose PID is dead, and any untouched for ``max_age_h`` hours (the
-    only safe test for another host's, or for older code's names without a host)."""
-    max_age = (STALE_TMP_HOURS if max_age_h is None else max_age_h) * 3600
-    removed = []
-    with contextlib.suppress(OSError), os.scandir(folder) as it:   # tidying never fails a writer
-        for e in it:
-            m = _TMP_NAME.fullmatch(e.name)
-            if not m or int(m["pid"]) == os.getpid() and m["tag"] == _TAG:
-                continue
-            with contextlib.suppress(OSError):
-                dead = m["tag"] == _TAG and not _pid_alive(int(m["pid"]))
-                if (dead or time.time() - e.stat(follow_symlinks=False).st_mtime > max_age):
-                    if e.is_dir(follow_symlinks=False):    # a batch directory being assembled
-                        shutil.rmtree(e.path)
-                    else:
-                        os.unlink(e.path)
-                    removed.append(Path(e.path))
-    if removed:
-        log.warning("removed %d temporary file(s) left by killed jobs: %s", len(removed),
-                    ", ".join(str(r) for r in removed[:5]))
-    return removed
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling path; rename it onto ``path`` only if the block succeeds.
-
-    A crash (or kill -9) leaves at most a hidden ``.{name}.tmp{pid}@{host}`` file that no rule lists
-    as an output, never a half-written file under the real name; the next writer in the same
-    folder removes it once its writer is known dead (:func:`remove_stale_temps`).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path.parent)
-    tmp = temp_sibling(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary sibling folder; it replaces ``path`` (all or nothing) only if the
-    block succeeds, else it is removed (a kill leaves it to :func:`remove_stale_temps`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path.parent)
-    tmp = temp_sibling(path)
-    tmp.mkdir()
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
+    """``text`` as UTF-8 (whatever the locale), atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding=ENCODING)
 
 
 def _json_default(o):
@@ -195,7 +110,9 @@ def read_json(path: str | os.PathLike) -> Any:
     if not path.exists():
         raise PipelineError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding=ENCODING))
+    except UnicodeDecodeError as e:
+        raise PipelineError(not_utf8(path, e)) from None
     except json.JSONDecodeError as e:
         raise PipelineError(f"{path}: not valid JSON ({e})") from e
 
@@ -218,8 +135,10 @@ def save_checkpoint(obj: dict, path: str | os.PathLike) -> None:
     """torch.save through a temporary name. Keep ``obj`` to tensors, numbers, strings, lists, dicts."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # through a Python file: a full disk is then an OSError (ENOSPC) under torch's RuntimeError,
+    # and the archive's inner folder is "archive", not the temporary's name (same bytes every run)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:

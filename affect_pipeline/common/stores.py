@@ -19,15 +19,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import h5py
 import numpy as np
 
-from affect_pipeline.common.runtime import PipelineError, atomic_path
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.files import atomic_path, reserve_h5
+from affect_pipeline.common.runtime import read_json
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class FaceStoreWriter:
                 ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(c[..., ::-1]),
                                        [cv2.IMWRITE_JPEG_QUALITY, quality])
                 enc.append(buf.ravel())
+        reserve_h5(self.f.filename, sum(e.nbytes for e in enc) + b * (64 + 8 * self.f["landmarks"].shape[1]))
         for name, val in (("jpeg", None), ("found", found), ("score", score), ("box", box),
                           ("landmarks", landmarks), ("timestamps", timestamps)):
             ds = self.f[name]
@@ -116,6 +118,7 @@ class FaceStoreWriter:
             else:
                 ds[self.n:self.n + b] = np.asarray(val, dtype=ds.dtype).reshape((b,) + ds.shape[1:])
         self.n += b
+        self.f.flush()      # onto the room reserve_h5 made, not left in HDF5's caches for later
 
 
 @contextlib.contextmanager
@@ -158,6 +161,19 @@ def face_store_paths(faces, videos=None) -> dict[str, str]:
     if missing:
         raise PipelineError(f"no face store for video(s) {missing[:5]} in --faces {[str(f) for f in faces][:3]}")
     return {v: out[v] for v in videos}
+
+
+def skip_failed(faces, videos: list[str]) -> list[str]:
+    """``videos`` less those a crop_faces batch folder of ``faces`` names in its ``failed.json`` (their
+    media file did not decode in extract_frames, so they have no store), each logged with its error."""
+    failed: dict = {}
+    for f in map(Path, faces):
+        if (f / "failed.json").is_file():
+            failed.update({v: (f / "failed.json", r) for v, r in read_json(f / "failed.json").items()})
+    for v in (v for v in videos if v in failed):
+        path, r = failed[v]
+        log.error("video %s: left out, named in %s: %s", v, path, r.get("error") if isinstance(r, dict) else r)
+    return [v for v in videos if v not in failed]
 
 
 class FaceStore(_Reader):
@@ -208,140 +224,6 @@ class FaceStore(_Reader):
             yield idx, self.read_crops(idx)
 
 
-# ---------------------------------------------------------------- feature shards
-# One HDF5 file per extractor job (``features/{model}.h5``, ``features/mae/{task}/{fold}.h5``):
-# root attrs name the extractor, fold and checkpoint digest; one group per video holds
-# ``features`` (n_frames, D) float16, ``valid`` (n_frames,) bool, optional extras (``logits``)
-# and attrs (n_frames, fps). Readers address a video's features as (shard, video id).
-@dataclass
-class Features:
-    features: np.ndarray          # (n_frames, D)
-    valid: np.ndarray             # (n_frames,) bool
-    attrs: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
-
-
-class FeatureShardWriter:
-    """Write a shard video by video; nothing computed is lost when a job dies.
-
-    Videos go to ``{out}.partial`` (each group flagged ``complete`` once written and flushed);
-    :meth:`close` renames it to ``out``. A rerun with the same ``fingerprint`` (extractor,
-    checkpoint digest, settings) keeps the partial file's complete videos (:meth:`done`); a
-    different fingerprint, or a partial file HDF5 cannot read (killed mid-write, truncated,
-    damaged), starts afresh with a warning. A partial file another process holds (its lock) is an
-    error: that job may still be writing it.
-    """
-
-    def __init__(self, out, *, extractor: str, fingerprint: str, **attrs):
-        self.out, self.partial = Path(out), Path(f"{out}.partial")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.f = self._resume(fingerprint) if self.partial.exists() else None
-        if self.f is None:
-            self.partial.unlink(missing_ok=True)
-            self.f = h5_file(self.partial, "w", "partial feature shard")
-            self.f.attrs.update(dict(extractor=extractor, fingerprint=fingerprint, **attrs))
-
-    def _resume(self, fingerprint: str) -> h5py.File | None:
-        """The open partial file with only its complete videos, or None (other settings, damaged)."""
-        f = None
-        try:
-            f = h5_file(self.partial, "a", "partial feature shard")
-            if f.attrs.get("fingerprint") != fingerprint:
-                log.info("%s: made with other settings; starting afresh", self.partial)
-                f.close()
-                return None
-            for v in [k for k in f if not f[k].attrs.get("complete", False)]:
-                del f[v]
-            log.info("%s: resuming, %d videos already done", self.partial, len(f))
-            return f
-        except (OSError, KeyError, RuntimeError, ValueError) as e:
-            log.warning("%s: unreadable partial shard (%s: %s); starting afresh", self.partial,
-                        type(e).__name__, e)
-            if f is not None:
-                with contextlib.suppress(Exception):
-                    f.close()
-            return None
-
-    def done(self, video: str) -> bool:
-        return video in self.f and bool(self.f[video].attrs.get("complete", False))
-
-    def write(self, video: str, features: np.ndarray, valid: np.ndarray, *, fps: float,
-              dtype="f2", extra: dict | None = None, **attrs) -> None:
-        features, valid = np.asarray(features), np.asarray(valid, dtype=bool)
-        if features.ndim != 2 or len(valid) != len(features):
-            raise ValueError(f"{video}: features {features.shape} / valid {valid.shape} do not match")
-        if video in self.f:
-            del self.f[video]
-        g = self.f.create_group(video)
-        g.create_dataset("features", data=features.astype(dtype), chunks=True)
-        g.create_dataset("valid", data=valid)
-        for k, v in (extra or {}).items():
-            g.create_dataset(k, data=np.asarray(v))
-        g.attrs.update(dict(n_frames=len(features), dim=features.shape[1], fps=float(fps), **attrs))
-        self.f.flush()
-        g.attrs["complete"] = True
-        self.f.flush()
-
-    def close(self, videos=None) -> None:
-        """Finish: every listed video must be present; then the shard appears under its name."""
-        missing = [v for v in (videos or []) if not self.done(v)]
-        if missing:
-            self.f.close()
-            raise PipelineError(f"{self.partial}: {len(missing)} videos missing: {missing[:5]}")
-        self.f.attrs["videos"] = len(self.f)
-        self.f.close()
-        os.replace(self.partial, self.out)
-
-    def abort(self) -> None:
-        """Keep the partial file for the next attempt (its complete videos are reused)."""
-        if self.f:
-            self.f.close()
-
-
-class FeatureShard(_Reader):
-    """Reader of one shard: ``shard.name`` is its extractor (``mae_AU``, ``hubert``...)."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-        self.f = _open(path, "feature shard")
-        self.attrs = dict(self.f.attrs)
-        self.name = str(self.attrs.get("extractor", self.path.stem))
-
-    def videos(self) -> list[str]:
-        return list(self.f.keys())
-
-    def __contains__(self, video: str) -> bool:
-        return video in self.f
-
-    def n_frames(self, video: str) -> int:
-        return int(self._group(video)["features"].shape[0])
-
-    def dim(self) -> int:
-        first = next(iter(self.f.values()), None)
-        return 0 if first is None else int(first["features"].shape[1])
-
-    def _group(self, video: str):
-        if video not in self.f:
-            raise PipelineError(f"{self.path}: no features for video {video!r}")
-        return self.f[video]
-
-    def read(self, video: str, extra: tuple[str, ...] = ()) -> Features:
-        g = self._group(video)
-        _require(g, f"{self.path}:{video}", ["features", "valid"] + list(extra), "feature shard group")
-        try:
-            feats = g["features"][:].astype(np.float32)
-            valid = g["valid"][:].astype(bool)
-            ex = {k: g[k][:] for k in extra}
-        except OSError as e:
-            raise PipelineError(f"{self.path}: feature shard is truncated or corrupt ({e})") from e
-        if len(feats) != len(valid):
-            raise PipelineError(f"{self.path}:{video}: features has {len(feats)} rows but valid has {len(valid)}")
-        return Features(feats, valid, {**self.attrs, **dict(g.attrs)}, ex)
-
-    def has(self, video: str, name: str) -> bool:
-        return video in self.f and name in self.f[video]
-
-
 # ---------------------------------------------------------------- labels
 @dataclass
 class Labels:
@@ -353,6 +235,7 @@ class Labels:
 def write_labels(path, task: str, labels: dict[str, Labels], **attrs) -> None:
     with atomic_path(path) as tmp:
         with h5_file(tmp, "w", "label store") as f:
+            reserve_h5(tmp, sum(np.asarray(l.y).nbytes + np.asarray(l.mask).nbytes + 256 for l in labels.values()))
             f.attrs.update(dict(task=task, **attrs))
             for vid, lab in labels.items():
                 g = f.create_group(vid)

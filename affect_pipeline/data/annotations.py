@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.files import not_utf8
 from affect_pipeline.common.tasks import ERI_NAMES, INVALID_MARKER, TASK_COLUMNS
 
 HUME_SPLITS = {"train": "train", "val": "validation", "valid": "validation",
@@ -46,6 +47,8 @@ def parse_annotation(path: str | Path, task: str) -> tuple[np.ndarray, np.ndarra
     cols = TASK_COLUMNS[task] if task != "EXPR" else None
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        raise PipelineError(not_utf8(path, e)) from None
     except OSError as e:
         raise PipelineError(f"{path}: cannot read annotation ({e})") from e
     if not lines:
@@ -189,15 +192,22 @@ def _frame_list(path: str, rows: list) -> dict[str, list[list[int]]]:
 # ======================================================================== Hume-Reaction
 def read_hume_csv(path: str) -> list[dict]:
     """Rows of data_info.csv with File_ID unbracketed and Split normalised."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            return _hume_rows(path, fh)
+    except UnicodeDecodeError as e:
+        raise LayoutError(not_utf8(path, e)) from None
+
+
+def _hume_rows(path: str, fh) -> list[dict]:
     rows = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        for i, row in enumerate(csv.DictReader(fh), start=2):
-            fid = (row.get("File_ID") or "").strip().strip("[]")
-            split = HUME_SPLITS.get((row.get("Split") or "").strip().lower())
-            if not fid or split is None:
-                raise LayoutError(f"{path} line {i}: needs File_ID and a Split of Train/Val/Test, got "
-                                  f"{row.get('File_ID')!r} / {row.get('Split')!r}")
-            rows.append({**row, "File_ID": fid, "Split": split})
+    for i, row in enumerate(csv.DictReader(fh), start=2):
+        fid = (row.get("File_ID") or "").strip().strip("[]")
+        split = HUME_SPLITS.get((row.get("Split") or "").strip().lower())
+        if not fid or split is None:
+            raise LayoutError(f"{path} line {i}: needs File_ID and a Split of Train/Val/Test, got "
+                              f"{row.get('File_ID')!r} / {row.get('Split')!r}")
+        rows.append({**row, "File_ID": fid, "Split": split})
     return rows
 
 

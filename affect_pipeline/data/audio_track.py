@@ -9,10 +9,12 @@ feature extractor finds frame i's audio at the frames JSON's ``timestamps[i]``
 from __future__ import annotations
 
 import logging
+import wave
 
 import numpy as np
 
-from affect_pipeline.common.runtime import PipelineError, atomic_path
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.files import atomic_path, is_disk_full
 from affect_pipeline.data.video import open_media
 
 log = logging.getLogger(__name__)
@@ -26,10 +28,8 @@ def extract_audio(video, out, sample_rate: int, duration: float | None = None, t
     ``duration`` (the video's); no audio stream (or no decodable audio) gives ``duration`` seconds
     of silence. Returns a summary dict (samples, seconds, silent).
     """
-    import soundfile as sf
-
     with open_media(video) as c, atomic_path(out) as tmp:
-        with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, subtype="PCM_16", format="WAV") as wav:
+        with Pcm16Wav(tmp, sample_rate) as wav:
             n = _write_audio_stream(c, video, wav, sample_rate, threads) if c.streams.audio else 0
             silent = n == 0
             if silent and duration is None:
@@ -40,6 +40,27 @@ def extract_audio(video, out, sample_rate: int, duration: float | None = None, t
             for s in range(n, total, 1 << 16):
                 wav.write(np.zeros(min(1 << 16, total - s), np.int16))
     return {"samples": total, "seconds": total / sample_rate, "silent": silent}
+
+
+class Pcm16Wav:
+    """A mono PCM16 wav written through Python's own file I/O (the stdlib ``wave``): a full disk
+    is then an OSError (ENOSPC) that names the file, where libsndfile reports only "System
+    error". The bytes are libsndfile's (the canonical 44-byte header, then the samples)."""
+
+    def __init__(self, path, sample_rate: int):
+        self.w = wave.open(str(path), "wb")
+        self.w.setnchannels(1)
+        self.w.setsampwidth(2)
+        self.w.setframerate(int(sample_rate))
+
+    def write(self, samples: np.ndarray) -> None:
+        self.w.writeframes(np.ascontiguousarray(samples, dtype=np.int16).tobytes())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.w.close()
 
 
 def _write_audio_stream(c, video, wav, sample_rate: int, threads: int) -> int:
@@ -71,5 +92,7 @@ def _write_audio_stream(c, video, wav, sample_rate: int, threads: int) -> int:
             wav.write(x)
             n += len(x)
     except (av.FFmpegError, OSError) as e:
+        if is_disk_full(e):          # the wav's write, not the decoding: atomic_path names the wav
+            raise
         raise PipelineError(f"{video}: audio decoding failed (corrupt or truncated: {e})") from e
     return n

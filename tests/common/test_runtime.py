@@ -1,6 +1,6 @@
 """common/runtime.py under the accidents of long runs: atomic writes are all or nothing, and the
-temporaries of killed writers (``.X.h5.tmpPID@host``) are removed by the next writer in the folder
-while a live writer's are kept (temporaries belong to processes that really ran and died); a
+temporaries of killed writers (``.affect-tmp.X.h5.PID@host``) are removed by the next writer in the
+folder while a live writer's are kept, and names the package does not write are never touched (temporaries belong to processes that really ran and died); a
 checkpoint that carries pickled code is refused by every stage that loads weights
 (``load_checkpoint``, torch.load weights_only=True), and its payload never runs.
 """
@@ -20,13 +20,8 @@ from sibling_tests import sibling
 from stage_errors import assert_clean_error, evil_checkpoint, fold_args, stage
 from stage_inputs import face_store
 
-from affect_pipeline.common.runtime import (
-    atomic_dir,
-    atomic_path,
-    remove_stale_temps,
-    temp_sibling,
-    write_json,
-)
+from affect_pipeline.common.files import atomic_dir, atomic_path, remove_stale_temps, temp_sibling
+from affect_pipeline.common.runtime import write_json
 from affect_pipeline.common.stores import FaceStore
 
 sibling("temporal")
@@ -48,18 +43,18 @@ def test_temporaries_of_killed_writers_are_removed_by_the_next_writer(tmp_path, 
     old = time.time() - 48 * 3600
     try:
         files = {
-            "dead here": out.with_name(f".vid0.h5.tmp{_dead_pid()}@{tag}"),
-            "dead here, other output": out.with_name(f".vid1.h5.tmp{_dead_pid()}@{tag}"),
-            "alive here": out.with_name(f".vid0.h5.tmp{sleeper.pid}@{tag}"),
-            "other host, fresh": out.with_name(".vid0.h5.tmp4242@node17-4026531836"),
-            "other host, 48 h old": out.with_name(".vid0.h5.tmp4243@node17-4026531836"),
-            "older code, fresh": out.with_name(".vid0.h5.tmp4244"),
-            "older code, 48 h old": out.with_name(".vid0.h5.tmp4245"),
+            "dead here": out.with_name(f".affect-tmp.vid0.h5.{_dead_pid()}@{tag}"),
+            "dead here, other output": out.with_name(f".affect-tmp.vid1.h5.{_dead_pid()}@{tag}"),
+            "alive here": out.with_name(f".affect-tmp.vid0.h5.{sleeper.pid}@{tag}"),
+            "other host, fresh": out.with_name(".affect-tmp.vid0.h5.4242@node17-4026531836"),
+            "other host, 48 h old": out.with_name(".affect-tmp.vid0.h5.4243@node17-4026531836"),
+            "not ours, fresh": out.with_name(".vid0.h5.tmp4244"),
+            "not ours, 48 h old": out.with_name(".vid0.h5.tmp4245@node17-4026531836"),
             "not a temporary": out.with_name("vid0.h5.tmp_notes"),
         }
         for f in files.values():
             f.write_bytes(b"x" * 1000)
-        for k in ("other host, 48 h old", "older code, 48 h old"):
+        for k in ("other host, 48 h old", "not ours, 48 h old"):
             os.utime(files[k], (old, old))
         caplog.set_level(logging.WARNING)
         face_store(out, 12)
@@ -67,8 +62,8 @@ def test_temporaries_of_killed_writers_are_removed_by_the_next_writer(tmp_path, 
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert left == {"alive here", "other host, fresh", "older code, fresh", "not a temporary"}, left
-    assert "removed 4 temporary file(s)" in caplog.text and str(files["dead here"]) in caplog.text
+    assert left == {"alive here", "other host, fresh", "not ours, fresh", "not ours, 48 h old", "not a temporary"}, left
+    assert "removed 3 temporary file(s)" in caplog.text and str(files["dead here"]) in caplog.text
     assert FaceStore(out).n_frames == 12
     # the sleeper is dead now: its temporary goes with the next write there
     assert remove_stale_temps(out.parent) == [files["alive here"]]
@@ -82,7 +77,7 @@ def test_atomic_dir_is_all_or_nothing_and_a_dead_writers_folder_goes(tmp_path):
         (t / "b.h5").write_bytes(b"2")
         raise RuntimeError("detector crashed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["batch"] and [p.name for p in out.iterdir()] == ["a.h5"]
-    dead = tmp_path / f".batch.tmp{_dead_pid()}@{temp_sibling(out).name.split('@')[1]}"   # a kill -9 mid-way
+    dead = tmp_path / f".affect-tmp.batch.{_dead_pid()}@{temp_sibling(out).name.split('@')[1]}"   # a kill -9 mid-way
     (dead / "c.h5").parent.mkdir()
     (dead / "c.h5").write_bytes(b"3")
     with atomic_dir(out) as t:
@@ -92,7 +87,7 @@ def test_atomic_dir_is_all_or_nothing_and_a_dead_writers_folder_goes(tmp_path):
 
 def test_temporary_names_name_their_writer(tmp_path):
     tmp = temp_sibling(tmp_path / "a.json")
-    assert tmp.name.startswith(f".a.json.tmp{os.getpid()}@") and tmp.parent == tmp_path
+    assert tmp.name.startswith(f".affect-tmp.a.json.{os.getpid()}@") and tmp.parent == tmp_path
     with atomic_path(tmp_path / "a.json") as t:
         t.write_text("{}")
         assert t == tmp

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from stage_inputs import face_store
 
-from affect_pipeline.common.runtime import PipelineError
-from affect_pipeline.common.stores import FaceStore, FeatureShardWriter
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.feature_shards import FeatureShardWriter
+from affect_pipeline.common.stores import FaceStore
 
 
 def hold_open(path: Path, mode: str = "a") -> subprocess.Popen:
