@@ -5,11 +5,16 @@ samples ``[g*stride, g*stride + rf)`` and sits at the centre of that window,
 ``t_g = (g*stride + (rf-1)/2) / sr`` seconds.
 
 - HuBERT / wav2vec2: stride = product of the conv strides (320 = 20 ms), rf = conv receptive
-  field (400 = 25 ms), so t_g = 0.02 g + 0.0125 s. ``layer``: hidden-state index (-1 = last;
-  0 = the encoder's input: projected CNN features + positional conv) or "mean" (average of all
-  hidden states); the hidden states are transformers' ``output_hidden_states`` (the layers'
-  raw outputs) for every weights format. Waveform normalisation uses mean/var of the *whole*
-  file, as a single pass would. The weights' kind is read from the path and its content:
+  field (400 = 25 ms), so t_g = 0.02 g + 0.0125 s. ``layer``: hidden-state index (-1 = last =
+  the model's output; 0 = the encoder's input: projected CNN features + positional conv) or
+  "mean" (average of all hidden states); the hidden states are transformers'
+  ``output_hidden_states`` (the layers' raw outputs) for every weights format, except that the
+  last one is the model's output, ``last_hidden_state`` (fairseq's features): in a pre-norm
+  ("stable layer norm": HuBERT-Large/XL, wav2vec2-large-lv60/robust/XLSR) encoder that is the
+  last layer's output *after* the encoder's final LayerNorm, which transformers'
+  ``hidden_states[-1]`` leaves out (post-norm models: the two are the same). Waveform
+  normalisation uses mean/var of the *whole* file, as a single pass would. The weights' kind is
+  read from the path and its content:
   (a) a folder: a transformers ``save_pretrained`` folder, run by transformers; normalisation =
       ``do_normalize`` of its preprocessor_config.json (default on);
   (b) a file holding a ``torchaudio.models.Wav2Vec2Model`` state dict (the ``.pth`` files that
@@ -52,13 +57,8 @@ from affect_pipeline.audio.checkpoints import (
     sidecar_spec,
 )
 from affect_pipeline.common.config import need
-from affect_pipeline.common.runtime import (
-    PipelineError,
-    autocast,
-    file_digest,
-    load_checkpoint,
-    read_json,
-)
+from affect_pipeline.common.runtime import autocast, file_digest, load_checkpoint, read_json
+from affect_pipeline.common.errors import PipelineError
 
 MODELS = ("hubert", "wav2vec2", "vggish")
 VGGISH_SR, STFT_HOP, STFT_WIN, EXAMPLE_FRAMES = 16000, 160, 400, 96
@@ -223,7 +223,8 @@ class AudioModel:
             if self.backend == "torchaudio":
                 hs = torchaudio_hidden_states(self.net, x, None if self.layer == "mean" else int(self.layer))
             else:
-                hs = self.net(x, output_hidden_states=True, return_dict=True).hidden_states
+                out = self.net(x, output_hidden_states=True, return_dict=True)
+                hs = (*out.hidden_states[:-1], out.last_hidden_state)    # the last: after a final norm
             h = torch.stack(hs).float().mean(0) if self.layer == "mean" else hs[int(self.layer)]
             return h.float().cpu().numpy()
 
@@ -242,9 +243,11 @@ class AudioModel:
 
 
 def torchaudio_hidden_states(net, x, upto: int | None = None) -> list:
-    """transformers' hidden states of a torchaudio Wav2Vec2Model: the encoder input (projected CNN
-    features + positional conv, layer-normed in post-norm models), then each layer's raw output.
-    ``upto``: only states 0..upto are computed (negative: counted from the end)."""
+    """The hidden states of a torchaudio Wav2Vec2Model as :meth:`AudioModel.forward` takes them from
+    transformers: the encoder input (projected CNN features + positional conv, layer-normed in
+    post-norm models), then each layer's raw output, the last one being the model's output (a
+    pre-norm encoder's final LayerNorm applied, as ``Transformer.forward`` does). ``upto``: only
+    states 0..upto are computed (negative: counted from the end)."""
     t = net.encoder.transformer
     n = len(t.layers)
     stop = n if upto is None else upto % (n + 1)
@@ -254,6 +257,8 @@ def torchaudio_hidden_states(net, x, upto: int | None = None) -> list:
     for layer in t.layers[:stop]:
         h, _ = layer(h)
         hs.append(h)
+    if stop == n and not t.layer_norm_first:   # torchaudio's flag is True for *post*-norm encoders
+        hs[-1] = t.layer_norm(hs[-1])          # what Transformer.forward ends with
     return hs + [None] * (n - stop)
 
 

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.tasks import TASK_COLUMNS
+
 MAIN_METRIC = {"AU": "mean F1", "EXPR": "macro F1", "VA": "mean CCC", "ERI": "mean PCC"}
 EPS = 1e-8    # keeps a correlation of constant inputs at 0 instead of 0 / 0
 
@@ -93,11 +96,14 @@ def score(task: str, pred: np.ndarray, y: np.ndarray, mask: np.ndarray | None = 
           au_threshold=0.5) -> dict:
     """Main metric + details. ``pred``: AU probabilities (N,12), EXPR probabilities (N,8) or
     class indices (N,), VA values (N,2), ERI intensities (N,7). ``y`` as stored in the label
-    store. Rows with mask False are dropped."""
+    store. Rows with mask False are dropped. A NaN (or inf) left in either is an error naming the
+    task and the column: a CCC / PCC would silently be 0 and a NaN AU probability a negative."""
     pred, y = np.asarray(pred), np.asarray(y)
     if mask is not None:
         m = np.asarray(mask, bool).reshape(-1)
         pred, y = pred[m], y[m]
+    check_finite(task, pred, "predictions")
+    check_finite(task, y, "labels")
     n = int(len(y))
     if n == 0:
         return {"score": float("nan"), "n": 0}
@@ -115,6 +121,25 @@ def score(task: str, pred: np.ndarray, y: np.ndarray, mask: np.ndarray | None = 
         per = [float(c) for c in pcc(pred.astype(np.float64), y.astype(np.float64))]
         return {"score": float(np.mean(per)), "per_class": per, "n": n}
     raise ValueError(f"unknown task {task!r}")
+
+
+class NonFiniteError(PipelineError, ValueError):
+    """A NaN / inf among the rows a metric scores."""
+
+
+def check_finite(task: str, a: np.ndarray, what: str) -> None:
+    """Raise :class:`NonFiniteError` "VA: NaN in predictions column 'valence' (3 of 500 rows)" for
+    the first column of ``a`` (N, C) or (N,) that holds a NaN or an inf."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "fc" or np.isfinite(a).all():
+        return
+    cols = a.reshape(len(a), -1)
+    bad = ~np.isfinite(cols)
+    j = int(np.flatnonzero(bad.any(0))[0])
+    names = TASK_COLUMNS.get(task, ())
+    col = names[j] if cols.shape[1] == len(names) else ("class" if cols.shape[1] == 1 and task == "EXPR" else str(j))
+    kind = "NaN" if np.isnan(cols[:, j]).any() else "inf"
+    raise NonFiniteError(f"{task}: {kind} in {what} column {col!r} ({int(bad[:, j].sum())} of {len(cols)} rows)")
 
 
 def constant_baseline(task: str, y_train: np.ndarray, y_eval: np.ndarray) -> float:

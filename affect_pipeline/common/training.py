@@ -153,12 +153,17 @@ def fit(model: torch.nn.Module, step: Callable[[object], torch.Tensor],
 
     ``step(batch)`` returns the loss of one batch (forward only: the loop does backward and the
     update); ``evaluate`` gets the EMA model when EMA is on and returns at least ``score`` and
-    ``loss``. Under DDP only rank 0 evaluates.
+    ``loss``. Under DDP only rank 0 evaluates. A model with a ``param_groups(weight_decay)`` method
+    gives its own AdamW groups (layer-wise lr decay: the schedule scales a group's lr by its
+    ``lr_scale``), as timm's optimizer factory asks a model for its groups; others get
+    :func:`param_groups`.
     """
     from affect_pipeline.common.runtime import progress
 
     d = d or Dist(next(model.parameters()).device)
-    opt = adamw(unwrap(model), sched.lr, sched.weight_decay)
+    net = unwrap(model)
+    opt = (torch.optim.AdamW(net.param_groups(sched.weight_decay), lr=sched.lr)
+           if hasattr(net, "param_groups") else adamw(net, sched.lr, sched.weight_decay))
     total = max(1, steps_per_epoch * sched.epochs)
     lr_sched = warmup_cosine(opt, total, steps_per_epoch * sched.warmup_epochs, sched.min_lr)
     averaged = ema(unwrap(model), sched.ema_decay) if sched.ema_decay > 0 else None

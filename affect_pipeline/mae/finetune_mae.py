@@ -6,6 +6,10 @@ constant baseline come from the fold's train videos too. So no fold's encoder ha
 validation videos' labels, and the fold rows of the paper's tables stay honest.
 With ``soup`` != none the per-epoch EMA weights are kept on the host (ViT-B: ~0.35 GB each).
 Under torchrun only rank 0 validates and writes files.
+
+The recipe is MAE's ViT-B fine-tuning (``main_finetune.py``): the head learns on the per-frame
+feature ``visual_features`` stores (``mae.features.pool``, recorded in the checkpoint), stochastic
+depth ``drop_path`` in the encoder blocks and layer-wise lr decay ``layer_decay`` (model.py).
 """
 from __future__ import annotations
 
@@ -19,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from affect_pipeline.common.config import settings
+from affect_pipeline.common.config import need, settings
+from affect_pipeline.common.errors import PipelineError
 from affect_pipeline.common.folds import read_fold
 from affect_pipeline.common.losses import activate, class_weights, task_loss
 from affect_pipeline.common.metrics import MAIN_METRIC, constant_baseline, score
 from affect_pipeline.common.runtime import (
-    PipelineError,
     autocast,
     save_checkpoint,
     setup_torch,
@@ -44,6 +48,7 @@ from affect_pipeline.common.training import (
     unwrap,
     wrap_ddp,
 )
+from affect_pipeline.mae.checkpoints import load_pretrained, read_encoder_checkpoint
 from affect_pipeline.mae.face_reader import (
     FrameSet,
     Loader,
@@ -54,12 +59,7 @@ from affect_pipeline.mae.face_reader import (
     standardize,
     to_unit,
 )
-from affect_pipeline.mae.model import (
-    CHECKPOINT_FORMAT,
-    ViTClassifier,
-    load_encoder_state,
-    read_encoder_checkpoint,
-)
+from affect_pipeline.mae.model import CHECKPOINT_FORMAT, POOLS, ViTClassifier, seed_drop_path
 
 log = logging.getLogger(__name__)
 SOUPS = ("none", "uniform", "greedy")
@@ -82,6 +82,8 @@ class FinetuneSettings:
     cache_gb: float
     au_pos_weight: bool          # AU loss: + per-AU neg/pos positive weights (not in eq. 1)
     per_fold: bool               # read by the rules (which encoder feeds a fold); not here
+    drop_path: float             # stochastic depth of the last encoder block (0 at the first)
+    layer_decay: float           # lr of block i = lr x layer_decay ** (depth - i); 1 = no decay
 
 
 @dataclass(frozen=True)
@@ -178,11 +180,21 @@ def model_soup(recipe: str, states: list[dict], scores: list[float], evaluate) -
     return average_states([states[j] for j in members]), best, sorted(members)
 
 
-def classifier(task: str, cfg: dict, encoder_state: dict, source) -> ViTClassifier:
-    """The pretrained encoder + a fresh near-zero linear head with the task's outputs."""
-    model = ViTClassifier(TASK_OUTPUTS[task], **cfg)
-    load_encoder_state(model.encoder, encoder_state, source)
+def classifier(task: str, cfg: dict, encoder_state: dict, source, pool: str,
+               p: FinetuneSettings) -> ViTClassifier:
+    """The pretrained encoder + (global pool: a new fc_norm) + a fresh near-zero linear head, with
+    the fine-tune's stochastic depth and layer-wise lr decay."""
+    model = ViTClassifier(TASK_OUTPUTS[task], pool=pool, drop_path=p.drop_path, layer_decay=p.layer_decay, **cfg)
+    load_pretrained(model, encoder_state, source)
     return model
+
+
+def feature_pool(params: dict) -> str:
+    """``mae.features.pool`` from the fine-tune's --params: the head learns on that feature."""
+    pool = need(params, "features.pool", "mae")
+    if pool not in POOLS:
+        raise PipelineError(f"mae.features.pool: {pool!r} is not one of {' | '.join(POOLS)}")
+    return pool
 
 
 def finetune_mae(inp: FinetuneInputs, out: FinetuneOutputs, params: dict, threads: int = 1,
@@ -193,6 +205,10 @@ def finetune_mae(inp: FinetuneInputs, out: FinetuneOutputs, params: dict, thread
     p = settings(FinetuneSettings, params.get("finetune"), "mae.finetune")
     if p.soup not in SOUPS:
         raise PipelineError(f"mae.finetune.soup: unknown recipe {p.soup!r} ({' | '.join(SOUPS)})")
+    if not (0 <= p.drop_path < 1 and 0 < p.layer_decay <= 1):
+        raise PipelineError(f"mae.finetune: drop_path {p.drop_path} must be in [0, 1), layer_decay "
+                            f"{p.layer_decay} in (0, 1]")
+    pool = feature_pool(params)
     d = init_distributed(device)
     setup_torch(max(1, threads // d.world), seed)
     cfg, enc_sd = read_encoder_checkpoint(inp.pretrained)
@@ -202,12 +218,15 @@ def finetune_mae(inp: FinetuneInputs, out: FinetuneOutputs, params: dict, thread
     torch.set_num_threads(t_threads)
 
     torch.manual_seed(seed)
-    ddp = wrap_ddp(classifier(inp.task, cfg, enc_sd, inp.pretrained).to(d.device), d)
+    model = classifier(inp.task, cfg, enc_sd, inp.pretrained, pool, p)
+    seed_drop_path(model, seed, d.world, d.rank)     # the same masks for a global batch, DDP or not
+    ddp = wrap_ddp(model.to(d.device), d)
     n_local = len(shard(len(epoch_order(data.train, p.frames_per_video, seed, 0)), d, seed, 0))
     steps_per_epoch = math.ceil(n_local / p.batch_size)
     log.info("%s %s fine-tuning: %d train videos / %d frames, %d validation videos / %d frames, "
-             "%d epochs x %d steps, constant baseline %.4f", inp.task, inp.fold, len(data.train_videos),
-             len(data.train.y), len(data.val_videos), len(data.val.y), p.epochs, steps_per_epoch, data.baseline)
+             "%d epochs x %d steps, constant baseline %.4f; pool %s, drop path %g, layer decay %g", inp.task,
+             inp.fold, len(data.train_videos), len(data.train.y), len(data.val_videos), len(data.val.y), p.epochs,
+             steps_per_epoch, data.baseline, pool, p.drop_path, p.layer_decay)
 
     w_dev = None if data.weights is None else data.weights.to(d.device)
 
@@ -242,7 +261,7 @@ def finetune_mae(inp: FinetuneInputs, out: FinetuneOutputs, params: dict, thread
     metrics = None
     if d.main:
         choice = choose(p.soup, res, evals, states, lambda sd: validate(with_state(unwrap(ddp), sd)))
-        metrics = write_outputs(inp, out, cfg, data, choice, res.curve)
+        metrics = write_outputs(inp, out, cfg, data, choice, res.curve, pool)
     finish_distributed(d)
     return metrics
 
@@ -268,7 +287,7 @@ def choose(recipe: str, res, evals: list[dict], states: list[dict], evaluate_sta
 
 
 def write_outputs(inp: FinetuneInputs, out: FinetuneOutputs, cfg: dict, data: FoldFrames, c: Choice,
-                  curve: list[dict]) -> dict:
+                  curve: list[dict], pool: str) -> dict:
     """--out (kind mae_finetune, with task and fold), --metrics, --curve."""
     task, final = inp.task, c.final
     metrics = {"task": task, "fold": inp.fold, "stage": "finetune_mae", "score": final["score"],
@@ -282,7 +301,7 @@ def write_outputs(inp: FinetuneInputs, out: FinetuneOutputs, cfg: dict, data: Fo
         if k in final:
             metrics[k] = final[k]
     save_checkpoint({"format": CHECKPOINT_FORMAT, "kind": "mae_finetune", "task": task, "fold": inp.fold,
-                     "config": cfg, "outputs": TASK_OUTPUTS[task], "pooling": "mean_patch_tokens",
+                     "config": cfg, "outputs": TASK_OUTPUTS[task], "pool": pool,
                      "model": c.state, "metrics": json.dumps(metrics)}, out.model)
     write_json(out.metrics, metrics)
     write_text(out.curve, curve_csv(curve))

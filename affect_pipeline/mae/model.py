@@ -6,8 +6,14 @@ the masked patches only (optionally on per-patch normalised pixels).
 
 The encoder's ``state_dict`` uses timm's ``vit_base_patch16`` key names (``patch_embed.proj.*``,
 ``cls_token``, ``pos_embed``, ``blocks.N.*``, ``norm.*``), so MAE-Face / timm checkpoints load
-into it directly (:func:`import_mae_face`). Images enter the models normalised with
-:data:`IMAGENET_MEAN` / :data:`IMAGENET_STD` (:func:`affect_pipeline.mae.face_reader.standardize`).
+into it directly (:mod:`affect_pipeline.mae.checkpoints`), and so do fine-tuned global-pool ones (``fc_norm.*``
+instead of ``norm.*``, MAE's ``models_vit`` layout).
+
+Fine-tuning follows MAE's ``main_finetune`` recipe: a per-frame feature pooled as
+``mae.features.pool`` (:data:`POOLS`; MAE's global pool by default), stochastic depth
+(``drop_path``, rising linearly over the blocks as timm's) and layer-wise lr decay
+(:func:`layer_decay_groups`). Images enter the models normalised with :data:`IMAGENET_MEAN` /
+:data:`IMAGENET_STD` (:func:`affect_pipeline.mae.face_reader.standardize`).
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block, PatchEmbed
 
-from affect_pipeline.common.runtime import PipelineError, load_checkpoint
+from affect_pipeline.common.errors import PipelineError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,6 +33,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MODEL_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
               "decoder_embed_dim", "decoder_depth", "decoder_num_heads")
 CHECKPOINT_FORMAT = "affect_pipeline.mae.model/1"
+#: ``mae.features.pool``, the per-frame feature (= the fine-tune head's input) of a frame's tokens:
+#: global: MAE's ``models_vit`` global pool, ``fc_norm(mean of the last block's patch tokens)`` (the
+#:   pretrained ``norm`` is dropped, ``fc_norm`` is new: fresh, or an imported fine-tuned one's);
+#: mean_norm: ``mean(norm(patch tokens))``; cls: ``norm(CLS token)`` (``models_vit`` without global pool)
+POOLS = ("global", "mean_norm", "cls")
 
 
 def model_config(params: dict | None) -> dict:
@@ -106,7 +117,7 @@ def masked_pixel_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
 
 
 # ---------------------------------------------------------------- models
-_norm = partial(nn.LayerNorm, eps=1e-6)
+norm_layer = partial(nn.LayerNorm, eps=1e-6)
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -119,19 +130,67 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
+class BatchDropPath(nn.Module):
+    """Stochastic depth as timm's ``DropPath`` (a sample's residual branch is dropped with probability
+    ``p``, kept ones are scaled by 1/(1-p); identity in eval mode), with masks that do not depend on
+    how a batch is split over DDP ranks: each call draws the masks of the *global* batch (world x
+    local rows) from a generator seeded by (seed, module, call), and a rank keeps rows rank::world,
+    its rows of the DistributedSampler split. So torchrun over N processes takes the steps one
+    process takes with the global batch (tests/mae/test_finetune_mae.py). Before :func:`seed_drop_path`
+    the masks come from torch's global generator, as timm's do."""
+
+    def __init__(self, p: float, index: int = 0):
+        super().__init__()
+        self.p, self.index = float(p), index
+        self.seed: int | None = None
+        self.world, self.rank, self.calls = 1, 0, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        n = x.shape[0]
+        if self.seed is None:
+            u = torch.rand(n, device=x.device)
+        else:
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.index) * 1_000_033 + self.calls)
+            u = torch.rand(n * self.world, generator=g)[self.rank::self.world].to(x.device)
+        self.calls += 1
+        mask = (u < keep).to(x.dtype) / keep
+        return x * mask.view((n,) + (1,) * (x.ndim - 1))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:.3f}"
+
+
+def drop_path_rates(drop_path: float, depth: int) -> list[float]:
+    """The stochastic depth decay rule of MAE's ``models_vit`` / timm: 0 at the first block rising
+    linearly to ``drop_path`` at the last."""
+    return [float(x) for x in torch.linspace(0, drop_path, depth)]
+
+
+def seed_drop_path(model: nn.Module, seed: int, world: int = 1, rank: int = 0) -> None:
+    """Make ``model``'s stochastic depth masks reproducible and split like the batch under DDP."""
+    for m in model.modules():
+        if isinstance(m, BatchDropPath):
+            m.seed, m.world, m.rank, m.calls = int(seed), int(world), int(rank), 0
+
+
 class ViTEncoder(nn.Module):
     """ViT encoder with timm's key names; ``mask_ratio > 0`` runs it on a random subset of patches."""
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
-                 mlp_ratio=4.0, **_decoder_keys):
+                 mlp_ratio=4.0, **decoder_keys):
         super().__init__()
+        if unknown := sorted(k for k in decoder_keys if not k.startswith("decoder_")):
+            raise TypeError(f"ViTEncoder: unexpected argument(s) {unknown}")
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         n = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, n + 1, embed_dim), requires_grad=False)  # fixed sin-cos
-        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=_norm)
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
                                      for _ in range(depth)])
-        self.norm = _norm(embed_dim)
+        self.norm = norm_layer(embed_dim)
         self.embed_dim, self.patch_size = embed_dim, patch_size
         self.pos_embed.data.copy_(torch.from_numpy(sincos_2d(embed_dim, int(n ** 0.5))).float().unsqueeze(0))
         w = self.patch_embed.proj.weight.data
@@ -139,8 +198,20 @@ class ViTEncoder(nn.Module):
         nn.init.normal_(self.cls_token, std=0.02)
         self.apply(_init_weights)
 
+    def set_drop_path(self, drop_path: float) -> None:
+        """Stochastic depth for fine-tuning: timm's per-block rates rising to ``drop_path`` at the
+        last block (0 at the first), with masks independent of how a batch is split (DDP)."""
+        for i, (blk, p) in enumerate(zip(self.blocks, drop_path_rates(drop_path, len(self.blocks)))):
+            if p > 0:
+                blk.drop_path1, blk.drop_path2 = BatchDropPath(p, 2 * i), BatchDropPath(p, 2 * i + 1)
+
     def forward(self, x: torch.Tensor, mask_ratio: float = 0.0, generator=None):
         """Tokens after the final norm: (N, 1 + L_keep, D) with the CLS token first, mask, ids_restore."""
+        x, mask, ids_restore = self.tokens(x, mask_ratio, generator)
+        return self.norm(x), mask, ids_restore
+
+    def tokens(self, x: torch.Tensor, mask_ratio: float = 0.0, generator=None):
+        """The last block's output, before the final norm (CLS token first), mask, ids_restore."""
         x = self.patch_embed(x) + self.pos_embed[:, 1:, :]
         mask = ids_restore = None
         if mask_ratio > 0:
@@ -149,7 +220,7 @@ class ViTEncoder(nn.Module):
         x = torch.cat([cls, x], dim=1)
         for blk in self.blocks:
             x = blk(x)
-        return self.norm(x), mask, ids_restore
+        return x, mask, ids_restore
 
 
 class MAEDecoder(nn.Module):
@@ -162,8 +233,8 @@ class MAEDecoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, decoder_embed_dim), requires_grad=False)
         self.blocks = nn.ModuleList([Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True,
-                                           norm_layer=_norm) for _ in range(decoder_depth)])
-        self.norm = _norm(decoder_embed_dim)
+                                           norm_layer=norm_layer) for _ in range(decoder_depth)])
+        self.norm = norm_layer(decoder_embed_dim)
         self.pred = nn.Linear(decoder_embed_dim, patch_size ** 2 * in_chans)
         pos = sincos_2d(decoder_embed_dim, int(num_patches ** 0.5))
         self.pos_embed.data.copy_(torch.from_numpy(pos).float().unsqueeze(0))
@@ -203,120 +274,77 @@ class MaskedAutoencoderViT(nn.Module):
 
 
 class ViTClassifier(nn.Module):
-    """Fine-tune model: encoder (no masking) -> mean of the patch tokens -> linear head.
+    """Fine-tune model: encoder (no masking) -> pooled per-frame feature (``pool``) -> linear head.
 
-    The pooled vector is the per-frame visual feature (MAE's global-pool recipe, which fine-tunes
-    better than the CLS token); ``head(features) == logits``.
+    The pooled vector is the per-frame visual feature that ``visual_features`` stores, so
+    ``head(features) == logits``. ``pool``: one of :data:`POOLS`; "global" holds MAE's ``models_vit``
+    layout: ``fc_norm`` instead of the encoder's ``norm`` (no ``encoder.norm.*`` keys). The default
+    "mean_norm" is the layout of checkpoints written before the pool was a setting.
+    ``drop_path``: stochastic depth of the encoder blocks while training; ``layer_decay``: the
+    lr decay per block of :meth:`param_groups` (1: none).
     """
 
-    def __init__(self, outputs: int, **cfg):
+    def __init__(self, outputs: int, pool: str = "mean_norm", drop_path: float = 0.0,
+                 layer_decay: float = 1.0, **cfg):
         super().__init__()
+        if pool not in POOLS:
+            raise PipelineError(f"mae.features.pool: {pool!r} is not one of {' | '.join(POOLS)}")
         cfg = model_config(cfg)
-        self.config, self.outputs = cfg, outputs
+        self.config, self.outputs, self.pool = cfg, outputs, pool
         self.encoder = ViTEncoder(**cfg)
+        self.encoder.set_drop_path(drop_path)
+        self.layer_decay = layer_decay
+        if pool == "global":   # models_vit(global_pool=True): del self.norm; self.fc_norm = norm_layer(D)
+            self.encoder.norm = nn.Identity()
+            self.fc_norm = norm_layer(cfg["embed_dim"])
         self.head = nn.Linear(cfg["embed_dim"], outputs)
         nn.init.trunc_normal_(self.head.weight, std=2e-5)  # MAE: near-zero head, the encoder leads
         nn.init.zeros_(self.head.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        tokens, _, _ = self.encoder(x)
-        return tokens[:, 1:, :].mean(1)
+        tokens, _, _ = self.encoder.tokens(x)
+        if self.pool == "global":
+            return self.fc_norm(tokens[:, 1:, :].mean(1))
+        if self.pool == "cls":
+            return self.encoder.norm(tokens[:, 0, :])
+        return self.encoder.norm(tokens)[:, 1:, :].mean(1)
 
     def forward(self, x: torch.Tensor):
         """(features (N, D), logits (N, outputs))."""
         f = self.forward_features(x)
         return f, self.head(f)
 
-
-# ---------------------------------------------------------------- encoder checkpoints
-def encoder_checkpoint(encoder_sd: dict, cfg: dict, kind: str, **extra) -> dict:
-    """The pretrain_mae output (both for pretraining and for an imported encoder)."""
-    return {"format": CHECKPOINT_FORMAT, "kind": kind, "config": dict(cfg),
-            "encoder": {k: v.detach().cpu() for k, v in encoder_sd.items()}, **extra}
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups with layer-wise lr decay (``common.training.fit`` uses a model's own)."""
+        return layer_decay_groups(self, weight_decay, self.layer_decay)
 
 
-def load_encoder_state(encoder: ViTEncoder, sd: dict, source) -> None:
-    """Strict load that lists every missing / unexpected key and shape mismatch in one error."""
-    own = encoder.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in sorted(set(own) & set(sd)) if tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected}")
-        if shapes:
-            parts.append(f"shape mismatches [{'; '.join(shapes)}]")
-        raise PipelineError(f"{source}: encoder weights do not fit the configured ViT "
-                            f"(mae.model {encoder.embed_dim=}, patch {encoder.patch_size}): " + ", ".join(parts))
-    encoder.load_state_dict({k: v.float() for k, v in sd.items()})
+def layer_decay_groups(model: ViTClassifier, weight_decay: float, layer_decay: float) -> list[dict]:
+    """AdamW parameter groups of MAE's ``util/lr_decay.param_groups_lrd``: layer id 0 for the
+    embeddings (cls_token, pos_embed, patch_embed), i + 1 for block i, depth + 1 for the rest
+    (fc_norm / norm, head); lr scale ``layer_decay ** (depth + 1 - layer id)``; no weight decay on
+    1-d parameters (biases, norms) and the tokens / position embeddings. The scheduler multiplies
+    each group's lr by its ``lr_scale`` (timm's schedulers do, as MAE's lr_sched). Groups are
+    ordered by falling scale, so group 0 runs at the base lr (what the curve logs)."""
+    depth = len(model.encoder.blocks)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        layer = _layer_id(name, depth)
+        flat = p.ndim == 1 or name.endswith(("cls_token", "pos_embed"))
+        g = groups.setdefault((layer, flat), {"params": [], "param_names": [], "layer_id": layer,
+                                              "lr_scale": layer_decay ** (depth + 1 - layer),
+                                              "weight_decay": 0.0 if flat else weight_decay})
+        g["params"].append(p)
+        g["param_names"].append(name)
+    return [groups[k] for k in sorted(groups, key=lambda k: (-k[0], k[1]))]
 
 
-_DROP_PREFIXES = ("decoder_", "decoder.", "mask_token", "head.", "fc_norm.")
-
-
-def _plain_data_globals() -> list:
-    """What training scripts' checkpoints carry besides tensors and that runs no code when
-    unpickled: facebookresearch/mae's ``args`` (argparse.Namespace) and numpy scalars, dtypes and
-    arrays, under numpy 2's module names and numpy 1's (``numpy.core``), the ones older files use."""
-    import argparse
-
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # numpy 1
-        from numpy.core import multiarray
-
-    dtypes = [getattr(np.dtypes, n) for n in np.dtypes.__all__]
-    numpy1 = [(f, f"numpy.core.multiarray.{f.__name__}") for f in (multiarray.scalar, multiarray._reconstruct)]
-    return [argparse.Namespace, np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct,
-            *dtypes, *numpy1]
-
-
-def load_foreign_checkpoint(path) -> object:
-    """``load_checkpoint`` (weights_only) that also accepts :func:`_plain_data_globals`: a training
-    script's checkpoint loads; one whose pickle calls a function or builds another class is refused."""
-    with torch.serialization.safe_globals(_plain_data_globals()):
-        return load_checkpoint(path)
-
-
-def import_mae_face(path, cfg: dict) -> dict:
-    """Convert MAE-Face's ``mae_face_pretrain_vit_base.pth`` (or any timm-keyed ViT) to our format.
-
-    The file is a dict whose ``model`` (or ``state_dict``, or the dict itself) holds timm
-    ``vit_base_patch16`` keys; ``module.`` / ``encoder.`` prefixes are stripped, decoder / head keys
-    dropped. Loaded with ``weights_only=True`` (plus the plain data of training checkpoints such as
-    facebookresearch/mae's ``{"model", "optimizer", "epoch", "scaler", "args"}``), so a checkpoint
-    with pickled code is refused. Returns the encoder checkpoint dict (see :func:`encoder_checkpoint`).
-    """
-    cfg = model_config(cfg)
-    obj = load_foreign_checkpoint(path)
-    sd = obj
-    if isinstance(obj, dict):
-        for key in ("model", "state_dict", "encoder"):
-            if isinstance(obj.get(key), dict):
-                sd = obj[key]
-                break
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise PipelineError(f"{path}: expected a state dict of tensors (or a dict with 'model'), "
-                            f"got {type(sd).__name__}")
-    clean = {}
-    for k, v in sd.items():
-        for pre in ("module.", "encoder."):
-            k = k[len(pre):] if k.startswith(pre) else k
-        if not k.startswith(_DROP_PREFIXES):
-            clean[k] = v
-    enc = ViTEncoder(**cfg)
-    load_encoder_state(enc, clean, path)
-    return encoder_checkpoint(enc.state_dict(), cfg, "mae_import", source=str(path))
-
-
-def read_encoder_checkpoint(path) -> tuple[dict, dict]:
-    """(config, encoder state dict) of a pretrain_mae output; a foreign file is an error."""
-    obj = load_checkpoint(path)
-    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT or "encoder" not in obj:
-        raise PipelineError(f"{path}: not a pretrain_mae checkpoint (format {CHECKPOINT_FORMAT}); "
-                            f"to use MAE-Face weights set mae.checkpoint and rerun pretrain_mae")
-    return model_config(obj["config"]), obj["encoder"]
+def _layer_id(name: str, depth: int) -> int:
+    name = name[len("encoder."):] if name.startswith("encoder.") else name
+    if name.startswith(("cls_token", "pos_embed", "patch_embed")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1

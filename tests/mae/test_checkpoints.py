@@ -1,4 +1,4 @@
-"""mae/model.py's import of a foreign checkpoint (``import_mae_face``): a ViT as
+"""mae/checkpoints.py's import of a foreign checkpoint (``import_mae_face``): a ViT as
 facebookresearch/mae's training script saves it (argparse.Namespace, numpy values, also the
 numpy-1 pickle) is accepted; one that carries code is refused and its payload never runs."""
 from __future__ import annotations
@@ -12,7 +12,8 @@ import pytest
 import torch
 from test_mae import TINY, NotAWeight
 
-from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.mae import checkpoints as C
 from affect_pipeline.mae import model as M
 
 
@@ -45,7 +46,7 @@ def test_import_accepts_a_facebookresearch_mae_training_checkpoint(tmp_path):
     enc = _mae_training_checkpoint(src, cfg, lr_scale=np.float64(1.0), np_seed=np.int64(7),
                                    mean=np.array([0.485, 0.456, 0.406]), crop=np.arange(4, dtype=np.int32),
                                    dtype=np.dtype("float32"), names=np.array(["a", 1], dtype=object))
-    ck = M.import_mae_face(src, TINY)
+    ck = C.import_mae_face(src, TINY)
     assert ck["kind"] == "mae_import" and set(ck["encoder"]) == set(enc)
     assert all(torch.equal(ck["encoder"][k], enc[k]) for k in enc)
     # the same, pickled the way numpy 1 names its functions (numpy.core.multiarray), older torch format
@@ -54,7 +55,7 @@ def test_import_accepts_a_facebookresearch_mae_training_checkpoint(tmp_path):
     old = tmp_path / "checkpoint-numpy1.pth"
     old.write_bytes(buf.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
     assert b"numpy.core.multiarray\n_reconstruct" in old.read_bytes()
-    assert all(torch.equal(M.import_mae_face(old, TINY)["encoder"][k], enc[k]) for k in enc)
+    assert all(torch.equal(C.import_mae_face(old, TINY)["encoder"][k], enc[k]) for k in enc)
 
 
 class RunsCode:
@@ -74,7 +75,7 @@ def test_import_refuses_checkpoints_that_run_code(payload, tmp_path):
     bad = RunsCode(marker) if payload == "os.system" else NotAWeight()
     _mae_training_checkpoint(src, cfg, hook=bad)
     with pytest.raises(PipelineError) as e:
-        M.import_mae_face(src, TINY)
+        C.import_mae_face(src, TINY)
     msg = str(e.value)
     assert str(src) in msg and "refused to load" in msg and "weights_only" in msg
     assert ("system" if payload == "os.system" else "NotAWeight") in msg

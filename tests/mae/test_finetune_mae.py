@@ -38,7 +38,9 @@ def finetune_cmd(dataset: Path, enc: Path, out: Path, batch_size: int, ddp: bool
             "--folds", str(dataset / "folds.json"), "--pretrained", str(enc), "--labels",
             str(dataset / "labels_AU.h5"), "--faces", *stores(dataset), "--out", str(out / "finetune.pt"),
             "--metrics", str(out / "metrics.json"), "--curve", str(out / "curve.csv"),
-            "--params", json.dumps({"model": TINY, "gpus": 2 if ddp else 1, "finetune": ft}),
+            # mean_norm: the encoder keeps its norm.*, which the weights comparison below walks
+            "--params", json.dumps({"model": TINY, "gpus": 2 if ddp else 1, "finetune": ft,
+                                    "features": {"pool": "mean_norm"}}),
             "--threads", "2" if ddp else "1", "--device", "cpu"]
 
 

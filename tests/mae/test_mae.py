@@ -21,14 +21,16 @@ import pytest
 import torch
 from conftest import workflow_defaults
 
-from affect_pipeline.common.runtime import PipelineError, file_digest, save_checkpoint, write_json
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.feature_shards import FeatureShard
+from affect_pipeline.common.runtime import file_digest, save_checkpoint, write_json
 from affect_pipeline.common.stores import (
     FaceStore,
-    FeatureShard,
     Labels,
     write_face_store,
     write_labels,
 )
+from affect_pipeline.mae import checkpoints as C
 from affect_pipeline.mae import face_reader as D
 from affect_pipeline.mae import finetune_mae as FT
 from affect_pipeline.mae import model as M
@@ -119,7 +121,7 @@ def random_encoder(tmp_path_factory):
 def build_encoder(path):
     torch.manual_seed(0)
     enc = M.ViTEncoder(**M.model_config(TINY))
-    save_checkpoint(M.encoder_checkpoint(enc.state_dict(), M.model_config(TINY), "mae_pretrain"), path)
+    save_checkpoint(C.encoder_checkpoint(enc.state_dict(), M.model_config(TINY), "mae_pretrain"), path)
     return path
 
 
@@ -241,10 +243,10 @@ def test_import_mae_face_vit_base(tmp_path):
                "decoder_pred.bias": torch.zeros(768)})
     src = tmp_path / "mae_face_pretrain_vit_base.pth"
     torch.save({"model": sd, "epoch": 799}, src)
-    ck = M.import_mae_face(src, MAE_DEFAULTS["model"])  # the default config is ViT-B/16
+    ck = C.import_mae_face(src, MAE_DEFAULTS["model"])  # the default config is ViT-B/16
     assert ck["kind"] == "mae_import" and ck["config"]["embed_dim"] == 768 and ck["config"]["depth"] == 12
     enc = M.ViTEncoder(**ck["config"]).eval()
-    M.load_encoder_state(enc, ck["encoder"], src)
+    C.load_encoder_state(enc, ck["encoder"], src)
     x = torch.randn(1, 3, 224, 224)
     with torch.inference_mode():
         ours, _, _ = enc(x)
@@ -261,7 +263,7 @@ def test_pretrain_stage_imports_checkpoint(tmp_path):
     params = {**PRE, "checkpoint": str(tmp_path / "src.pth")}
     assert P.main(["--out", str(out), "--curve", str(tmp_path / "c.csv"), "--device", "cpu",
                    "--params", json.dumps(params)]) == 0
-    cfg, enc_sd = M.read_encoder_checkpoint(out)
+    cfg, enc_sd = C.read_encoder_checkpoint(out)
     assert cfg == M.model_config(TINY) and all(torch.equal(enc_sd[k], sd[k]) for k in sd)
     assert (tmp_path / "c.csv").read_text() == "epoch,step,loss,lr\n"
 
@@ -275,7 +277,7 @@ def test_import_lists_missing_unexpected_and_shape_errors(tmp_path):
     src = tmp_path / "bad.pth"
     torch.save({"model": sd}, src)
     with pytest.raises(PipelineError) as e:
-        M.import_mae_face(src, TINY)
+        C.import_mae_face(src, TINY)
     msg = str(e.value)
     assert str(src) in msg and "blocks.1.mlp.fc2.bias" in msg and "blocks.7.extra.weight" in msg
     assert "cls_token: checkpoint (1, 1, 64) vs model (1, 1, 48)" in msg
@@ -285,11 +287,11 @@ def test_import_refuses_pickled_objects(tmp_path):
     src = tmp_path / "evil.pth"
     torch.save({"model": M.ViTEncoder(**M.model_config(TINY)).state_dict(), "extra": NotAWeight()}, src)
     with pytest.raises(PipelineError, match="refused"):
-        M.import_mae_face(src, TINY)
+        C.import_mae_face(src, TINY)
 
 
 # ---------------------------------------------------------------- fine-tuning
-FT_PARAMS = dict(model=TINY, gpus=1,
+FT_PARAMS = dict(model=TINY, gpus=1, features={"pool": MAE_DEFAULTS["features"]["pool"]},   # as the rule passes it
                  finetune={**MAE_DEFAULTS["finetune"], **dict(epochs=8, batch_size=32, lr=5e-3, weight_decay=0.01,
                                                               warmup_epochs=1, ema_decay=0.9, augment=True,
                                                               frames_per_video=0, soup="none")})
