@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from affect_pipeline.common import results
-from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.errors import PipelineError
 from affect_pipeline.common.tasks import FRAME_TASKS
 from affect_pipeline.data.layout import enabled_tasks
 
@@ -54,11 +54,11 @@ def load_config(configfiles) -> dict:
     """workflow_config.yaml overlaid by the config files, as Snakemake merges them."""
     from snakemake.utils import update_config
 
-    cfg = yaml.safe_load((ROOT / "workflow_config.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "workflow_config.yaml").read_text(encoding="utf-8"))
     for f in configfiles:
         if not Path(f).is_file():
             raise PipelineError(f"{f}: config file not found")
-        update_config(cfg, yaml.safe_load(Path(f).read_text()) or {})
+        update_config(cfg, yaml.safe_load(Path(f).read_text(encoding="utf-8")) or {})
     return cfg
 
 
@@ -152,7 +152,7 @@ def check_plan(plan: dict[str, int], where: Path) -> None:
 def run_logged(cmd: list[str], log: Path, tag: str) -> None:
     """Run snakemake, its whole output to ``log``, its progress lines to stdout."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as fh, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    with open(log, "w", encoding="utf-8") as fh, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                 text=True) as p:
         for line in p.stdout:
             fh.write(line)

@@ -37,7 +37,7 @@ def audio_config() -> dict:
     """The config's ``audio`` section: the one source of the stage's settings."""
     import yaml
 
-    return yaml.safe_load((ROOT / "workflow_config.yaml").read_text())["audio"]
+    return yaml.safe_load((ROOT / "workflow_config.yaml").read_text(encoding="utf-8"))["audio"]
 
 
 def synth_audio(seconds: float, seed: int = 0) -> np.ndarray:

@@ -43,7 +43,7 @@ def faces_config(**kw) -> dict:
     """The ``faces`` section of workflow_config.yaml (the one source of defaults), with ``kw`` over it."""
     import yaml
 
-    return {**yaml.safe_load((ROOT / "workflow_config.yaml").read_text())["faces"], **kw}
+    return {**yaml.safe_load((ROOT / "workflow_config.yaml").read_text(encoding="utf-8"))["faces"], **kw}
 
 
 def make_video(path, n_frames: int, size: int, height: int | None = None, fps: float = 25) -> dict:

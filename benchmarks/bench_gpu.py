@@ -70,7 +70,7 @@ def check_pins(requirements: Path = REPO / "requirements.txt") -> list[str]:
     """Notes on pins this Python does not match; SystemExit naming the packages it lacks."""
     from importlib.metadata import PackageNotFoundError, version
 
-    pins = dict(ln.split("#")[0].strip().split("==", 1) for ln in requirements.read_text().splitlines()
+    pins = dict(ln.split("#")[0].strip().split("==", 1) for ln in requirements.read_text(encoding="utf-8").splitlines()
                 if "==" in ln.split("#")[0])
     missing, notes = [], []
     for name in NEEDED:
@@ -242,7 +242,7 @@ def main(argv=None) -> int:
     print(table)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(table)
+        a.out.write_text(table, encoding="utf-8")
     if a.page:
         from benchmarks.results_page import dated, update_page
 

@@ -34,7 +34,7 @@ from affect_pipeline.mae import face_reader as D  # noqa: E402
 from affect_pipeline.mae import model as M  # noqa: E402
 from affect_pipeline.mae import visual_features as VF  # noqa: E402
 
-_BASE = yaml.safe_load((REPO / "workflow_config.yaml").read_text())["mae"]["model"]   # ViT-B/16
+_BASE = yaml.safe_load((REPO / "workflow_config.yaml").read_text(encoding="utf-8"))["mae"]["model"]   # ViT-B/16
 CONFIGS = {
     "tiny": {**_BASE, **dict(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=3, decoder_embed_dim=64,
                              decoder_depth=2, decoder_num_heads=2)},  # the demo override

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from affect_pipeline.common.feature_shards import FeatureShardWriter
 from affect_pipeline.common.losses import task_loss
-from affect_pipeline.common.stores import FeatureShardWriter
 from affect_pipeline.temporal.clips import gather, train_clips
 from affect_pipeline.temporal.fold_data import load_features
 from affect_pipeline.temporal.model import build_model, model_config

@@ -18,6 +18,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from affect_pipeline.common.runtime import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "benchmarks" / "RESULTS.md"
 _MARKER = re.compile(r"^<!-- (/?)bench:([A-Za-z0-9_.-]+) -->[ \t]*$", re.MULTILINE)
@@ -74,12 +76,10 @@ def update_page(path: Path, updates: dict[str, str]) -> None:
     """Replace (or append) the sections ``updates`` names in the page at ``path``, written
     atomically; a page that does not exist yet starts empty."""
     path = Path(path)
-    text = path.read_text() if path.exists() else ""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
     for name, body in updates.items():
         text = replace_section(text, name, body)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def machine() -> str:

@@ -3,22 +3,22 @@
 
 rule audio_features:
     input:
-        audio=lambda wc: [f"results/audio/{m}.wav" for m in audio_media()],
-        frames=lambda wc: [f"results/frames/{m}.json" for m in audio_media()],
+        # extract_frames' batch folders: {media}.wav / {media}.json of every media file
+        audio=lambda wc: decoded_dirs(results.audio_batch),
+        frames=lambda wc: decoded_dirs(results.frames_batch),
         weights=lambda wc: weights(f"audio.{wc.model}.weights"),
+        videos=lambda wc: ancient(audio_list()),
     output:
-        results.audio_shard("{model}"),
+        shard=results.audio_shard("{model}"),
+        bench="results/benchmarks/audio_features/{model}.tsv",
     log:
         "results/logs/audio_features/{model}.log",
-    benchmark:
-        "results/benchmarks/audio_features/{model}.tsv"
     conda:
         CONDA_ENV
     threads: THREADS
     resources:
         **res("audio_features"),
     params:
-        videos=lambda wc: as_json({v: layout().videos[v].media for v in layout().ids()}),
         # only this model's settings: a VGGish change does not rerun HuBERT
         audio=lambda wc: as_json(
             {
@@ -34,9 +34,10 @@ rule audio_features:
                 wc.model: config["audio"][wc.model],
             }
         ),
+        listed=lambda wc: list_digest(audio_list()),
         code=code_digest("audio_features"),
     shell:
         "affect audio_features --model {wildcards.model} --weights {input.weights:q}"
-        " --weights-key audio.{wildcards.model}.weights --videos {params.videos:q}"
-        " --audio {input.audio:q} --frames {input.frames:q} --out {output:q}"
-        " --params {params.audio:q} --threads {threads} > {log:q} 2>&1"
+        " --weights-key audio.{wildcards.model}.weights --videos=@{input.videos:q}"
+        " --audio {input.audio:q} --frames {input.frames:q} --out {output.shard:q}"
+        " --params {params.audio:q} --threads {threads} --benchmark {output.bench:q} > {log:q} 2>&1"

@@ -1,6 +1,7 @@
 # Shared by all the rules files — config validation, the dataset layout (scanned once, nothing
 # decoded), per-stage code digests, path helpers. Settings come from workflow_config.yaml
 # (the paper's) overlaid by --configfile files (demo_config.yaml for the embedded demo).
+import hashlib
 import json
 import os
 import shlex
@@ -27,6 +28,8 @@ ENSEMBLE_FOLDS = FOLDS[1:]
 PER_FOLD = config["mae"]["finetune"]["per_fold"]
 ERI_VISUAL = config["temporal"]["eri_visual_task"]
 THREADS = config["resources"]["threads"]
+# extract_frames and crop_faces run one job per stable batch of media files, per dataset
+MEDIA_BATCHES = config["resources"]["media_batches"]
 CONDA_ENV = "../envs/affect.yaml"
 
 # Jobs run the package with the interpreter running Snakemake (the project venv) first on PATH;
@@ -81,17 +84,81 @@ def task_videos(task, splits=("train", "validation", "test")):
 
 
 def frames_json(video):
-    return f"results/frames/{layout().videos[video].media}.json"
+    """The frames JSON of a video's media file, in its extract_frames batch folder."""
+    e = layout().videos[video]
+    return f"{results.frames_batch(layout().batch_of(video, MEDIA_BATCHES))}/{e.media}.json"
 
 
 def face_batches(videos):
     """The crop_faces batch directories holding these videos' face stores."""
-    n = config["resources"]["face_batches"]
-    return sorted({results.faces_batch(layout().face_batch(v, n)) for v in videos})
+    return sorted(
+        {results.faces_batch(layout().batch_of(v, MEDIA_BATCHES)) for v in videos}
+    )
 
 
 def batch_videos(batch):
-    return layout().face_batches(config["resources"]["face_batches"]).get(batch, [])
+    return layout().batches(MEDIA_BATCHES).get(batch, [])
+
+
+def batch_media(batch):
+    return layout().media_batches(MEDIA_BATCHES).get(batch, [])
+
+
+def decoded_dirs(folder, videos=None):
+    """The extract_frames batch folders (folder: results.frames_batch or results.audio_batch) of
+    these videos' media files (default: of every used media file)."""
+    if videos is None:
+        return [folder(b) for b in layout().media_batches(MEDIA_BATCHES)]
+    return sorted({folder(layout().batch_of(v, MEDIA_BATCHES)) for v in videos})
+
+
+# ---------------------------------------------------------------- list files
+_LISTS = {}  # path -> the content written in this process
+_STAGE_LISTS = {}  # stage -> {name: path}
+
+
+def list_files(stage, make):
+    """{name: path} of a stage's list files, ``results/lists/{stage}/{name}.json``, each holding
+    ``make()[name]`` as JSON, for the jobs that declare them as inputs: a per-video list travels
+    in a file, never on a command line (one shell argument holds at most 128 KiB, and an id such
+    as ``-8XbT1X7Lq0`` would read as an option).
+
+    Written at DAG-building time, atomically, and only where the content changed; all of a
+    stage's lists at its first request, so that each exists before Snakemake lists its folder
+    (Snakemake caches a folder's listing: a file written after it would count as missing). A rule
+    declares its list ``ancient`` and the list's digest (list_digest) as a param: a changed list
+    reruns the job (params trigger), a list written again with the same content (a fresh
+    results/lists) reruns nothing."""
+    if stage not in _STAGE_LISTS:
+        paths = {}
+        for name, items in make().items():
+            path = results.job_list(stage, name)
+            text = json.dumps(items, separators=(",", ":"), sort_keys=True) + "\n"
+            try:
+                same = Path(path).read_text(encoding="utf-8") == text
+            except (OSError, UnicodeDecodeError):
+                same = False
+            if not same:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                tmp = os.path.join(
+                    os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}"
+                )
+                Path(tmp).write_text(text, encoding="utf-8")
+                os.replace(tmp, path)
+            _LISTS[path], paths[name] = text, path
+        _STAGE_LISTS[stage] = paths
+    return _STAGE_LISTS[stage]
+
+
+def list_digest(path):
+    """The digest of the content list_files wrote at ``path`` in this process."""
+    return hashlib.sha256(_LISTS[path].encode()).hexdigest()[:16]
+
+
+def id_lists(stage, ids_of):
+    """{name: path} of a stage's video-id lists (list_files); ``ids_of()``: {name: ids}, e.g.
+    {task: task_videos(task)} for a per-task stage."""
+    return list_files(stage, lambda: {n: sorted(ids) for n, ids in ids_of().items()})
 
 
 def visual_task(task):
@@ -201,29 +268,48 @@ def cropped_dir(video):
     )
 
 
-def crop_batch(wc):
-    """The batch's videos for `crop_faces --batch`: media, frames JSON, side, official crops.
-    One shell argument: Linux refuses one over 128 KiB, so a too-large batch stops the parse.
-    """
-    arg = as_json(
-        [
-            dict(
-                id=v,
-                video=layout().videos[v].path,
-                frames=frames_json(v),
-                side=layout().videos[v].side or "none",
-                cropped_dir=cropped_dir(v),
-            )
-            for v in batch_videos(wc.batch)
-        ]
-    )
-    if len(arg.encode()) > 100_000:
+def batch_list(stage, make, batch):
+    lists = list_files(stage, make)
+    if batch not in lists:
         raise WorkflowError(
-            f"crop_faces {wc.batch}: {len(batch_videos(wc.batch))} videos make a "
-            f"{len(arg.encode()) // 1024} KiB --batch argument (the limit is 128 KiB): raise "
-            f"resources.face_batches (now {config['resources']['face_batches']})"
+            f"{stage} {batch}: no media file of the dataset falls in this batch "
+            f"(resources.media_batches = {MEDIA_BATCHES}; batches: {', '.join(lists)})"
         )
-    return arg
+    return lists[batch]
+
+
+def extract_list(wc):
+    """The batch's media files for `extract_frames --batch=@FILE`: stem and path."""
+
+    def make():
+        paths = layout().media_paths()
+        return {
+            b: [dict(media=m, video=paths[m]) for m in ms]
+            for b, ms in layout().media_batches(MEDIA_BATCHES).items()
+        }
+
+    return batch_list("extract_frames", make, wc.batch)
+
+
+def crop_list(wc):
+    """The batch's videos for `crop_faces --batch=@FILE`: media, frames JSON, side, official crops."""
+
+    def make():
+        return {
+            b: [
+                dict(
+                    id=v,
+                    video=layout().videos[v].path,
+                    frames=frames_json(v),
+                    side=layout().videos[v].side or "none",
+                    cropped_dir=cropped_dir(v),
+                )
+                for v in vs
+            ]
+            for b, vs in layout().batches(MEDIA_BATCHES).items()
+        }
+
+    return batch_list("crop_faces", make, wc.batch)
 
 
 def faces_params(wc):
@@ -239,9 +325,23 @@ def pretrain_videos(wc=None):
     return sorted({v for t in FRAME_TASKS for v in task_videos(t, ("train",))})
 
 
-def audio_media(wc=None):
-    """media stem of every video that has features (X_left / X_right share X's audio)."""
-    return sorted({layout().videos[v].media for v in layout().ids()})
+def audio_list(wc=None):
+    """{video id: media stem} of every video (X_left / X_right share X's audio), for
+    `audio_features --videos=@FILE`."""
+    return list_files(
+        "audio_features",
+        lambda: {"videos": {v: layout().videos[v].media for v in layout().ids()}},
+    )["videos"]
+
+
+def pretrain_list(wc=None):
+    """The ids pretrain_mae learns from, for `pretrain_mae --videos=@FILE`."""
+    return id_lists("pretrain_mae", lambda: {"train": pretrain_videos()})["train"]
+
+
+def visual_list(task):
+    """A task's ids, for `visual_features --videos=@FILE` (ERI's: visual_features_eri)."""
+    return id_lists("visual_features", lambda: {t: task_videos(t) for t in TASKS})[task]
 
 
 def report_videos(wc=None):

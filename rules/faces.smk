@@ -2,25 +2,27 @@
 
 
 rule crop_faces:
-    """One job per stable batch of videos (resources.face_batches): the detector loads once per batch."""
+    """One job per batch of extract_frames (resources.media_batches): the detector loads once per
+    batch. A video whose decode failed in extract_frames is skipped (named in the log and in the
+    batch's failed.json); its batch mates' stores are written."""
     input:
-        videos=lambda wc: [layout().videos[v].path for v in batch_videos(wc.batch)],
-        frames=lambda wc: [frames_json(v) for v in batch_videos(wc.batch)],
+        videos=lambda wc: [layout().media_paths()[m] for m in batch_media(wc.batch)],
+        frames=results.frames_batch("{batch}"),
+        batch=lambda wc: ancient(crop_list(wc)),
     output:
-        directory(results.faces_batch("{batch}")),
+        faces=directory(results.faces_batch("{batch}")),
+        bench="results/benchmarks/crop_faces/{batch}.tsv",
     log:
         "results/logs/crop_faces/{batch}.log",
-    benchmark:
-        "results/benchmarks/crop_faces/{batch}.tsv"
     conda:
         CONDA_ENV
     threads: 1
     resources:
         **res("crop_faces"),
     params:
-        batch=crop_batch,
         faces=faces_params,
+        listed=lambda wc: list_digest(crop_list(wc)),
         code=code_digest("crop_faces"),
     shell:
-        "affect crop_faces --batch {params.batch:q} --out {output:q} --cache results/faces/.cache"
-        " --code-digest {params.code} --params {params.faces:q} --threads {threads} > {log:q} 2>&1"
+        "affect crop_faces --batch=@{input.batch:q} --out {output.faces:q} --cache results/faces/.cache"
+        " --code-digest {params.code} --params {params.faces:q} --threads {threads} --benchmark {output.bench:q} > {log:q} 2>&1"

@@ -114,12 +114,12 @@ rule report_plots:
         tasks=TASKS,
         test_labels=test_labels_arg,
         out_dir=lambda wc, output: os.path.dirname(output[0]),
-        face_videos=report_videos,
+        face_videos=lambda wc: as_json(report_videos()),
         code=code_digest("report_plots"),
     shell:
         "affect report_plots --summary {input.summary:q} --curves {input.curves:q}"
         " --predictions {input.predictions:q} --labels {input.labels:q} --ensembles {input.ensembles:q}"
-        " --faces {input.faces:q} --face-videos {params.face_videos:q} --tasks {params.tasks} {params.test_labels} --out-dir {params.out_dir:q}"
+        " --faces {input.faces:q} --face-videos={params.face_videos:q} --tasks {params.tasks} {params.test_labels} --out-dir {params.out_dir:q}"
         " > {log:q} 2>&1"
 
 

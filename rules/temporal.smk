@@ -28,10 +28,9 @@ rule train_blb:
         model=results.fold_model("{task}", "{fold}", "blb"),
         metrics=results.metrics(results.fold_model("{task}", "{fold}", "blb")),
         curve="results/models/{task}/{fold}/blb_curve.csv",
+        bench="results/benchmarks/train_blb/{task}/{fold}.tsv",
     log:
         "results/logs/train_blb/{task}/{fold}.log",
-    benchmark:
-        "results/benchmarks/train_blb/{task}/{fold}.tsv"
     conda:
         CONDA_ENV
     threads: THREADS
@@ -45,7 +44,7 @@ rule train_blb:
         "affect train_blb --task {wildcards.task} --fold {wildcards.fold}"
         " --folds {input.folds:q} --labels {input.labels:q} --features {input.features:q}"
         " --out {output.model:q} --metrics {output.metrics:q} --curve {output.curve:q}"
-        " --params {params.temporal:q} --threads {threads} --seed {params.seed} > {log:q} 2>&1"
+        " --params {params.temporal:q} --threads {threads} --seed {params.seed} --benchmark {output.bench:q} > {log:q} 2>&1"
 
 
 rule mine_hard_clips:
@@ -53,11 +52,10 @@ rule mine_hard_clips:
         unpack(fold_inputs),
         blb=results.fold_model("{task}", "{fold}", "blb"),
     output:
-        "results/models/{task}/{fold}/clb_clips.json",
+        clips="results/models/{task}/{fold}/clb_clips.json",
+        bench="results/benchmarks/mine_hard_clips/{task}/{fold}.tsv",
     log:
         "results/logs/mine_hard_clips/{task}/{fold}.log",
-    benchmark:
-        "results/benchmarks/mine_hard_clips/{task}/{fold}.tsv"
     conda:
         CONDA_ENV
     threads: THREADS
@@ -70,8 +68,8 @@ rule mine_hard_clips:
     shell:
         "affect mine_hard_clips --task {wildcards.task} --fold {wildcards.fold}"
         " --folds {input.folds:q} --labels {input.labels:q} --features {input.features:q}"
-        " --blb {input.blb:q} --out {output:q} --params {params.temporal:q} --threads {threads}"
-        " --seed {params.seed} > {log:q} 2>&1"
+        " --blb {input.blb:q} --out {output.clips:q} --params {params.temporal:q} --threads {threads}"
+        " --seed {params.seed} --benchmark {output.bench:q} > {log:q} 2>&1"
 
 
 rule train_dcl:
@@ -83,10 +81,9 @@ rule train_dcl:
         model=results.fold_model("{task}", "{fold}", "dcl"),
         metrics=results.metrics(results.fold_model("{task}", "{fold}", "dcl")),
         curve="results/models/{task}/{fold}/dcl_curve.csv",
+        bench="results/benchmarks/train_dcl/{task}/{fold}.tsv",
     log:
         "results/logs/train_dcl/{task}/{fold}.log",
-    benchmark:
-        "results/benchmarks/train_dcl/{task}/{fold}.tsv"
     conda:
         CONDA_ENV
     threads: THREADS
@@ -101,7 +98,7 @@ rule train_dcl:
         " --folds {input.folds:q} --labels {input.labels:q} --features {input.features:q}"
         " --blb {input.blb:q} --clb-clips {input.clb_clips:q} --out {output.model:q}"
         " --metrics {output.metrics:q} --curve {output.curve:q} --params {params.temporal:q}"
-        " --threads {threads} --seed {params.seed} > {log:q} 2>&1"
+        " --threads {threads} --seed {params.seed} --benchmark {output.bench:q} > {log:q} 2>&1"
 
 
 rule predict:
@@ -110,11 +107,10 @@ rule predict:
         model=results.fold_model("{task}", "{fold}", "dcl"),
         index="results/index/videos.tsv",
     output:
-        "results/predictions/{task}/{fold}.h5",
+        predictions="results/predictions/{task}/{fold}.h5",
+        bench="results/benchmarks/predict/{task}/{fold}.tsv",
     log:
         "results/logs/predict/{task}/{fold}.log",
-    benchmark:
-        "results/benchmarks/predict/{task}/{fold}.tsv"
     conda:
         CONDA_ENV
     threads: THREADS
@@ -126,5 +122,5 @@ rule predict:
     shell:
         "affect predict --task {wildcards.task} --fold {wildcards.fold}"
         " --model {input.model:q} --folds {input.folds:q} --labels {input.labels:q}"
-        " --features {input.features:q} --index {input.index:q} --out {output:q}"
-        " --params {params.temporal:q} --threads {threads} > {log:q} 2>&1"
+        " --features {input.features:q} --index {input.index:q} --out {output.predictions:q}"
+        " --params {params.temporal:q} --threads {threads} --benchmark {output.bench:q} > {log:q} 2>&1"

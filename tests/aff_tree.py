@@ -63,3 +63,32 @@ def write_probe(frames_dir: Path, media: str, n: int) -> Path:
     p.write_text(json.dumps({"n_frames": n, "fps": 30.0, "width": 640, "height": 360, "duration": n / 30,
                              "has_audio": True, "timestamps": []}))
     return p
+
+
+#: Hume-Reaction's 7 emotion columns, in data_info.csv's order (ABAW5)
+HUME_COLUMNS = ("Adoration", "Amusement", "Anxiety", "Disgust", "Empathic-Pain", "Fear", "Surprise")
+#: the ABAW5 Hume-Reaction split sizes (25,067 clips)
+HUME_SIZES = {"Train": 15806, "Val": 4657, "Test": 4604}
+
+
+def make_hume_tree(root: Path, sizes: dict | None = None, first_id: int = 1) -> dict:
+    """A Hume-Reaction-shaped tree: ``data_info.csv`` in the format of the ABAW5 release (File_ID
+    in brackets, ``Split`` Train / Val / Test, the 7 intensities, empty for test rows) and one
+    placeholder ``{File_ID}.mp4`` per row under ``{split}/`` folders. ``sizes``: rows per split
+    (default :data:`HUME_SIZES`, the real counts); the splits interleave in the CSV as ids rise.
+    Returns the config data key ``hume``."""
+    sizes = dict(HUME_SIZES if sizes is None else sizes)
+    left, total = dict(sizes), sum(sizes.values())
+    for split in sizes:
+        (root / split.lower()).mkdir(parents=True, exist_ok=True)
+    lines = ["File_ID,Split," + ",".join(HUME_COLUMNS)]
+    for i in range(total):
+        # the split with the most rows still to place relative to its size: an even interleave
+        split = max(left, key=lambda s: (left[s] / max(sizes[s], 1), s))
+        left[split] -= 1
+        fid = f"{first_id + i:05d}"
+        vals = ",".join("" if split == "Test" else f"{((i + k) % 10) / 10:.1f}" for k in range(len(HUME_COLUMNS)))
+        lines.append(f"[{fid}],{split},{vals}")
+        (root / split.lower() / f"{fid}.mp4").write_bytes(b"")
+    (root / "data_info.csv").write_text("\n".join(lines) + "\n")
+    return {"hume": {"root": str(root)}}

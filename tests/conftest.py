@@ -46,12 +46,30 @@ def face_store_of(results, video: str) -> Path:
     return hits[0]
 
 
+def decoded_file(results, media: str, ext: str = ".json") -> Path:
+    """Where extract_frames put a media file's frames JSON (``.json``) or wav (``.wav``):
+    ``{results}/frames/{batch}/{media}.json``, ``{results}/audio/{batch}/{media}.wav``."""
+    import glob
+
+    hits = list(Path(results, "frames" if ext == ".json" else "audio").glob(f"*/{glob.escape(media)}{ext}"))
+    assert len(hits) == 1, (media, hits)
+    return hits[0]
+
+
+def batch_of(video: str, config: dict | None = None, dataset: str = "affwild2") -> str:
+    """The extract_frames / crop_faces batch of ``video`` (its media file's: ``X_left`` / ``X_right``
+    are ``X``'s) under ``config``'s batch count."""
+    import re
+
+    from affect_pipeline.data.layout import media_batch
+
+    n = ((config or {}).get("resources") or {}).get("media_batches") or workflow_defaults()["resources"]["media_batches"]
+    return media_batch(re.sub(r"_(left|right)$", "", video), dataset, n)
+
+
 def face_batch_target(video: str, config: dict | None = None, dataset: str = "affwild2") -> str:
     """The crop_faces output (batch directory) holding ``video``, under ``config``'s batch count."""
-    from affect_pipeline.data.layout import face_batch
-
-    n = ((config or {}).get("resources") or {}).get("face_batches") or workflow_defaults()["resources"]["face_batches"]
-    return f"results/faces/{face_batch(video, dataset, n)}"
+    return f"results/faces/{batch_of(video, config, dataset)}"
 
 
 def cut_demo_configs(tmp_path, extra: dict | None = None) -> list[str]:

@@ -57,7 +57,7 @@ def odd_tree(root: Path) -> Path:
 ODD_IDS = ["«demo» é & 000", "o'neil 日本", "x;touch PWNED", "$(touch PWNED) `touch PWNED`", "pair ü_left", "pair ü_right"]
 
 
-ODD_RESOURCES = {"face_batches": 2}      # two crop_faces batches of three videos each
+ODD_RESOURCES = {"media_batches": 2}     # two extract_frames / crop_faces batches
 
 
 BATCHES = sorted({face_batch_target(v, {"resources": ODD_RESOURCES}) for v in ODD_IDS})
@@ -67,7 +67,7 @@ def odd_batch(video: str) -> str:
     return face_batch_target(video, {"resources": ODD_RESOURCES}).rsplit("/", 1)[1]
 
 
-TARGETS = ["results/index/videos.tsv", *BATCHES] + [f"results/audio/{v}.wav" for v in ODD_IDS[:4]]
+TARGETS = ["results/index/videos.tsv", *BATCHES] + sorted({f"results/audio/{odd_batch(v)}" for v in ODD_IDS[:4]})
 _RUN: dict = {}
 
 

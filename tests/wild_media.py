@@ -128,7 +128,7 @@ class Variant:
 
     def write(self, path: Path, src: Source) -> Path:
         """Encode ``src`` as this variant into ``path`` (through a temporary name)."""
-        from affect_pipeline.common.runtime import atomic_path
+        from affect_pipeline.common.files import atomic_path
 
         with atomic_path(path) as tmp:
             _encode(tmp, self, src)

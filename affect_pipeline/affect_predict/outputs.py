@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from affect_pipeline.common.runtime import PipelineError, atomic_path
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.files import atomic_path
 from affect_pipeline.common.tasks import AU_NAMES, EXPR_NAMES, FRAME_TASKS, TASK_COLUMNS, VA_NAMES
 
 

@@ -15,7 +15,7 @@ from affect_pipeline.affect_predict.video_job import VideoJob
 from affect_pipeline.audio.models import MODELS as AUDIO_STORES
 from affect_pipeline.common import results
 from affect_pipeline.common.config import need
-from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.errors import PipelineError
 from affect_pipeline.common.tasks import FRAME_TASKS
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ def make_sources(tasks: dict[str, TaskModels], models_dir: Path, cfg: dict, work
 
 def check_digest(shard_path: Path, src: AudioSource) -> None:
     """The run's own audio shard (if kept) records which weights made it: ours must match."""
-    from affect_pipeline.common.stores import FeatureShard
+    from affect_pipeline.common.feature_shards import FeatureShard
 
     if not shard_path.is_file():
         log.info("%s: the run's %s shard is gone; comparing the weights with the checkpoints' record only",

@@ -2,9 +2,11 @@
 
 Stage ``audio_features`` (:func:`audio_features`): one job per model loads it once and streams
 every video's wav into the shard ``features/{model}.h5``
-(:class:`~affect_pipeline.common.stores.FeatureShardWriter`), a group per video id with
+(:class:`~affect_pipeline.common.feature_shards.FeatureShardWriter`), a group per video id with
 ``features`` (n_frames, D) and ``valid`` (n_frames,). ``X_left`` / ``X_right`` share media ``X``:
-computed once, written under both ids. A killed job resumes.
+computed once, written under both ids. A killed job resumes: each video's group records the
+content digests of the wav and frames JSON it was computed from (:func:`input_digests`), and a
+rerun redoes a video whose inputs changed since (e.g. ``extract_frames`` rerun on a new video).
 
 Alignment rule (video frame i at ``timestamps[i]``, its presentation time): linear interpolation
 between the two nearest feature centres; before the first / after the last centre the edge
@@ -33,8 +35,10 @@ import numpy as np
 
 from affect_pipeline.audio.models import MODELS, AudioModel, load_audio_model
 from affect_pipeline.common.config import need
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.lists import read_list
 from affect_pipeline.common.runtime import (
-    PipelineError,
+    file_digest,
     pick_device,
     progress,
     read_json,
@@ -235,22 +239,38 @@ class Media:
 
 
 def media_inputs(videos: dict[str, str], wavs, frames) -> dict[str, Media]:
-    """video id -> its Media, the wavs and frames JSONs matched to media by file stem."""
+    """video id -> its Media, the wavs and frames JSONs matched to media by file stem; a folder
+    (extract_frames' batch folders) gives its ``*.wav`` / ``*.json``. A video whose media file did
+    not decode (its frames JSON records ``error``, and there is no wav) is left out, logged."""
     by_stem = {}
-    for kind, paths in (("--audio", wavs), ("--frames", frames)):
+    for kind, paths, ext in (("--audio", wavs, "*.wav"), ("--frames", frames, "*.json")):
         stems: dict[str, Path] = {}
-        for p in map(Path, paths):
+        for p in (q for f in map(Path, paths) for q in (sorted(f.glob(ext)) if f.is_dir() else [f])):
             if p.stem in stems:
                 raise PipelineError(f"{kind}: {stems[p.stem]} and {p} have the same stem {p.stem!r}")
             stems[p.stem] = p
         by_stem[kind] = stems
     out = {}
     for vid, media in videos.items():
+        if media in by_stem["--frames"] and (error := _decode_error(by_stem["--frames"][media])) is not None:
+            log.error("video %s: left out, its media file did not decode (%s): %s", vid, by_stem["--frames"][media],
+                      error)
+            continue
         lacking = [k for k in ("--audio", "--frames") if media not in by_stem[k]]
         if lacking:
             raise PipelineError(f"video {vid}: no {' / '.join(lacking)} file for its media {media!r}")
         out[vid] = Media(media, by_stem["--audio"][media], by_stem["--frames"][media])
     return out
+
+
+def _decode_error(path) -> str | None:
+    """The error extract_frames recorded in a frames JSON for a file it could not decode, or None
+    (also for a frames JSON absent or unreadable: where it is read, the error names it)."""
+    try:
+        fr = read_json(path)
+    except PipelineError:
+        return None
+    return fr.get("error") if isinstance(fr, dict) and "n_frames" not in fr else None
 
 
 def _frames(path) -> dict:
@@ -261,6 +281,42 @@ def _frames(path) -> dict:
     if len(fr["timestamps"]) != int(fr["n_frames"]):
         raise PipelineError(f"{path}: {len(fr['timestamps'])} timestamps but n_frames = {fr['n_frames']}")
     return fr
+
+
+def input_digests(media: Media) -> dict[str, str]:
+    """Content digests (sha256) of a media file's wav and frames JSON: what its features are made
+    of, recorded in its groups. A wav's hash costs a fraction of running a model over it; size and
+    mtime would not do (an ``extract_frames`` rerun rewrites both files, maybe to the same size).
+    A file absent is ``absent`` (a wav with ``has_audio`` false is never read; a frames JSON
+    absent fails where it is read)."""
+    out = {}
+    for name, path in (("wav", media.wav), ("frames", media.frames)):
+        try:
+            out[name] = file_digest(path)
+        except FileNotFoundError:
+            out[name] = "absent"
+        except OSError as e:
+            raise PipelineError(f"{path}: unreadable ({e.strerror})") from e
+    return out
+
+
+def _todo(writer, groups: dict[Media, list[str]]) -> list[tuple[Media, list[str]]]:
+    """(media, its video ids) still to compute: not all finished in the partial shard, or
+    finished from inputs that have changed since (logged, naming the video and the inputs)."""
+    todo = []
+    for media, ids in groups.items():
+        if all(writer.done(v) for v in ids):
+            try:
+                digests = input_digests(media)
+            except PipelineError as e:
+                raise PipelineError(f"video {' / '.join(ids)}: {e}") from e
+            changed = sorted({k for v in ids for k in writer.changed_inputs(v, digests)})
+            if not changed:
+                continue
+            log.info("video %s: its %s changed since its features in %s were computed (or were not recorded "
+                     "there); computing them again", " / ".join(ids), " and ".join(changed), writer.partial)
+        todo.append((media, ids))
+    return todo
 
 
 def media_features(model: AudioModel, media: Media, chunking: Chunking) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -285,7 +341,7 @@ def audio_features(model: str, weights, videos: dict[str, Media], out, params: d
     m = load_audio_model(model, weights, settings, pick_device(device), weights_key)
     if sr != m.sample_rate:
         raise PipelineError(f"audio.sample_rate = {sr}, but {model} ({weights}) expects {m.sample_rate} Hz")
-    from affect_pipeline.common.stores import FeatureShardWriter
+    from affect_pipeline.common.feature_shards import FeatureShardWriter
 
     writer = FeatureShardWriter(out, extractor=model, fingerprint=fingerprint(m.digest, params),
                                 checkpoint_digest=m.digest, layer=str(m.layer), sample_rate=m.sample_rate,
@@ -294,18 +350,21 @@ def audio_features(model: str, weights, videos: dict[str, Media], out, params: d
     groups: dict[Media, list[str]] = {}
     for vid, media in videos.items():
         groups.setdefault(media, []).append(vid)
-    todo = [(media, ids) for media, ids in groups.items() if not all(writer.done(v) for v in ids)]
-    log.info("%s: %d videos from %d media files; %d media files to compute", out, len(videos), len(groups), len(todo))
     computed = []
     try:
+        todo = _todo(writer, groups)
+        log.info("%s: %d videos from %d media files; %d media files to compute", out, len(videos), len(groups),
+                 len(todo))
         for k, (media, ids) in enumerate(todo, 1):
             t0 = time.perf_counter()
             try:
+                digests = input_digests(media)          # before reading: a change while we run is caught next time
                 feats, valid, fr = media_features(m, media, chunking)
             except PipelineError as e:
                 raise PipelineError(f"video {' / '.join(ids)}: {e}") from e
             for vid in ids:
-                writer.write(vid, feats, valid, fps=float(fr["fps"]), has_audio=bool(fr["has_audio"]), media=media.name)
+                writer.write(vid, feats, valid, fps=float(fr["fps"]), inputs=digests, has_audio=bool(fr["has_audio"]),
+                             media=media.name)
             computed += ids
             log.info("[%d/%d] computed %s: %d frames x %d, %d valid, %.1f s", k, len(todo), " / ".join(ids),
                      len(feats), m.dim, int(valid.sum()), time.perf_counter() - t0)
@@ -322,16 +381,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--weights", required=True, help="local weights: HuBERT / wav2vec2 save_pretrained folder, "
                    "torchaudio bundle .pth or fairseq .pt (audio_models); VGGish state dict .pth")
     p.add_argument("--weights-key", default=None, help="config key named in errors (audio.<model>.weights)")
-    p.add_argument("--videos", required=True, help='JSON {"video id": "media stem"} (or @PATH to one)')
-    p.add_argument("--audio", nargs="+", required=True, help="results/audio/{media}.wav (extract_frames)")
-    p.add_argument("--frames", nargs="+", required=True, help="results/frames/{media}.json (extract_frames)")
+    p.add_argument("--videos", required=True, help='@FILE (or JSON text): {"video id": "media stem"}; '
+                   "write --videos=@FILE (an id may start with '-')")
+    p.add_argument("--audio", nargs="+", required=True, help="results/audio/{batch} folders or {media}.wav files")
+    p.add_argument("--frames", nargs="+", required=True, help="results/frames/{batch} folders or {media}.json files")
     p.add_argument("--out", required=True, help="results/features/{model}.h5")
     a = p.parse_args(argv)
-    text = Path(a.videos[1:]).read_text() if a.videos.startswith("@") else a.videos
-    try:
-        videos = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise PipelineError(f"--videos is not valid JSON ({e})") from e
+    videos = read_list(a.videos)
     if not isinstance(videos, dict) or not all(isinstance(v, str) for v in videos.values()):
         raise PipelineError('--videos must be a JSON object {"video id": "media stem"}')
     setup_torch(a.threads, a.seed)

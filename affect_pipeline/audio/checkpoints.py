@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from affect_pipeline.common.runtime import PipelineError, load_checkpoint, read_json
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.runtime import load_checkpoint, read_json
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from affect_pipeline.common.runtime import PipelineError, read_json
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.runtime import read_json
 
 
 class FoldSplit(NamedTuple):

@@ -10,6 +10,22 @@ from __future__ import annotations
 ROOT = "results"
 
 
+def frames_batch(batch: str, root=ROOT) -> str:
+    """The frames JSONs of a batch's media files, ``{media}.json`` (extract_frames)."""
+    return f"{root}/frames/{batch}"
+
+
+def audio_batch(batch: str, root=ROOT) -> str:
+    """The 16 kHz wavs of a batch's media files, ``{media}.wav`` (extract_frames)."""
+    return f"{root}/audio/{batch}"
+
+
+def job_list(stage: str, name: str, root=ROOT) -> str:
+    """A job's list of media files / video ids (``name``: its batch, task, ...), written by the
+    rules (rules/common.smk list_file) and handed to the stage as ``--opt=@PATH``."""
+    return f"{root}/lists/{stage}/{name}.json"
+
+
 def faces(root=ROOT) -> str:
     """The face stores: ``{batch}/{video}.h5``, one folder per crop_faces batch."""
     return f"{root}/faces"

@@ -1,11 +1,17 @@
 """``index_dataset``: one table of every video (probe + splits) and one label store per task.
 
 ``python -m affect_pipeline index_dataset --data '<JSON: affwild2, hume, tasks>'
---frames results/frames/{media}.json... --out-dir results/index`` writes ``videos.tsv``,
+--frames results/frames/{batch}... --out-dir results/index`` (extract_frames' batch folders of
+``{media}.json``, or the files) writes ``videos.tsv``,
 ``labels/{task}.h5`` and ``index_report.json`` (length mismatches, all-invalid files, counts,
 ``test_order``: each task's test ids in the order of its official list (Hume: of data_info.csv),
 and, for a task whose test list is the organizers' frame list, ``test_frames`` (the listed frames
 per video, as runs) and ``frame_list_mismatch`` (:func:`compare_frame_lists`)).
+
+A media file that extract_frames could not decode (its frames JSON records the ``error``) leaves
+its videos out: they are not in videos.tsv, the label stores, ``test_order`` or ``test_frames``,
+and ``decode_failed`` of the report names each with the file and the error (logged too). Nothing
+decoded at all is an error.
 
 Annotation policy (Aff-Wild2): line i (after the header) is frame i. When a file's row count
 differs from the video's decoded frame count, the mismatch is logged with both counts and
@@ -24,7 +30,9 @@ from typing import Iterable
 
 import numpy as np
 
-from affect_pipeline.common.runtime import PipelineError, read_json, stage_parser, write_json, write_text
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.files import not_utf8
+from affect_pipeline.common.runtime import read_json, stage_parser, write_json, write_text
 from affect_pipeline.common.stores import Labels, write_labels
 from affect_pipeline.common.tasks import FRAME_TASKS, TASKS
 from affect_pipeline.data.annotations import parse_annotation, read_eri_labels
@@ -44,17 +52,34 @@ def fit_to_frames(y: np.ndarray, mask: np.ndarray, n_frames: int) -> tuple[np.nd
             np.concatenate([mask, np.zeros(pad, bool)]))
 
 
+def probe_files(frames: Iterable[str | Path]) -> dict[str, Path]:
+    """media stem -> frames JSON, from the files and batch folders (``{media}.json`` inside) given."""
+    out: dict[str, Path] = {}
+    for f in map(Path, frames):
+        for p in sorted(f.glob("*.json")) if f.is_dir() else [f]:
+            if p.stem in out:
+                raise PipelineError(f"--frames gives media {p.stem!r} twice: {out[p.stem]} and {p}")
+            out[p.stem] = p
+    return out
+
+
 def build_index(lay: Layout, frames: Iterable[str | Path]) -> tuple[list[dict], dict[str, dict[str, Labels]], dict]:
     """Rows of videos.tsv, labels per task and video, and the report; ``frames`` are the probe
-    files ``{media}.json`` of extract_frames (matched to media by file stem)."""
-    probes = {Path(f).stem: Path(f) for f in frames}
-    rows, labels, report = [], {t: {} for t in lay.tasks}, {"length_mismatch": [], "all_invalid": []}
+    files ``{media}.json`` of extract_frames (matched to media by file stem) or their folders."""
+    probes = probe_files(frames)
+    rows, labels = [], {t: {} for t in lay.tasks}
+    report = {"length_mismatch": [], "all_invalid": [], "decode_failed": []}
     eri = read_eri_labels(lay.hume_csv) if "ERI" in lay.tasks else {}
     for vid in lay.ids():
         e = lay.videos[vid]
         if e.media not in probes:
             raise PipelineError(f"{e.path}: no frames probe {e.media}.json among --frames for video {vid}")
         probe = read_json(probes[e.media])
+        if "error" in probe:
+            log.error("video %s left out: extract_frames could not decode %s: %s", vid, e.path, probe["error"])
+            report["decode_failed"].append({"video": vid, "media": e.media, "file": e.path, "splits": e.splits,
+                                            "error": probe["error"]})
+            continue
         n = int(probe["n_frames"])
         rows.append({"video_id": vid, "path": e.path, "media": e.media, "side": e.side,
                      "fps": round(float(probe["fps"]), 6), "n_frames": n, "width": probe["width"],
@@ -76,6 +101,10 @@ def build_index(lay: Layout, frames: Iterable[str | Path]) -> tuple[list[dict], 
                 labels[task][vid] = Labels(y, mask, split)
             elif task == "ERI" and vid in eri:
                 labels[task][vid] = Labels(eri[vid][None], np.ones(1, bool), split)
+    if not rows:
+        shown = "; ".join(f"{d['file']}: {d['error']}" for d in report["decode_failed"][:3])
+        raise PipelineError(f"none of the {len(report['decode_failed'])} videos decoded (see the extract_frames "
+                            f"logs): {shown}")
     report["test_frames"], report["frame_list_mismatch"] = compare_frame_lists(lay, {r["video_id"]: r["n_frames"]
                                                                                    for r in rows})
     for task, labs in labels.items():
@@ -95,8 +124,8 @@ def compare_frame_lists(lay: Layout, decoded: dict[str, int]) -> tuple[dict, lis
     prediction repeated for the ``padded`` listed frames past the decoded end (logged)."""
     out, mismatch = {}, []
     for task, fl in lay.test_frames.items():
-        out[task] = {"file": fl.path, "videos": fl.runs}
-        for vid, runs in fl.runs.items():
+        out[task] = {"file": fl.path, "videos": {v: r for v, r in fl.runs.items() if v in decoded}}
+        for vid, runs in out[task]["videos"].items():
             n, listed = decoded[vid], sum(b - a + 1 for a, b in runs)
             padded = sum(max(0, b - max(a - 1, n)) for a, b in runs)
             unlisted = n - (listed - padded)
@@ -136,6 +165,8 @@ def read_index(path: str | Path) -> dict[str, dict]:
                 r["width"], r["height"] = int(r["width"]), int(r["height"])
                 r["has_audio"] = r["has_audio"] == "true"
                 out[r["video_id"]] = r
+        except UnicodeDecodeError as e:
+            raise PipelineError(f"{not_utf8(path, e)}, or rerun the index_dataset rule") from None
         except (csv.Error, TypeError, ValueError) as e:
             raise PipelineError(f"{path}: malformed index after {len(out)} good row(s) ({e}); "
                                 f"rerun the index_dataset rule") from None
@@ -149,10 +180,11 @@ def index_dataset(data: dict, frames: Iterable[str | Path], out_dir: Path) -> di
     for task, labs in labels.items():
         write_labels(out_dir / "labels" / f"{task}.h5", task, labs)
         report[task] = {s: sum(1 for l in labs.values() if l.split == s) for s in ("train", "validation")}
-        report[task]["test"] = len(lay.ids(task, ("test",)))
+        report[task]["test"] = sum(1 for r in rows if r[f"split_{task}"] == "test")
+    indexed = {r["video_id"] for r in rows}
     report["n_videos"] = len(rows)
     report["no_audio"] = [r["video_id"] for r in rows if not r["has_audio"]]
-    report["test_order"] = lay.test_order
+    report["test_order"] = {t: [v for v in order if v in indexed] for t, order in lay.test_order.items()}
     write_json(out_dir / "index_report.json", report)
     write_index_tsv(out_dir / "videos.tsv", rows)
     log.info("indexed %d videos; tasks %s", len(rows), {t: report[t] for t in labels})
@@ -163,7 +195,8 @@ def main(argv: list[str]) -> int:
     p = stage_parser("index_dataset", __doc__.split("\n")[0])
     p.add_argument("--data", type=json.loads, required=True,
                    help="JSON of the config's data keys: affwild2, hume, tasks")
-    p.add_argument("--frames", type=Path, nargs="+", required=True, help="results/frames/{media}.json files")
+    p.add_argument("--frames", type=Path, nargs="+", required=True,
+                   help="extract_frames' batch folders results/frames/{batch} (or {media}.json files)")
     p.add_argument("--out-dir", type=Path, required=True)
     a = p.parse_args(argv)
     index_dataset(a.data, a.frames, a.out_dir)

@@ -72,7 +72,7 @@ class Layout:
     test_order: dict = field(default_factory=dict)   # task -> test ids in the official list's order
     test_frames: dict = field(default_factory=dict)  # task -> FrameList, where the organizers give one
     stems: dict = field(default_factory=dict, repr=False)   # media stem -> path of the entries so far
-    #: answers of ids() / face_batches() / media_paths() once the scan is complete: the rules ask
+    #: answers of ids() / batches() / media_paths() once the scan is complete: the rules ask
     #: them per job, and recomputing each answer walks every entry
     answers: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -83,22 +83,37 @@ class Layout:
                                        if (task is None and e.splits) or e.splits.get(task) in splits)
         return list(self.answers[key])
 
-    def face_batches(self, n: int) -> dict[str, list[str]]:
-        """batch name -> its video ids, for the per-batch stage ``crop_faces``: ``{dataset}_{k}``
-        with k = crc32(id) mod n, so a video keeps its batch when videos are added or removed
-        (only the batches that gain or lose one rerun), and Hume and Aff-Wild2 never share one."""
+    def media_batches(self, n: int) -> dict[str, list[str]]:
+        """batch name -> its media stems, for the per-batch stages ``extract_frames`` and
+        ``crop_faces``: ``{dataset}_{k}`` with k = crc32(media stem) mod n, so a media file keeps its
+        batch when others are added or removed (only the batches that gain or lose one rerun), the
+        videos of one media file (``X``, ``X_left``, ``X_right``) share its batch, and Hume and
+        Aff-Wild2 never share one."""
+        key = ("media_batches", n)
+        if key not in self.answers:
+            out = {}
+            for v in self.ids():
+                e = self.videos[v]
+                out.setdefault(media_batch(e.media, "hume" if "ERI" in e.splits else "affwild2", n), set()).add(e.media)
+            self.answers[key] = {b: sorted(ms) for b, ms in sorted(out.items())}
+        return self.answers[key]
+
+    def batches(self, n: int) -> dict[str, list[str]]:
+        """batch name -> its video ids (the videos of the batch's media files)."""
         key = ("batches", n)
         if key not in self.answers:
             out = {}
             for v in self.ids():
-                out.setdefault(face_batch(v, "hume" if "ERI" in self.videos[v].splits else "affwild2", n), []).append(v)
+                out.setdefault(self.batch_of(v, n), []).append(v)
             self.answers[key] = dict(sorted(out.items()))
         return self.answers[key]
 
-    def face_batch(self, video: str, n: int) -> str:
+    def batch_of(self, video: str, n: int) -> str:
+        """The batch of a video: its media file's."""
         key = ("batch_of", n)
         if key not in self.answers:
-            self.answers[key] = {v: b for b, vs in self.face_batches(n).items() for v in vs}
+            of_media = {m: b for b, ms in self.media_batches(n).items() for m in ms}
+            self.answers[key] = {v: of_media[e.media] for v, e in self.videos.items() if e.splits}
         return self.answers[key][video]
 
     def media_paths(self) -> dict[str, str]:
@@ -108,9 +123,9 @@ class Layout:
         return self.answers["media"]
 
 
-def face_batch(video_id: str, dataset: str, n: int) -> str:
-    """The crop_faces batch of a video (see :meth:`Layout.face_batches`)."""
-    return f"{dataset}_{zlib.crc32(video_id.encode()) % n:0{len(str(max(n - 1, 0)))}d}"
+def media_batch(media: str, dataset: str, n: int) -> str:
+    """The batch of a media file (see :meth:`Layout.media_batches`)."""
+    return f"{dataset}_{zlib.crc32(media.encode()) % n:0{len(str(max(n - 1, 0)))}d}"
 
 
 def enabled_tasks(config: dict) -> tuple:
@@ -178,7 +193,7 @@ def _entry(lay: Layout, vid: str, media: dict, where: str) -> VideoEntry:
     stem = Path(path).stem
     if lay.stems.setdefault(stem, path) != path:
         raise LayoutError(f"{where} names video {vid!r}, whose file {path} has the stem of {lay.stems[stem]} "
-                          f"(used by another video): both would write results/frames/{stem}.json; rename one")
+                          f"(used by another video): both would write {stem}.json in results/frames/; rename one")
     lay.videos[vid] = e = VideoEntry(vid, path, side)
     return e
 

@@ -31,7 +31,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from affect_pipeline.common.runtime import PipelineError, progress, read_json
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.runtime import progress, read_json
 
 log = logging.getLogger("affect_pipeline.data.video")
 

@@ -28,14 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from affect_pipeline.common.config import need
-from affect_pipeline.common.runtime import (
-    PipelineError,
-    log,
-    progress,
-    stage_parser,
-    write_json,
-    write_text,
-)
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.runtime import log, progress, stage_parser, write_json, write_text
 from affect_pipeline.common.tasks import ERI_NAMES, EXPR_NAMES, FRAME_TASKS
 from affect_pipeline.demo.labels import (
     HUME_DOMINANT,

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from affect_pipeline.audio.models import make_vggish
-from affect_pipeline.common.runtime import atomic_dir, setup_torch, stage_parser, write_json
+from affect_pipeline.common.files import atomic_dir
+from affect_pipeline.common.runtime import setup_torch, stage_parser, write_json
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def make_demo_audio_models(out_dir, seed: int) -> Path:
             Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False).save_pretrained(tmp / name)
         torch.manual_seed(seed)
         torch.save(make_vggish(**DEMO_VGGISH).state_dict(), tmp / "vggish.pth")
-        (tmp / "README.txt").write_text(f"Randomly initialised demo audio models (seed {seed}); not pretrained.\n")
+        (tmp / "README.txt").write_text(f"Randomly initialised demo audio models (seed {seed}); not pretrained.\n", encoding="utf-8")
     return Path(out_dir)
 
 

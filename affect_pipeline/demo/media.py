@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from affect_pipeline.common.runtime import atomic_path
+from affect_pipeline.common.files import atomic_path
 from affect_pipeline.demo.face import FaceAnimator, Renderer, make_style
 from affect_pipeline.demo.labels import Plan, keyed_rng
 

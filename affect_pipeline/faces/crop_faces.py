@@ -12,7 +12,10 @@ A batch keeps what it computed: each store is written to ``{cache}/{video}.{key}
 params, the stage's code digest, the media file's size and mtime, its frames JSON, side and crop
 folder) and hard-linked into the batch directory, which appears, complete, only when every video
 succeeded. A failing video fails the job naming itself; its batch-mates' stores are reused by the
-rerun, as they are when the batch gains a video.
+rerun, as they are when the batch gains a video. A video whose media file extract_frames could
+not decode (its frames JSON records the ``error``; index_dataset leaves it out of the run) is
+skipped instead: named in the log and in the batch's ``failed.json``, its batch mates' stores written.
+The workflow hands the batch over in a list file (``--batch=@FILE``), never on the command line.
 
 The ``faces`` section of workflow_config.yaml arrives complete via ``--params``; torch and the
 detector are imported only when detecting.
@@ -31,13 +34,16 @@ from pathlib import Path
 
 import numpy as np
 
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.files import atomic_dir
+from affect_pipeline.common.lists import read_list
 from affect_pipeline.common.runtime import (
-    PipelineError,
-    atomic_dir,
     pick_device,
     progress,
+    read_json,
     setup_torch,
     stage_parser,
+    write_json,
 )
 from affect_pipeline.common.stores import FaceStore, write_face_store
 from affect_pipeline.data.video import iter_frame_batches, read_frames_json
@@ -192,14 +198,29 @@ def _link(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def decode_failed(frames) -> str | None:
+    """The error extract_frames recorded in a frames JSON for a file it could not decode, or None."""
+    try:
+        info = read_json(frames)
+    except PipelineError:
+        return None                     # unreadable: read_frames_json names the problem
+    return info.get("error") if isinstance(info, dict) else None
+
+
 def crop_batch(videos: list[dict], out, cache, params: FaceParams, code: str, *, threads: int = 1,
                device="cpu") -> dict:
     """Every video of a batch (``videos``: dicts id, video, frames, side, cropped_dir) into
     ``out/{id}.h5``, the detector loaded once; returns per video ``{"n_frames", "n_found"}``."""
     out, cache = Path(out), Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
-    backend, stores, results, failed = None, {}, {}, {}
+    backend, stores, results, failed, skipped = None, {}, {}, {}, {}
     for i, v in enumerate(videos, 1):
+        error = decode_failed(v["frames"])
+        if error is not None:
+            skipped[v["id"]] = {"video": str(v["video"]), "error": f"extract_frames: {error}"}
+            log.error("[%d/%d] %s: skipped, its media file did not decode (%s): %s", i, len(videos), v["id"],
+                      v["frames"], error)
+            continue
         try:
             cdir = Path(v["cropped_dir"]) if v.get("cropped_dir") else None
             job = FaceJob(Path(v["video"]), read_frames_json(v["frames"]), Path(), v["id"], v.get("side") or "none", cdir)
@@ -226,6 +247,8 @@ def crop_batch(videos: list[dict], out, cache, params: FaceParams, code: str, *,
     with atomic_dir(out) as tmp:
         for vid, stored in stores.items():
             _link(stored, tmp / f"{vid}.h5")
+        if skipped:
+            write_json(tmp / "failed.json", skipped)
     return results
 
 
@@ -242,8 +265,8 @@ def main(argv: list[str]) -> int:
     p = stage_parser("crop_faces", "Detect, track and align one face per frame: one video into faces/{video}.h5, "
                      "or a batch of videos into faces/{batch}/{video}.h5.")
     p.add_argument("--out", required=True, help="the store (--video), or the batch directory (--batch)")
-    p.add_argument("--batch", default=None, help="JSON list of {id, video, frames, side, cropped_dir}: the "
-                   "batch's videos (instead of --video ...)")
+    p.add_argument("--batch", default=None, help="@FILE (or JSON text): a list of {id, video, frames, side, "
+                   "cropped_dir}, the batch's videos (instead of --video ...)")
     p.add_argument("--cache", default=None, help="with --batch: where each video's store is kept between runs")
     p.add_argument("--code-digest", default="", help="with --batch: the stage code's digest (a cached store "
                    "made by other code is not reused)")
@@ -265,7 +288,7 @@ def main(argv: list[str]) -> int:
         setup_torch(a.threads, a.seed)
         device = pick_device(a.device)
     if a.batch is not None:
-        videos = json.loads(a.batch)
+        videos = read_list(a.batch)
         r = crop_batch(videos, a.out, a.cache, params, a.code_digest, threads=a.threads, device=device)
         n, found = sum(x["n_frames"] for x in r.values()), sum(x["n_found"] for x in r.values())
         log.info("%s: %d videos, face in %d/%d frames -> %s [%d threads]", Path(a.out).name, len(r), found, n,

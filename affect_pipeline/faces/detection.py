@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.errors import PipelineError
 
 BACKENDS = ("mtcnn", "face_alignment", "cropped_aligned")
 

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from affect_pipeline.common.runtime import PipelineError, progress
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.runtime import progress
 from affect_pipeline.common.stores import FaceStore, Labels
 from affect_pipeline.mae.model import IMAGENET_MEAN, IMAGENET_STD
 

@@ -25,8 +25,9 @@ import torch
 
 from affect_pipeline.common.config import settings
 from affect_pipeline.common.digests import code_digest
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.lists import read_list
 from affect_pipeline.common.runtime import (
-    PipelineError,
     autocast,
     load_checkpoint,
     progress,
@@ -35,7 +36,7 @@ from affect_pipeline.common.runtime import (
     stage_parser,
     write_text,
 )
-from affect_pipeline.common.stores import face_store_paths
+from affect_pipeline.common.stores import face_store_paths, skip_failed
 from affect_pipeline.common.training import (
     Dist,
     adamw,
@@ -46,6 +47,7 @@ from affect_pipeline.common.training import (
     warmup_cosine,
     wrap_ddp,
 )
+from affect_pipeline.mae.checkpoints import encoder_checkpoint, import_mae_face
 from affect_pipeline.mae.face_reader import (
     Crops,
     Loader,
@@ -56,12 +58,7 @@ from affect_pipeline.mae.face_reader import (
     standardize,
     to_unit,
 )
-from affect_pipeline.mae.model import (
-    MaskedAutoencoderViT,
-    encoder_checkpoint,
-    import_mae_face,
-    model_config,
-)
+from affect_pipeline.mae.model import MaskedAutoencoderViT, model_config
 
 log = logging.getLogger(__name__)
 CURVE_HEADER = "epoch,step,loss,lr\n"
@@ -265,10 +262,13 @@ def _epoch(run: Run, epoch: int) -> float:
 def main(argv: list[str]) -> int:
     ap = stage_parser("pretrain_mae", "MAE pretraining on face crops (or import of a pretrained encoder)")
     ap.add_argument("--faces", nargs="*", default=[], help="face stores or batch directories (faces/{batch})")
-    ap.add_argument("--videos", nargs="*", default=None, help="learn from these videos' stores only (default: all)")
+    ap.add_argument("--videos", default=None, help="@FILE (or JSON text): learn from these ids' stores only, written "
+                    "--videos=@FILE (an id may start with '-'); those a batch's failed.json names are left out "
+                    "(default, or an empty list: every store)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--curve", required=True, help="CSV: epoch, step, loss, lr")
     a = ap.parse_args(argv)
-    faces = list(face_store_paths(a.faces, a.videos or None).values()) if a.faces else []
+    ids = read_list(a.videos) if a.videos is not None and a.faces else None
+    faces = list(face_store_paths(a.faces, skip_failed(a.faces, ids) if ids else None).values()) if a.faces else []
     pretrain_mae(faces, a.out, a.curve, a.params, a.threads, a.device, a.seed)
     return 0

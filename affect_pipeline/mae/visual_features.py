@@ -3,7 +3,8 @@
 The models are loaded once per job and each video's crops decoded once for all of them (at
 Aff-Wild2 scale a job per video would spend most of a GPU's time on imports, CUDA start-up and
 weight loading; a job per fold, on decoding the same JPEGs again). Per video group: ``features`` =
-the mean of the final-norm patch tokens (the head's input, so ``logits = head(features)``),
+the encoder's pooled frame feature, pooled as it was fine-tuned (the checkpoint's ``pool``,
+``mae.features.pool``: MAE's global pool by default; the head's input, so ``logits = head(features)``),
 ``valid`` = a face was found, extra ``logits``; frames without a face are not run through the
 model: their rows are zeros. A thread decodes the next batch's JPEGs (cv2 releases the GIL), also
 across videos, while the models run on the current one. Each shard is resumable: a killed or failed
@@ -24,8 +25,10 @@ import numpy as np
 import torch
 
 from affect_pipeline.common.config import settings
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.feature_shards import FeatureShardWriter
+from affect_pipeline.common.lists import read_list
 from affect_pipeline.common.runtime import (
-    PipelineError,
     autocast,
     file_digest,
     load_checkpoint,
@@ -34,17 +37,40 @@ from affect_pipeline.common.runtime import (
     setup_torch,
     stage_parser,
 )
-from affect_pipeline.common.stores import FaceStore, FeatureShardWriter, face_store_paths
+from affect_pipeline.common.stores import FaceStore, face_store_paths, skip_failed
 from affect_pipeline.mae.face_reader import resize_crops, standardize, to_unit
-from affect_pipeline.mae.model import CHECKPOINT_FORMAT, ViTClassifier, model_config
+from affect_pipeline.mae.model import CHECKPOINT_FORMAT, POOLS, ViTClassifier, model_config
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class FeatureSettings:
-    """``mae.features`` of workflow_config.yaml."""
+    """``mae.features`` of workflow_config.yaml but ``pool``, which the fine-tune reads: an
+    encoder's features are pooled as its head learnt them (the checkpoint's ``pool``); a ``pool``
+    in --params is checked against it (:func:`check_pool`)."""
     batch_size: int
+
+
+#: the pooling of finetune_mae checkpoints written before ``pool`` was a setting
+LEGACY_POOLING = {"mean_patch_tokens": "mean_norm"}
+
+
+def checkpoint_pool(obj: dict, path) -> str:
+    """The pool a finetune_mae checkpoint was fine-tuned with."""
+    stored = obj.get("pool", obj.get("pooling"))
+    pool = obj.get("pool", LEGACY_POOLING.get(obj.get("pooling")))
+    if pool not in POOLS:
+        raise PipelineError(f"{path}: finetune_mae checkpoint with unknown pool {stored!r} "
+                            f"(known: {' | '.join(POOLS)}); rerun finetune_mae")
+    return pool
+
+
+def check_pool(model: ViTClassifier, pool, path) -> None:
+    """``mae.features.pool`` must be the pool the encoder was fine-tuned with: its head learnt on it."""
+    if pool is not None and pool != model.pool:
+        raise PipelineError(f"{path}: fine-tuned with mae.features.pool {model.pool!r}, but the config says "
+                            f"{pool!r}: rerun finetune_mae (its head learns on the pooled feature)")
 
 
 # ---------------------------------------------------------------- the model
@@ -57,7 +83,7 @@ def load_finetuned(path, device="cpu") -> ViTClassifier:
     missing = [k for k in ("task", "fold", "config", "outputs", "model") if k not in obj]
     if missing:
         raise PipelineError(f"{path}: finetune_mae checkpoint lacks {missing}; rerun finetune_mae")
-    model = ViTClassifier(int(obj["outputs"]), **model_config(obj["config"]))
+    model = ViTClassifier(int(obj["outputs"]), pool=checkpoint_pool(obj, path), **model_config(obj["config"]))
     try:
         model.load_state_dict(obj["model"])
     except RuntimeError as e:
@@ -185,6 +211,10 @@ def visual_features(models, faces: list[str], outs, params: dict, threads: int =
     outs = [outs] if isinstance(outs, (str, Path)) else list(outs)
     if len(models) != len(outs) or not models:
         raise PipelineError(f"visual_features: {len(models)} --model for {len(outs)} --out; need one shard per encoder")
+    if isinstance(params, dict):     # pool: the fine-tune's setting, here only checked per encoder
+        pool, params = params.get("pool"), {k: v for k, v in params.items() if k != "pool"}
+    else:
+        pool = None
     p = settings(FeatureSettings, params, "mae.features")
     setup_torch(threads, 0)
     dev = pick_device(device)
@@ -193,9 +223,10 @@ def visual_features(models, faces: list[str], outs, params: dict, threads: int =
     try:
         for path, out in zip(models, outs):
             model, digest = load_finetuned(path, dev), file_digest(path)
+            check_pool(model, pool, path)
             encoders.append(Encoder(model, FeatureShardWriter(
                 out, extractor=f"mae_{model.task}", fingerprint=fingerprint(digest, params), task=model.task,
-                fold=model.fold, checkpoint_digest=digest, pooling="mean_patch_tokens", no_face="zeros")))
+                fold=model.fold, checkpoint_digest=digest, pooling=model.pool, no_face="zeros")))
         sizes = {e.model.config["img_size"] for e in encoders}
         if len(sizes) > 1:
             raise PipelineError(f"visual_features: encoders of different img_size {sorted(sizes)} in one job")
@@ -253,9 +284,11 @@ def main(argv: list[str]) -> int:
     ap = stage_parser("visual_features", "per-frame features + logits of one fine-tuned MAE encoder")
     ap.add_argument("--model", nargs="+", required=True, help="results/mae/{task}/{fold}/finetune.pt, one a shard")
     ap.add_argument("--faces", nargs="+", required=True, help="face stores or batch directories (faces/{batch})")
-    ap.add_argument("--videos", nargs="*", default=None, help="the videos to encode (default: every store)")
+    ap.add_argument("--videos", default=None, help="@FILE (or JSON text): the ids to encode, written --videos=@FILE "
+                    "(an id may start with '-'); those a batch's failed.json names are left out (default: every store)")
     ap.add_argument("--out", nargs="+", required=True, help="results/features/mae/{task}/{fold}.h5, in --model order")
     a = ap.parse_args(argv)
-    faces = list(face_store_paths(a.faces, a.videos).values())
+    videos = None if a.videos is None else skip_failed(a.faces, read_list(a.videos))
+    faces = list(face_store_paths(a.faces, videos).values())
     visual_features(a.model, faces, a.out, a.params, a.threads, a.device)
     return 0

@@ -15,8 +15,12 @@ Decoding: AU ``prob >= threshold``, EXPR argmax, VA clipped to [-1, 1], ERI to [
 the official list (index_report.json's ``test_order``); where it is the organizers' frame list, its
 rows exactly (``submission.rows_for_list``: listed frames only, the last prediction repeated past
 the decoded end, logged). ``ensemble.h5`` holds per video ``prob`` (after filling, per decoded
-frame), ``raw`` (before), ``valid`` and ``label`` (as written: per row); attrs ``videos`` the order,
-``frame_list`` and ``padded_rows`` where a frame list set the rows.
+frame), ``raw`` (before), ``valid`` and ``label`` (as written: per row); the dataset
+:data:`ORDER` (variable-length UTF-8 strings) the order of the videos (an attribute cannot hold
+thousands of ids: HDF5 caps an object header at 64 KiB), attrs ``frame_list`` and ``padded_rows``
+where a frame list set the rows. :func:`video_order` reads it, and the ``videos`` attribute of
+files written before. Test videos whose media file did not decode (``decode_failed`` of
+index_report.json) have no rows: the log names them.
 """
 from __future__ import annotations
 
@@ -27,7 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from affect_pipeline.common.runtime import PipelineError, atomic_path, read_json, stage_parser
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.files import atomic_path
+from affect_pipeline.common.runtime import read_json, stage_parser
 from affect_pipeline.common.tasks import AU_NAMES, TASK_OUTPUTS, TASKS
 from affect_pipeline.submit.submission import (
     MAX_SHOWN,
@@ -45,6 +51,8 @@ TUNED_KEY = "au_thresholds_tuned"
 WEIGHTINGS = ("uniform", "metric")
 #: the ``ensemble.no_face`` policies (the schema's enum is this list; a test holds them equal)
 NO_FACE = ("interpolate", "model")
+#: the root dataset of ensemble.h5 that holds the videos' order (the other root names are video ids)
+ORDER = "videos"
 
 
 # ======================================================================== settings and inputs
@@ -247,13 +255,37 @@ def write_ensemble_h5(path, task: str, raw: dict, prob: dict, values: dict, attr
     import h5py
 
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs.update({**attrs, "task": task, "videos": list(raw)})
+        f.attrs.update({**attrs, "task": task})
+        f.create_dataset(ORDER, data=list(raw), dtype=h5py.string_dtype("utf-8"))
         for vid in raw:
             g = f.create_group(vid)
             g.create_dataset("prob", data=prob[vid].astype(np.float32))
             g.create_dataset("raw", data=raw[vid][0].astype(np.float32))
             g.create_dataset("valid", data=raw[vid][1])
             g.create_dataset("label", data=values[vid])
+
+
+def video_order(f) -> list[str]:
+    """The videos of an open ensemble.h5 in submission order: the :data:`ORDER` dataset, the
+    ``videos`` attribute of files written before it, else the groups' (sorted) names."""
+    import h5py
+
+    if isinstance(f.get(ORDER), h5py.Dataset):
+        return list(f[ORDER].asstr()[:])
+    if "videos" in f.attrs:
+        return [str(v) for v in f.attrs["videos"]]
+    return [k for k in f.keys() if isinstance(f[k], h5py.Group)]
+
+
+def _left_out(task: str, report_path) -> None:
+    """Name the task's test videos that are not in the submission because they did not decode."""
+    if report_path is None or not Path(report_path).exists():
+        return
+    failed = [d for d in read_json(report_path).get("decode_failed") or [] if d.get("video")]
+    ids = [d["video"] for d in failed if (d.get("splits") or {}).get(task) == "test"]
+    if ids:
+        log.warning("%s: %d video(s) are not in the submission: their media files did not decode (index_report."
+                    "json decode_failed): %s", task, len(ids), ", ".join(ids[:MAX_SHOWN]))
 
 
 def ensemble(task: str, inputs: EnsembleInputs, settings: EnsembleSettings, out, h5_out=None) -> dict:
@@ -263,6 +295,10 @@ def ensemble(task: str, inputs: EnsembleInputs, settings: EnsembleSettings, out,
     if not inputs.preds:
         raise PipelineError("ensemble: no --preds given")
     videos = test_videos(inputs.index, task, inputs.index_report)
+    if ORDER in videos:
+        raise PipelineError(f"{inputs.index}: a test video is named {ORDER!r}, the name ensemble.h5 keeps for "
+                            f"the videos' order; rename it")
+    _left_out(task, inputs.index_report)
     folds = [read_fold_predictions(p, task, videos) for p in inputs.preds]
     metrics = match_metrics(folds, inputs.metrics)
     weights = fold_weights(settings.weighting, [m for _, m in metrics], folds)
@@ -277,7 +313,7 @@ def ensemble(task: str, inputs: EnsembleInputs, settings: EnsembleSettings, out,
     frames = listed_frames(inputs.index_report, task, videos) if task != "ERI" else None
     values, padded = _follow_frame_list(task, values, frames, attrs)
     with atomic_path(out) as tmp:
-        tmp.write_text(format_submission(task, values, frames))
+        tmp.write_text(format_submission(task, values, frames), encoding="utf-8")
         validate_submission(task, tmp, videos, name=f"{out} (before renaming into place)",
                             ordered=inputs.index_report is not None, frames=frames)
         write_ensemble_h5(h5_out, task, raw, prob, values, attrs)

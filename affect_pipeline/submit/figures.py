@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from affect_pipeline.common.runtime import atomic_path
+from affect_pipeline.common.files import atomic_path
 from affect_pipeline.common.tasks import AU_NAMES, EXPR_NAMES
 from affect_pipeline.submit.summarize import METHOD_NAMES, STAGES
 

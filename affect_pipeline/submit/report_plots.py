@@ -21,11 +21,20 @@ from pathlib import Path
 
 import numpy as np
 
-from affect_pipeline.common.runtime import PipelineError, read_json, stage_parser
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.lists import read_list
+from affect_pipeline.common.runtime import read_json, stage_parser
 from affect_pipeline.common.tasks import AU_NAMES, ERI_NAMES, FRAME_TASKS, TASKS
 from affect_pipeline.submit import figures
+from affect_pipeline.submit.ensemble import video_order
 from affect_pipeline.submit.report import BY_NAME, REPORT_FILES
-from affect_pipeline.submit.summarize import METHOD_NAMES, STAGES, ablation_rows, fold_span, read_truth
+from affect_pipeline.submit.summarize import (
+    METHOD_NAMES,
+    STAGES,
+    ablation_rows,
+    fold_span,
+    read_truth,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +67,7 @@ def read_curve(path) -> dict[str, np.ndarray] | None:
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"{path}: curve file not found")
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         rows, cols = list(reader), reader.fieldnames or []
 
@@ -211,7 +220,7 @@ class Report:
             if t not in ens:
                 continue
             with h5py.File(ens[t], "r") as f:
-                order = [str(v) for v in f.attrs.get("videos", list(f.keys()))][: self.n_videos]
+                order = video_order(f)[: self.n_videos]
                 data[t] = {v: (f[v]["prob"][:], f[v]["valid"][:]) for v in order}
             vids += [v for v in order if v not in vids]
         vids = vids[: self.n_videos]
@@ -273,7 +282,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--labels", nargs="*", default=[], help="index/labels/{task}.h5")
     p.add_argument("--ensembles", nargs="*", default=[], help="submission/{task}/ensemble.h5")
     p.add_argument("--faces", nargs="*", default=[], help="face stores or batch directories (faces/{batch})")
-    p.add_argument("--face-videos", nargs="*", default=None, help="the videos of the contact sheet (default: all)")
+    p.add_argument("--face-videos", type=read_list, default=None,
+                   help="JSON list (or @FILE) of the videos of the contact sheet (default: all); give it as "
+                        "--face-videos=JSON: an id may start with '-'")
     p.add_argument("--test-labels", default=None, help="held-back truth for the timelines (demo test_labels/)")
     p.add_argument("--tasks", nargs="+", required=True, choices=TASKS,
                    help="enabled tasks; the others get a 'task disabled' placeholder")

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from affect_pipeline.common import results
-from affect_pipeline.common.runtime import PipelineError, read_json, stage_parser, write_json, write_text
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.runtime import read_json, stage_parser, write_json, write_text
 from affect_pipeline.submit.summarize import METHOD_NAMES, STAGES, load_metrics, task_scores
 
 TIE = 1e-9          # |DCL - BLB| below this is a tie (neither wins)

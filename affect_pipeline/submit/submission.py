@@ -41,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from affect_pipeline.common.runtime import PipelineError, stage_parser
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.runtime import stage_parser
 from affect_pipeline.common.tasks import CLASS_TASKS, FRAME_TASKS, TASK_COLUMNS, TASKS
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from affect_pipeline.common.runtime import PipelineError, read_json, stage_parser, write_json, write_text
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.runtime import read_json, stage_parser, write_json, write_text
 from affect_pipeline.common.tasks import ERI_NAMES, TASKS
 
 log = logging.getLogger(__name__)

@@ -18,14 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from affect_pipeline.common.errors import PipelineError
 from affect_pipeline.common.losses import activate
-from affect_pipeline.common.runtime import (
-    PipelineError,
-    load_checkpoint,
-    save_checkpoint,
-    write_json,
-    write_text,
-)
+from affect_pipeline.common.runtime import load_checkpoint, save_checkpoint, write_json, write_text
 from affect_pipeline.common.training import FitResult, curve_csv
 from affect_pipeline.temporal.clips import FeatureSet
 from affect_pipeline.temporal.evaluation import infer_logits

@@ -1,6 +1,6 @@
 """What the temporal stages read: one fold's features and labels, in memory.
 
-Features come from shards (``stores.FeatureShard``) given in concatenation order (e.g.
+Features come from shards (``feature_shards.FeatureShard``) given in concatenation order (e.g.
 ``features/mae/AU/fold1.h5 features/hubert.h5``); a store is named by its shard's extractor
 (``mae_AU``, ``hubert``). A job reads each video once, concatenates the stores per frame and
 standardises every dimension with the *training* frames' mean / std (audio and visual features
@@ -18,10 +18,12 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.feature_shards import FeatureShard
 from affect_pipeline.common.folds import read_fold
 from affect_pipeline.common.losses import class_weights
-from affect_pipeline.common.runtime import PipelineError, log, progress
-from affect_pipeline.common.stores import FeatureShard, read_labels
+from affect_pipeline.common.runtime import log, progress
+from affect_pipeline.common.stores import read_labels
 from affect_pipeline.common.tasks import TASK_OUTPUTS
 from affect_pipeline.temporal.clips import (
     Clip,

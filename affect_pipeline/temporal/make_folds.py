@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from affect_pipeline.common.config import settings
-from affect_pipeline.common.runtime import PipelineError, stage_parser, write_json
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.runtime import stage_parser, write_json
 from affect_pipeline.common.stores import read_labels
 from affect_pipeline.data.index_dataset import read_index
 

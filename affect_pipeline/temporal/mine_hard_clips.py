@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from affect_pipeline.common.errors import PipelineError
 from affect_pipeline.common.losses import task_loss
-from affect_pipeline.common.runtime import PipelineError, autocast, log, write_json
+from affect_pipeline.common.runtime import autocast, log, write_json
 from affect_pipeline.temporal.checkpoint import continue_from_blb
 from affect_pipeline.temporal.clips import Clip, batches, gather
 from affect_pipeline.temporal.evaluation import infer_logits

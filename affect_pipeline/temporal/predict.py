@@ -18,9 +18,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.files import atomic_path
 from affect_pipeline.common.folds import read_fold
 from affect_pipeline.common.losses import activate
-from affect_pipeline.common.runtime import PipelineError, atomic_path, log
+from affect_pipeline.common.runtime import log
 from affect_pipeline.temporal.checkpoint import load_temporal
 from affect_pipeline.temporal.evaluation import infer_logits
 from affect_pipeline.temporal.fold_data import load_features

@@ -16,12 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from affect_pipeline.common.config import settings
-from affect_pipeline.common.runtime import (
-    PipelineError,
-    pick_device,
-    setup_torch,
-    stage_parser,
-)
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.runtime import pick_device, setup_torch, stage_parser
 from affect_pipeline.common.tasks import TASK_OUTPUTS
 
 #: the ``temporal`` keys every temporal stage receives

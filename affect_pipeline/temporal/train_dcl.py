@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from affect_pipeline.common.runtime import PipelineError, autocast, log, read_json
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.runtime import autocast, log, read_json
 from affect_pipeline.temporal.checkpoint import (
     TrainOutputs,
     continue_from_blb,

@@ -23,7 +23,7 @@ from sibling_tests import sibling
 from affect_pipeline.affect_predict.cli import predict
 from affect_pipeline.affect_predict.outputs import VideoResult, csv_header, csv_rows, plot_timeline
 from affect_pipeline.affect_predict.run_models import TaskModels, make_sources
-from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.errors import PipelineError
 from affect_pipeline.common.tasks import AU_NAMES, EXPR_NAMES
 
 CLI = str(Path(sys.executable).with_name("affect-predict"))
@@ -285,7 +285,7 @@ def test_per_video_csvs_resume_and_overwrite(tmp_path, capsys):
     assert again.built == 0 and {p: p.stat().st_mtime_ns for p in out.rglob("*.csv")} == stamp
 
     (out / "x.csv").unlink()
-    (out / ".x.csv.tmp999").write_text("video,frame\nx,1\n")            # a killed run's leftover: not done
+    (out / ".affect-tmp.x.csv.999@node1").write_text("video,frame\nx,1\n")   # a killed run's leftover: not done
     (out / "sub/x.png").unlink()                                         # a missing PNG is drawn from its CSV
     redo = CountingPredictor()
     assert run_batch(plan_batch(vids, tasks, NATIVE, out), redo) == {"predicted": 1, "skipped": 3}
@@ -328,10 +328,10 @@ def test_combined_csv_resumes_appends_and_keeps_input_order(tmp_path):
     out, png = tmp_path / "o" / "predictions.csv", tmp_path / "o" / "timeline.png"
     with pytest.raises(PipelineError):                                   # killed after two videos
         run_batch(plan_batch(vids, ["VA"], NATIVE, combined=out, timeline=png), CountingPredictor(fail_on="sub/x"))
-    assert not out.exists() and len(list((tmp_path / "o" / ".predictions.csv.parts").glob("*.csv"))) == 2
+    assert not out.exists() and len(list((tmp_path / "o" / ".affect-tmp.predictions.csv.parts").glob("*.csv"))) == 2
     pred = CountingPredictor()
     assert run_batch(plan_batch(vids, ["VA"], NATIVE, combined=out, timeline=png), pred)["skipped"] == 2
-    assert pred.calls == ["sub/x", "x"] and not (tmp_path / "o" / ".predictions.csv.parts").exists()
+    assert pred.calls == ["sub/x", "x"] and not (tmp_path / "o" / ".affect-tmp.predictions.csv.parts").exists()
     head, rows = read_csv(out)
     assert head == csv_header(["VA"]) and list(dict.fromkeys(r[0] for r in rows)) == ["a,b", "y", "sub/x", "x"]
     assert png.read_bytes()[:8] == PNG_MAGIC
@@ -414,11 +414,13 @@ def decoded_frames(path):
 def test_predict_new_videos_and_match_the_workflow(trained_run, tmp_path):
     import h5py
 
+    from affect_pipeline.submit.ensemble import video_order
+
     run = trained_run / "run"
     new = make_video(tmp_path / "fresh_clip.mp4", 75, audio=True)
     silent = make_video(tmp_path / "silent_clip.avi", 40, audio=False, seed=8)
     with h5py.File(run / "results/submission/VA/ensemble.h5") as f:
-        (ref_id,) = [v for v in f if not v.startswith("wild_")]     # the demo's own test video
+        (ref_id,) = [v for v in video_order(f) if not v.startswith("wild_")]   # the demo's own test video
         ref = f[ref_id]["prob"][:]
     test_vid = next((run / "resources/demo/affwild2/videos").glob(f"{ref_id}.*"))
     out, png = tmp_path / "pred.csv", tmp_path / "timeline.png"

@@ -22,8 +22,8 @@ from affect_pipeline.__main__ import main as cli
 from affect_pipeline.audio import audio_features as af
 from affect_pipeline.audio import models as am
 from affect_pipeline.audio.checkpoints import bundle_spec
-from affect_pipeline.common.runtime import PipelineError
-from affect_pipeline.common.stores import FeatureShard
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.feature_shards import FeatureShard
 from affect_pipeline.demo.make_demo_audio_models import (
     demo_configs,
     export_fairseq,

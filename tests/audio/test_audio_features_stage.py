@@ -28,8 +28,8 @@ def test_audio_features_twice_are_byte_identical(tmp_path):
     from conftest import workflow_defaults
 
     from affect_pipeline.audio.audio_features import model_params
+    from affect_pipeline.common.feature_shards import FeatureShard
     from affect_pipeline.common.runtime import write_json
-    from affect_pipeline.common.stores import FeatureShard
     from affect_pipeline.demo.make_demo_audio_models import make_demo_audio_models
 
     models = make_demo_audio_models(tmp_path / "models", seed=0)

@@ -12,7 +12,7 @@ from snakemake.utils import update_config, validate
 
 from affect_pipeline.affect_predict.cli import load_config
 from affect_pipeline.common.config import deep_merge, load_run_config, need, write_run_config
-from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.errors import PipelineError
 
 SCHEMA = str(REPO / "workflow_config.schema.yaml")
 DATA_KEYS = {"affwild2": {"videos": "/data/aff/videos", "annotations": "/data/aff/annotations",

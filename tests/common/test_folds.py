@@ -2,8 +2,9 @@
 stages; a fold that is missing, empty or leaks a video from train into validation is refused."""
 import pytest
 
+from affect_pipeline.common.errors import PipelineError
 from affect_pipeline.common.folds import read_fold
-from affect_pipeline.common.runtime import PipelineError, write_json
+from affect_pipeline.common.runtime import write_json
 
 FOLDS = {"official": {"train": ["b", "a"], "validation": ["c"]},
          "fold1": {"train": ["a", "c"], "validation": ["b"]},

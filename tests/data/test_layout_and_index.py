@@ -7,10 +7,15 @@ import pytest
 from aff_tree import HEADERS, make_tree
 
 from affect_pipeline.__main__ import main as cli
-from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.errors import PipelineError
 from affect_pipeline.common.stores import read_labels, write_labels
 from affect_pipeline.data.annotations import LayoutError, parse_annotation
-from affect_pipeline.data.index_dataset import build_index, fit_to_frames, read_index, write_index_tsv
+from affect_pipeline.data.index_dataset import (
+    build_index,
+    fit_to_frames,
+    read_index,
+    write_index_tsv,
+)
 from affect_pipeline.data.layout import scan_dataset
 
 

@@ -13,7 +13,7 @@ import torch
 from skimage.data import astronaut
 
 from affect_pipeline.__main__ import main as cli
-from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.errors import PipelineError
 from affect_pipeline.data.audio_track import extract_audio
 from affect_pipeline.data.video import (
     frame_info,

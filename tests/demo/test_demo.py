@@ -20,7 +20,7 @@ import yaml
 from conftest import REPO
 
 from affect_pipeline.__main__ import main as cli
-from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.errors import PipelineError
 from affect_pipeline.common.tasks import AU_NAMES, ERI_NAMES, EXPR_NAMES
 from affect_pipeline.demo.labels import HEADERS, eri_intensities
 from affect_pipeline.demo.make_demo import (
@@ -98,7 +98,8 @@ def test_tree_matches_the_plan(demo, man):
     for fid, _ in m.hume:
         assert (demo / "hume" / "videos" / f"{fid}.mp4").is_file()
     assert set(man["videos"]) == {v.video_id for v in m.videos}
-    assert not [p for p in demo.rglob("*") if ".tmp" in p.name], "temporary files left behind"
+    assert not [p for p in demo.rglob("*") if p.name.startswith(".affect-tmp.") or ".tmp" in p.name], \
+        "temporary files left behind"
 
 
 def test_annotation_rows_headers_and_invalid_rows(demo, man):

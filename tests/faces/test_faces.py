@@ -14,7 +14,8 @@ from skimage.data import astronaut
 from skimage.transform import SimilarityTransform
 
 from affect_pipeline.__main__ import main as cli
-from affect_pipeline.common.runtime import PipelineError, write_json
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.runtime import write_json
 from affect_pipeline.common.stores import FaceStore
 from affect_pipeline.data.video import frame_info
 from affect_pipeline.data.video_writer import write_video
@@ -343,6 +344,33 @@ def test_batch_keeps_its_videos_when_one_fails(media, tmp_path, capsys, caplog):
     assert sorted(p.name.split(".")[0] for p in cache.glob("*.h5")) == ["face", "noface", "tiny"]  # old pruned
     with FaceStore(out / "face.h5") as ff:
         assert ff.attrs["margin"] == 0.1
+
+
+def test_batch_skips_a_video_that_did_not_decode(media, tmp_path, caplog):
+    """A video whose media file extract_frames could not decode (its frames JSON records the error)
+    is skipped, named in the log and in failed.json; its batch mates' stores are written and the
+    job succeeds. The list comes in a file (``--batch=@FILE``), and an id that looks like an
+    option (a YouTube id) is just an id."""
+    bad = tmp_path / "broken.json"
+    write_json(bad, {"error": "broken.mp4: unreadable video (corrupt)", "media": "broken", "video": "broken.mp4"})
+    spec = [{"id": "face", "video": str(media["face"][0]), "frames": str(media["face"][1]), "side": "none",
+             "cropped_dir": ""},
+            {"id": "-8XbT1X7Lq0", "video": str(media["tiny"][0]), "frames": str(media["tiny"][1]), "side": "none",
+             "cropped_dir": ""},
+            {"id": "broken", "video": str(tmp_path / "broken.mp4"), "frames": str(bad), "side": "none",
+             "cropped_dir": ""}]
+    listed = tmp_path / "lists" / "hume_0.json"
+    write_json(listed, spec)
+    out = tmp_path / "hume_0"
+    args = ["crop_faces", f"--batch=@{listed}", "--out", str(out), "--cache", str(tmp_path / ".cache"),
+            "--code-digest", "c0de", "--threads", "1", "--device", "cpu", "--params", json.dumps(FACES)]
+    with caplog.at_level(logging.INFO):
+        assert cli(args) == 0
+    assert "broken: skipped, its media file did not decode" in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == ["-8XbT1X7Lq0.h5", "face.h5", "failed.json"]
+    assert json.loads((out / "failed.json").read_text())["broken"]["error"].startswith("extract_frames: broken.mp4")
+    with FaceStore(out / "-8XbT1X7Lq0.h5") as fs:
+        assert fs.attrs["video_id"] == "-8XbT1X7Lq0" and fs.n_frames == 3
 
 
 # ---------------------------------------------------------------- other backends

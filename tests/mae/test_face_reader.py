@@ -14,7 +14,7 @@ import torch
 from test_mae import PRE
 from test_pretrain_mae import image_tree, small_store
 
-from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.errors import PipelineError
 from affect_pipeline.common.stores import Labels
 from affect_pipeline.mae import face_reader as D
 from affect_pipeline.mae import pretrain_mae as P

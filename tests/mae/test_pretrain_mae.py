@@ -21,7 +21,7 @@ from test_mae import MAE_DEFAULTS, PRE, TINY, _face, build_dataset, stores, writ
 
 from affect_pipeline.common.config import settings
 from affect_pipeline.common.digests import ImportGraph, code_digest
-from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.errors import PipelineError
 from affect_pipeline.common.stores import FaceStore
 from affect_pipeline.mae import face_reader as D
 from affect_pipeline.mae import model as M

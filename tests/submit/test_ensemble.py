@@ -57,3 +57,32 @@ def test_eri_rows_follow_the_order_of_data_info_csv(tmp_path):
     sub_file, index = run(tmp_path, data, task="ERI", preds={f: np.full((1, 7), 0.5, np.float32) for f in order})
     assert [r["File_ID"] for r in csv.DictReader(open(sub_file))] == order != sorted(order)
     assert json.loads((index / "index_report.json").read_text())["test_order"]["ERI"] == order
+
+
+def test_eri_ensemble_of_the_real_test_size_with_an_option_like_id(tmp_path):
+    """Hume-Reaction's 4,604 test clips: the ids' order is a dataset of ensemble.h5 (as an HDF5
+    attribute it overflows the 64 KiB object header and the write, predictions.txt with it, fails),
+    and a YouTube-style id starting with '-' is an ordinary row."""
+    from aff_tree import make_hume_tree
+
+    from affect_pipeline.submit.ensemble import video_order
+
+    root = tmp_path / "hume"
+    make_hume_tree(root, {"Train": 3, "Val": 2, "Test": 4604})
+    odd = "-8XbT1X7Lq0"
+    with open(root / "data_info.csv", "a") as fh:
+        fh.write(f"[{odd}],Test,,,,,,,\n")
+    (root / "test" / f"{odd}.mp4").write_bytes(b"")
+    ids = [r["File_ID"].strip("[]") for r in csv.DictReader(open(root / "data_info.csv"))]
+    for f in ids:
+        write_probe(tmp_path / "frames", f, 10)
+    data = {"affwild2": {"videos": None}, "hume": {"root": str(root)}, "tasks": ["ERI"]}
+    test = [f for f, r in zip(ids, csv.DictReader(open(root / "data_info.csv"))) if r["Split"] == "Test"]
+    assert len(test) == 4605 and test[-1] == odd
+    rng = np.random.default_rng(0)
+    sub_file, _ = run(tmp_path, data, task="ERI", preds={f: rng.uniform(0, 1, (1, 7)).astype(np.float32) for f in test})
+    rows = list(csv.DictReader(open(sub_file)))
+    assert [r["File_ID"] for r in rows] == test
+    with h5py.File(sub_file.with_name("ensemble.h5")) as f:
+        assert video_order(f) == test and "videos" not in f.attrs
+        assert f[odd]["prob"].shape == (1, 7)

@@ -238,3 +238,36 @@ def test_captions_render_with_the_run_config(per_fold):
         if f.caption in ("ablation", "au_f1", "confusion", "curves", "eri_pcc", "va_scatter"):
             assert "fold1–fold3" in html, f.caption
         assert ("leaky" in html) == (f.caption == "ablation" and not per_fold), f.caption
+
+
+def test_face_videos_as_one_json_value_take_an_id_that_looks_like_an_option(results, tmp_path, caplog):
+    """`--face-videos=JSON`: a YouTube id such as -8XbT1X7Lq0 is an id, not an option."""
+    import shutil
+
+    _, inputs = results
+    faces = tmp_path / "faces" / "affwild2_0"
+    faces.mkdir(parents=True)
+    shutil.copy(inputs["faces"][0], faces / "-8XbT1X7Lq0.h5")
+    shutil.copy(inputs["faces"][1], faces / "other.h5")
+    caplog.set_level("INFO", logger="affect_pipeline")
+    out = tmp_path / "r"
+    argv = _args({**inputs, "faces": (faces,)})
+    assert cli(["report_plots", *argv, '--face-videos=["-8XbT1X7Lq0"]', "--out-dir", str(out), "--tasks", "AU"]) == 0
+    assert re.search(r"faces_contact_sheet\.png\s+plot", caplog.text), caplog.text[-2000:]
+    assert _is_png(out / "faces_contact_sheet.png")
+
+
+def test_ensemble_order_reads_both_layouts(tmp_path):
+    """ensemble.h5 keeps the videos' order as a dataset; files written before kept it as an attr."""
+    import h5py
+
+    from affect_pipeline.submit.ensemble import video_order
+
+    with h5py.File(tmp_path / "old.h5", "w") as f:
+        f.attrs["videos"] = ["b", "a"]
+        f.create_group("a"), f.create_group("b")
+    with h5py.File(tmp_path / "new.h5", "w") as f:
+        f.create_dataset("videos", data=["b", "-8XbT1X7Lq0"], dtype=h5py.string_dtype("utf-8"))
+        f.create_group("b"), f.create_group("-8XbT1X7Lq0")
+    with h5py.File(tmp_path / "old.h5") as old, h5py.File(tmp_path / "new.h5") as new:
+        assert video_order(old) == ["b", "a"] and video_order(new) == ["b", "-8XbT1X7Lq0"]

@@ -14,7 +14,7 @@ from aff_tree import make_tree
 from conftest import REPO, run_snakemake
 from scipy.stats import binomtest
 
-from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.errors import PipelineError
 from affect_pipeline.submit import seed_ablation as sa
 
 sys.path.insert(0, str(REPO))          # the benchmarks package lives beside the tests, not installed
@@ -145,7 +145,7 @@ def fake_finished_upstream(run, cfg_path):
                 f = run / out
                 f.parent.mkdir(parents=True, exist_ok=True)
                 files = [f]
-                if rule == "crop_faces":                   # a directory of stores + Snakemake's stamp
+                if rule in ("crop_faces", "extract_frames"):   # a batch directory + Snakemake's stamp
                     f.mkdir()
                     files = [f / "video.h5", f / ".snakemake_timestamp"]
                 for g in files:

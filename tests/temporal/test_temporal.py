@@ -16,8 +16,9 @@ import pytest
 import torch
 from conftest import workflow_defaults
 
-from affect_pipeline.common.runtime import PipelineError
-from affect_pipeline.common.stores import FeatureShard, FeatureShardWriter, Labels, write_labels
+from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.feature_shards import FeatureShard, FeatureShardWriter
+from affect_pipeline.common.stores import Labels, write_labels
 from affect_pipeline.common.tasks import TASK_OUTPUTS
 from affect_pipeline.data.index_dataset import write_index_tsv
 from affect_pipeline.temporal.clips import Clip, eval_clips, gather, stitch, train_clips

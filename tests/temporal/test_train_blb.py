@@ -28,13 +28,13 @@ torch.set_num_threads(1)
 # ---------------------------------------------------------------- killed while writing
 def plant_fifo(out: Path, pid: int) -> Path:
     """A FIFO under the temporary name process ``pid`` will write ``out`` through
-    (runtime.temp_sibling: ``.{name}.tmp{pid}@{host}``): its write then blocks there, between the
+    (runtime.temp_sibling: ``.affect-tmp.{name}.{pid}@{host}``): its write then blocks there, between the
     temporary's creation and the rename, for as long as the test wants, with no hook in the code."""
-    from affect_pipeline.common.runtime import temp_sibling
+    from affect_pipeline.common.files import temp_sibling
 
-    head, mine, tail = temp_sibling(out).name.rpartition(f".tmp{os.getpid()}")
+    head, mine, tail = temp_sibling(out).name.rpartition(f".{os.getpid()}@")
     assert mine, temp_sibling(out)
-    fifo = out.with_name(f"{head}.tmp{pid}{tail}")
+    fifo = out.with_name(f"{head}.{pid}@{tail}")
     out.parent.mkdir(parents=True, exist_ok=True)
     os.mkfifo(fifo)
     return fifo

@@ -6,7 +6,7 @@ import json
 import h5py
 import numpy as np
 import pytest
-from conftest import face_store_of
+from conftest import decoded_file, face_store_of
 
 pytestmark = pytest.mark.slow
 
@@ -49,15 +49,15 @@ def test_wild_encodings_reach_submission(trained_run):
     assert len(ids) >= 8, ids
     sub = read_submission("VA", run / "submission/VA/predictions.txt")
     for vid in ids:
-        frames = json.loads((run / f"frames/{vid}.json").read_text())
+        frames = json.loads(decoded_file(run, vid).read_text())
         assert len(sub[vid]) == frames["n_frames"], vid
         assert np.isfinite(sub[vid]).all() and (np.abs(sub[vid]) <= 1).all(), vid
         with h5py.File(face_store_of(run, vid), "r") as f:
             found = np.asarray(f["found"][:], bool)
         assert len(found) == frames["n_frames"] and found.mean() >= 0.8, (vid, found.mean())
-        info = sf.info(str(run / f"audio/{vid}.wav"))
+        info = sf.info(str(decoded_file(run, vid, ".wav")))
         assert info.samplerate == 16000 and info.channels == 1, vid
         assert abs(info.duration - frames["n_frames"] / frames["fps"]) < 0.25, (vid, info.duration)
     assert "wild_overdeclared" in ids
-    over = json.loads((run / "frames/wild_overdeclared.json").read_text())
+    over = json.loads(decoded_file(run, "wild_overdeclared").read_text())
     assert over["n_frames_declared"] > over["n_frames"]   # the edit-list file that used to stop the run

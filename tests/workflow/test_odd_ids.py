@@ -9,7 +9,7 @@ from pathlib import Path
 
 import h5py
 import pytest
-from conftest import REPO, face_store_of
+from conftest import REPO, decoded_file, face_store_of
 from odd_run import ODD_IDS, odd_workflow
 
 
@@ -34,7 +34,7 @@ def test_odd_ids_run_end_to_end(odd_run):
     import soundfile as sf
 
     for v in ODD_IDS[:4]:
-        x, sr = sf.read(work / "results/audio" / f"{v}.wav", dtype="int16")
+        x, sr = sf.read(decoded_file(work / "results", v, ".wav"), dtype="int16")
         assert sr == 16000 and abs(len(x) - index[v]["duration"] * sr) < 0.1 * sr
         assert x.any() == index[v]["has_audio"]                 # silent exactly when there is no audio
     labels = work / "results/index/labels/AU.h5"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import face_store_of
-from odd_run import odd_batch, odd_workflow
+from odd_run import ODD_IDS, odd_batch, odd_workflow
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +36,10 @@ def test_workflow_killed_then_rerun_incomplete(odd_run):
             assert fs.n_frames > 0
     # after --rerun-incomplete: every target exists, nothing that existed was redone
     log = odd_run["second"].stdout + odd_run["second"].stderr
-    # a decode job killed between its two outputs (probe JSON, then wav) is redone, and so are the
-    # face batches made from its probe: Snakemake's rule for incomplete jobs, not a lost result
-    redecoded = set(re.findall(r"output: results/frames/(.+?)\.json", log))
+    # a decode batch killed before its folders were complete is redone, and so are the face batches
+    # made from its probes: Snakemake's rule for incomplete jobs, not a lost result
+    redone_batches = set(re.findall(r"output: results/frames/([^,\s]+)", log))
+    redecoded = {re.sub(r"_(left|right)$", "", v) for v in ODD_IDS if odd_batch(v) in redone_batches}
     after = {k: (work / k).stat().st_mtime_ns for k in before if (work / k).exists()}
     redone = {k for k in before if after.get(k) != before[k]}
     # ... and a job killed just after publishing its output (atomic, complete) but before Snakemake
@@ -47,7 +48,7 @@ def test_workflow_killed_then_rerun_incomplete(odd_run):
     assert len(unexplained) <= 2, (redone, redecoded)
     for b in killed:
         assert (work / "results/faces" / b).is_dir()
-        assert f"output: results/faces/{b}\n" in log                    # the killed batch was redone...
+        assert re.search(rf"output: results/faces/{b}[,\n]", log)        # the killed batch was redone...
         batch_log = (work / "results/logs/crop_faces" / f"{b}.log").read_text(encoding="utf-8")
         for v in (v for v in cached if odd_batch(v) == b):   # ... keeping the stores it had finished
             assert f"{v}: store kept from an earlier run" in batch_log, batch_log[-2000:]

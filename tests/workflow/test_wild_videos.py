@@ -15,7 +15,7 @@ from scipy.signal import correlate
 from wild_media import VARIANTS, demo_source, missing_encoders, truncated
 
 from affect_pipeline.__main__ import main as cli
-from affect_pipeline.common.runtime import PipelineError
+from affect_pipeline.common.errors import PipelineError
 from affect_pipeline.common.stores import FaceStore
 from affect_pipeline.data.video import frame_info, iter_frames
 from affect_pipeline.faces.crop_faces import FaceJob, crop_faces
