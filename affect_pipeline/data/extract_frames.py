@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 
 from affect_pipeline.common.errors import PipelineError
-from affect_pipeline.common.files import atomic_dir, atomic_path, is_disk_full, temp_sibling
+from affect_pipeline.common.files import atomic_dir, atomic_path, is_disk_full
 from affect_pipeline.common.lists import read_list
 from affect_pipeline.common.runtime import stage_parser, write_json
 from affect_pipeline.data.audio_track import extract_audio
@@ -73,9 +73,8 @@ def _link(src: Path, dst: Path) -> None:
     except FileExistsError:
         pass
     except OSError:
-        tmp = temp_sibling(dst)
-        shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
+        with atomic_path(dst) as tmp:
+            shutil.copy2(src, tmp)
 
 
 def _cache_entries(cache: Path) -> dict[str, set[str]]:
