@@ -92,3 +92,15 @@ def make_hume_tree(root: Path, sizes: dict | None = None, first_id: int = 1) -> 
         (root / split.lower() / f"{fid}.mp4").write_bytes(b"")
     (root / "data_info.csv").write_text("\n".join(lines) + "\n")
     return {"hume": {"root": str(root)}}
+
+
+def placeholder_audio_weights(folder: Path) -> dict:
+    """``audio`` config keys naming empty weight files / folders: enough for a dry run (a real run
+    must name its own weights; nothing is downloaded)."""
+    audio = {}
+    for m in ("hubert", "wav2vec2"):
+        (folder / m).mkdir(parents=True, exist_ok=True)
+        audio[m] = {"weights": str(folder / m)}
+    (folder / "vggish.pth").write_bytes(b"")
+    audio["vggish"] = {"weights": str(folder / "vggish.pth")}
+    return audio

@@ -3,19 +3,14 @@ import json
 import time
 
 import yaml
-from aff_tree import make_tree
+from aff_tree import make_tree, placeholder_audio_weights
 from conftest import batch_of, face_batch_target, run_snakemake
 
 
 def test_dry_run_600_videos_is_fast(tmp_path):
     data = make_tree(tmp_path / "aff", 600, pair_every=50)
     data["tasks"] = ["AU", "EXPR", "VA"]
-    # a real run must name its own weights: placeholders are enough for a dry run
-    for m in ("hubert", "wav2vec2"):
-        (tmp_path / m).mkdir()
-        data.setdefault("audio", {})[m] = {"weights": str(tmp_path / m)}
-    (tmp_path / "vggish.pth").write_bytes(b"")
-    data["audio"]["vggish"] = {"weights": str(tmp_path / "vggish.pth")}
+    data["audio"] = placeholder_audio_weights(tmp_path)
     cfg = tmp_path / "data.yaml"
     cfg.write_text(yaml.safe_dump(data))
     t0 = time.time()

@@ -6,7 +6,7 @@ The dry-run time is measured by benchmarks/bench_dag.py, not here."""
 import re
 
 import yaml
-from aff_tree import HUME_SIZES, make_hume_tree, make_tree
+from aff_tree import HUME_SIZES, make_hume_tree, make_tree, placeholder_audio_weights
 from conftest import run_snakemake
 
 #: Linux refuses a single argument over 128 KiB (MAX_ARG_STRLEN): Snakemake runs each job's shell
@@ -18,12 +18,7 @@ def real_scale_config(tmp_path):
     data = make_tree(tmp_path / "aff", 600, pair_every=50)
     data.update(make_hume_tree(tmp_path / "hume"))
     data["tasks"] = ["AU", "EXPR", "VA", "ERI"]
-    # a real run must name its own weights: placeholders are enough for a dry run
-    for m in ("hubert", "wav2vec2"):
-        (tmp_path / m).mkdir()
-        data.setdefault("audio", {})[m] = {"weights": str(tmp_path / m)}
-    (tmp_path / "vggish.pth").write_bytes(b"")
-    data["audio"]["vggish"] = {"weights": str(tmp_path / "vggish.pth")}
+    data["audio"] = placeholder_audio_weights(tmp_path)
     cfg = tmp_path / "data.yaml"
     cfg.write_text(yaml.safe_dump(data))
     return cfg
