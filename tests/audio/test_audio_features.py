@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import workflow_defaults
+from demo_audio import _offline, models  # noqa: F401  (fixtures)
 
 from affect_pipeline.__main__ import main as cli
 from affect_pipeline.audio import audio_features as af
@@ -28,18 +29,6 @@ CHUNKS = af.Chunking(AUDIO["chunk_seconds"], AUDIO["overlap_seconds"], AUDIO["ba
 def settings(name, **over):
     """audio.<name> of the defaults, with ``over`` replacing keys."""
     return {**copy.deepcopy(AUDIO[name]), **over}
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    torch.set_num_threads(1)
-    return make_demo_audio_models(tmp_path_factory.mktemp("audio") / "models", seed=0)
 
 
 def weights(models, name):

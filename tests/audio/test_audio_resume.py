@@ -12,31 +12,17 @@ import logging
 import os
 
 import numpy as np
-import pytest
 import soundfile as sf
-import torch
 from conftest import workflow_defaults
+from demo_audio import _offline, models  # noqa: F401  (fixtures)
 
 from affect_pipeline.__main__ import main as cli
 from affect_pipeline.audio import audio_features as af
 from affect_pipeline.common.feature_shards import FeatureShard
-from affect_pipeline.demo.make_demo_audio_models import make_demo_audio_models
 
 SR = 16000
 AUDIO = workflow_defaults()["audio"]
 MODEL = "hubert"
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    torch.set_num_threads(1)
-    return make_demo_audio_models(tmp_path_factory.mktemp("audio") / "models", seed=0)
 
 
 def tone(seconds, seed=0):
