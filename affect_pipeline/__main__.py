@@ -11,6 +11,7 @@ import sys
 STAGES = {
     "make_demo": "affect_pipeline.demo.make_demo:main",
     "make_demo_audio_models": "affect_pipeline.demo.make_demo_audio_models:main",
+    "make_paper_weights": "affect_pipeline.demo.make_paper_weights:main",
     "extract_frames": "affect_pipeline.data.extract_frames:main",
     "index_dataset": "affect_pipeline.data.index_dataset:main",
     "crop_faces": "affect_pipeline.faces.crop_faces:main",
@@ -28,13 +29,19 @@ STAGES = {
     "summarize": "affect_pipeline.submit.summarize:main",
     "report_plots": "affect_pipeline.submit.report_plots:main",
     "seed_ablation": "affect_pipeline.submit.seed_ablation:main",
+    "export_models": "affect_pipeline.affect_predict.bundle:main",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m affect_pipeline <stage> [args]\n\nstages:\n  " + "\n  ".join(STAGES))
+        print("usage: python -m affect_pipeline [--version] <stage> [args]\n\nstages:\n  " + "\n  ".join(STAGES))
+        return 0
+    if argv[0] == "--version":
+        from affect_pipeline.common.version import version_string
+
+        print(version_string())
         return 0
     stage, rest = argv[0], argv[1:]
     if stage not in STAGES:

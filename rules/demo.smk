@@ -35,3 +35,24 @@ if "demo" in config:
             code=code_digest("make_demo_audio_models"),
         shell:
             "affect make_demo_audio_models --out-dir {params.out:q} --seed {params.seed} > {log:q} 2>&1"
+
+    # the paper's audio model sizes with random weights (tests/workflow/test_paper_size.py):
+    # built only when a config points audio weights at them
+    rule make_paper_weights:
+        output:
+            hubert=directory(f"{config['demo']['root']}/paper_models/hubert"),
+            wav2vec2=directory(f"{config['demo']['root']}/paper_models/wav2vec2"),
+            vggish=f"{config['demo']['root']}/paper_models/vggish.pth",
+            bench="results/benchmarks/make_paper_weights.tsv",
+        log:
+            "results/logs/make_paper_weights.log",
+        conda:
+            CONDA_ENV
+        threads: 1
+        params:
+            seed=config["demo"]["seed"],
+            out=lambda wc, output: os.path.dirname(output.vggish),
+            code=code_digest("make_paper_weights"),
+        shell:
+            "affect make_paper_weights --out-dir {params.out:q} --seed {params.seed}"
+            " --benchmark {output.bench:q} > {log:q} 2>&1"

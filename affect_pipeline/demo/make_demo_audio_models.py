@@ -39,21 +39,30 @@ def demo_configs() -> dict:
             "wav2vec2": Wav2Vec2Config(**DEMO_HF, codevector_dim=16, proj_codevector_dim=16)}
 
 
-def make_demo_audio_models(out_dir, seed: int) -> Path:
-    """Write ``hubert/``, ``wav2vec2/`` and ``vggish.pth`` under ``out_dir`` (all or nothing)."""
+def write_audio_models(out_dir, seed: int, configs: dict, vggish: dict, note: str, masked=()) -> Path:
+    """Write ``hubert/``, ``wav2vec2/`` (save_pretrained folders of random models with these
+    transformers ``configs``; the names in ``masked`` with a preprocessor that returns an
+    attention mask, as the released large models') and ``vggish.pth`` (``make_vggish(**vggish)``)
+    under ``out_dir`` (all or nothing), and a README.txt saying ``note``."""
     import torch
     from transformers import HubertModel, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
     with atomic_dir(out_dir) as tmp:
-        cfgs = demo_configs()
         for name, cls in (("hubert", HubertModel), ("wav2vec2", Wav2Vec2Model)):
             torch.manual_seed(seed)
-            cls(cfgs[name]).eval().save_pretrained(tmp / name)
-            Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False).save_pretrained(tmp / name)
+            model = cls(configs[name]).eval()
+            model.save_pretrained(tmp / name)
+            del model                      # one model in memory at a time
+            Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=name in masked).save_pretrained(tmp / name)
         torch.manual_seed(seed)
-        torch.save(make_vggish(**DEMO_VGGISH).state_dict(), tmp / "vggish.pth")
-        (tmp / "README.txt").write_text(f"Randomly initialised demo audio models (seed {seed}); not pretrained.\n", encoding="utf-8")
+        torch.save(make_vggish(**vggish).state_dict(), tmp / "vggish.pth")
+        (tmp / "README.txt").write_text(f"{note} (seed {seed}); not pretrained.\n", encoding="utf-8")
     return Path(out_dir)
+
+
+def make_demo_audio_models(out_dir, seed: int) -> Path:
+    """Write ``hubert/``, ``wav2vec2/`` and ``vggish.pth`` under ``out_dir`` (all or nothing)."""
+    return write_audio_models(out_dir, seed, demo_configs(), DEMO_VGGISH, "Randomly initialised demo audio models")
 
 
 # ---------------------------------------------------------------- the same weights in torchaudio's formats
@@ -170,11 +179,17 @@ def export_fairseq(folder, path, name: str, use_args: bool = False, extra: dict 
     return Path(path)
 
 
-def main(argv: list[str]) -> int:
-    p = stage_parser("make_demo_audio_models", "small random HuBERT / wav2vec2 / VGGish for the demo")
+def audio_models_main(argv: list[str], stage: str, doc: str, write) -> int:
+    """The command line of a stage that writes audio models: ``write(out_dir, seed)``."""
+    p = stage_parser(stage, doc)
     p.add_argument("--out-dir", required=True)
     a = p.parse_args(argv)
     setup_torch(a.threads, a.seed)
-    out = make_demo_audio_models(a.out_dir, a.seed)
-    log.info("demo audio models in %s: %s", out, ", ".join(sorted(x.name for x in out.iterdir())))
+    out = write(a.out_dir, a.seed)
+    log.info("%s: %s in %s", stage, ", ".join(sorted(x.name for x in out.iterdir())), out)
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return audio_models_main(argv, "make_demo_audio_models", "small random HuBERT / wav2vec2 / VGGish for the demo",
+                             make_demo_audio_models)
