@@ -33,12 +33,13 @@ MEDIA_BATCHES = config["resources"]["media_batches"]
 CONDA_ENV = "../envs/affect.yaml"
 
 # Jobs run the package with the interpreter running Snakemake (the project venv) first on PATH;
-# under --sdm conda the activated env's python comes first instead.
+# under --sdm conda the activated env's python comes first instead, and the package is imported
+# from the workflow's folder (envs/affect.yaml installs its dependencies, not the package).
 # A stage runs as `affect <stage> ...`, the warm launcher (affect_pipeline/warm.py): a local job
 # forks from a process that has imported torch & co. once, instead of paying 5-10 s of imports;
 # inside a Slurm job, or with AFFECT_WARM=0, it is a plain `python -m affect_pipeline`.
 _PATH = (
-    ""
+    f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
     if "conda" in str(workflow.deployment_settings.deployment_method).lower()
     else f'export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; '
 )

@@ -14,6 +14,8 @@ rule ensemble:
         ],
         index="results/index/videos.tsv",
         index_report="results/index/index_report.json",
+        labels="results/index/labels/{task}.h5",
+        folds="results/folds/{task}.json",
     output:
         submission="results/submission/{task}/predictions.txt",
         probs="results/submission/{task}/ensemble.h5",
@@ -28,7 +30,8 @@ rule ensemble:
     shell:
         "affect ensemble --task {wildcards.task} --preds {input.preds:q} --metrics {input.metrics:q}"
         " --index {input.index:q} --index-report {input.index_report:q} --out {output.submission:q}"
-        " --h5 {output.probs:q} --params {params.ensemble:q} > {log:q} 2>&1"
+        " --h5 {output.probs:q} --labels {input.labels:q} --folds {input.folds:q}"
+        " --params {params.ensemble:q} > {log:q} 2>&1"
 
 
 rule summarize:

@@ -1,12 +1,17 @@
 """``affect-predict``: run the trained models of a finished workflow run on new videos.
 
-    affect-predict VIDEO|FOLDER|GLOB... --models results/ (--out-dir DIR [--combined] | --out CSV)
-                   [--timeline PNG | --no-timeline] [--overwrite] [--openface-columns]
+    affect-predict VIDEO|IMAGE|FOLDER|GLOB... --models results/ (--out-dir DIR [--combined] | --out CSV)
+                   [--fps FPS] [--stride N]
+                   [--timeline PNG | --no-timeline] [--overwrite] [--format native|openface|pyfeat]
+                   [--no-face empty|interpolate|prior|audio]
                    [--tasks AU EXPR VA] [--config YAML]... [--workdir DIR]
                    [--device auto|cpu|cuda[:N]] [--batch-size N] [--threads N]
 
 Inputs: video files, folders (searched recursively for .mp4 / .avi / .mov / .mkv / .webm; hidden
-files skipped) and quoted globs (``'talks/**/*.mp4'``, recursive). Outputs:
+files skipped) and quoted globs (``'talks/**/*.mp4'``, recursive); images (one frame each) and
+folders of frames (a folder without videos: its images in natural order, ``--fps`` apart, as
+OpenFace's ``-fdir``); ``--stride N`` predicts every Nth frame (``frame_inputs``). Every input is
+checked readable, and ``--device`` available, before any model loads: such errors exit 2. Outputs:
 - ``--out-dir DIR``: one CSV (and timeline PNG, unless ``--no-timeline``) per video, at the
   video's path below the folder or glob root it was found in (``talks/day1/a.mp4`` given as
   ``talks`` -> ``DIR/day1/a.csv``);
@@ -15,22 +20,26 @@ files skipped) and quoted globs (``'talks/**/*.mp4'``, recursive). Outputs:
 Resumable: a video whose CSV (combined: whose rows) already exists is skipped unless
 ``--overwrite``; every file is renamed into place only when complete, so a killed run leaves no
 half CSV that looks done (a combined run keeps finished videos in ``.{name}.parts/`` until the
-CSV is assembled). Columns: :mod:`affect_pipeline.affect_predict.outputs` (native or OpenFace-style).
+CSV is assembled). Columns: :mod:`affect_pipeline.affect_predict.formats` (``--format``: native,
+OpenFace 2's or py-feat's), one row per frame per face track (every face is tracked, its own
+``face_id``); frames without the face are empty unless ``--no-face`` fills them (:mod:`.predict_tracks`).
 A progress bar per video (decode, faces, each feature source, each task) goes to stderr.
 
 Per video it runs the workflow's own stage code, in memory or in a temporary folder (removed
-at the end): decode (``video.frame_info``), faces (``crop_faces.crop_faces`` with the run's
-``faces`` settings) into a face store, each fold's fine-tuned MAE features (``visual_features.embed_crops``),
+at the end): decode (``video.frame_info``), faces (the run's ``faces`` detector, every face tracked:
+``faces.tracking``) into a face store per track, each fold's fine-tuned MAE features (``visual_features.embed_crops``),
 the wav (``audio_track.extract_audio``) and its HuBERT / wav2vec2 / VGGish features
 (``audio_features.extract``), every fold's temporal model (``temporal.checkpoint.predict_video``)
 and the fold ensemble exactly as the submission does it (``ensemble.fold_weights``,
-``average_folds``, ``interpolate_no_face``).
+``average_folds``; frames without the face: ``--no-face``).
 
-Where the settings come from:
+Where the settings come from (``--models``: a run's ``results/`` or a model bundle, laid out
+alike: :mod:`affect_pipeline.affect_predict.bundle`; provenance sidecars: ``provenance``):
 - the run's effective config, ``{models}/config.yaml`` (rule ``run_config``: workflow_config.yaml +
   the run's overlays), with each ``--config`` file deep-merged over it (e.g. weights moved since
   the run); every setting used here is read from it, a missing key is an error naming it.
-  Relative weight paths are resolved against ``--workdir`` (default: the parent of --models);
+  Relative weight paths are resolved against ``--workdir`` (default: the parent of a run's
+  results/, a bundle's own folder);
 - the ensemble: ``{models}/models/{task}/fold{1..k}/dcl.pt`` (k = config ``folds``, the folds the
   submission ensembles), for the config's ``tasks``;
 - each temporal checkpoint records the feature shards it was trained on (``feature_sources``:
@@ -50,8 +59,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from affect_pipeline.affect_predict.batches import (
     Batch,
     Predictor,
@@ -60,10 +67,26 @@ from affect_pipeline.affect_predict.batches import (
     plan_batch,
     run_batch,
 )
-from affect_pipeline.affect_predict.outputs import NATIVE, CsvStyle, VideoResult
+from affect_pipeline.affect_predict.bundle import open_models, warn_if_demo
+from affect_pipeline.affect_predict.frame_inputs import (
+    DEFAULT_FPS,
+    FrameOptions,
+    check_inputs,
+    prepare_input,
+)
+from affect_pipeline.affect_predict.options import (
+    add_output_options,
+    check_output_options,
+)
+from affect_pipeline.affect_predict.outputs import CsvStyle, VideoResult
+from affect_pipeline.affect_predict.predict_tracks import (
+    NoFace,
+    no_face_settings,
+    predict_tracks,
+)
+from affect_pipeline.affect_predict.provenance import make_provenance
 from affect_pipeline.affect_predict.run_models import (
     AudioSource,
-    TaskModels,
     au_threshold,
     check_faces,
     ensemble_folds,
@@ -73,13 +96,13 @@ from affect_pipeline.affect_predict.run_models import (
     make_sources,
     setting,
 )
-from affect_pipeline.affect_predict.video_job import prepare_video
 from affect_pipeline.common import results
 from affect_pipeline.common.config import RUN_CONFIG
 from affect_pipeline.common.errors import PipelineError
 from affect_pipeline.common.files import ensure_utf8_mode
-from affect_pipeline.common.runtime import progress, run_stage
+from affect_pipeline.common.runtime import check_device, progress, run_stage
 from affect_pipeline.common.tasks import FRAME_TASKS
+from affect_pipeline.common.version import version_string
 from affect_pipeline.submit.ensemble import EnsembleSettings
 
 log = logging.getLogger("affect_pipeline.temporal.predict")
@@ -94,33 +117,6 @@ def load_config(models_dir: Path, paths=()) -> dict:
 
 
 # ---------------------------------------------------------------- one video
-def ensemble_task(tm: TaskModels, feats: dict, ens, batch_size: int) -> np.ndarray:
-    """Every fold's prediction (its stores from its own sources, ``tm.keys``), averaged and
-    no-face filled exactly as the submission's ensemble (``ens``: ensemble.EnsembleSettings)."""
-    from affect_pipeline.submit.ensemble import (
-        FoldPreds,
-        average_folds,
-        fold_weights,
-        interpolate_no_face,
-    )
-    from affect_pipeline.temporal.checkpoint import predict_video
-    from affect_pipeline.temporal.fold_data import primary_stores
-
-    folds = []
-    for fold, path, m, keys in zip(tm.folds, tm.paths, tm.models, tm.keys):
-        x = np.concatenate([feats[k][0] for k in keys], 1)
-        valid = np.stack([feats[k][1] for k in keys], 1)
-        pred = predict_video(m, x, valid, batch_size)
-        face = valid[:, primary_stores(m.feature_names)].all(1)
-        score = m.meta["score"]
-        folds.append(FoldPreds(path, fold, float(np.nan if score is None else score), {"video": (pred, face)}))
-    weights = fold_weights(ens.weighting, tm.metrics, folds)
-    prob, valid = average_folds(folds, weights, "video", tm.task)
-    if ens.no_face == "interpolate":
-        prob = interpolate_no_face(prob, valid)     # no face at all: the models' (audio) outputs stay
-    return np.clip(prob, -1.0, 1.0) if tm.task == "VA" else prob
-
-
 @dataclass
 class Run:
     """What every video of one affect-predict call goes through."""
@@ -133,38 +129,25 @@ class Run:
     device: object
     batch_size: int
     tmp_root: Path
+    frames: FrameOptions = FrameOptions()
+    no_face: NoFace = NoFace()
 
 
-def predict_video_file(path: Path, video_id: str, run: Run) -> VideoResult:
-    """One video through every stage, its bar advanced per stage (decode+faces, each source, each task)."""
-    tasks = run.tasks
-    bar = progress(total=1 + len(run.sources) + len(tasks), desc=video_id, unit="stage", leave=True)
+def predict_video_file(path: Path, video_id: str, run: Run) -> list[VideoResult]:
+    """One video through every stage, one result per face track (``predict_tracks``), its bar
+    advanced per stage (decode+faces, each source, each task; visual sources and tasks per track)."""
+    bar = progress(total=1 + len(run.sources) + len(run.tasks), desc=video_id, unit="stage", leave=True)
     with bar, tempfile.TemporaryDirectory(prefix="video-", dir=run.tmp_root) as tmp:
         bar.set_postfix_str("decode + faces")
-        job = prepare_video(path, video_id, Path(tmp), run.fparams, run.sample_rate, run.threads, run.device)
+        job, frame_numbers = prepare_input(path, video_id, Path(tmp), run)
         bar.update()
-        feats = {}
-        for key, src in run.sources.items():
-            bar.set_postfix_str(key)
-            feats[key] = src(job)
-            bar.update()
-        found, score = _found(job.faces)
-        preds = {}
-        for t, tm in tasks.items():
-            bar.set_postfix_str(t)
-            preds[t] = ensemble_task(tm, feats, run.ens, run.batch_size)
-            bar.update()
-    n_found = int(found.sum())
-    log.info("%s: %d frames, face in %d (%.1f %%), tasks %s", path, len(found), n_found,
-             100 * n_found / max(len(found), 1), ", ".join(tasks))
-    return VideoResult(video_id, job.timestamps, found, preds, score)
-
-
-def _found(faces: Path) -> tuple[np.ndarray, np.ndarray]:
-    from affect_pipeline.common.stores import FaceStore
-
-    with FaceStore(faces) as fs:
-        return fs.found.astype(bool), fs.f["score"][:].astype(np.float64)
+        tracks = predict_tracks(job, run, bar)
+    for r in tracks:
+        r.frames, r.source = frame_numbers, str(path)
+    log.info("%s: %d frames, %d face track(s), face in %s frames; tasks %s; no-face rows: %s", path,
+             len(job.timestamps), len(tracks), "/".join(str(int(r.found.sum())) for r in tracks),
+             ", ".join(run.tasks), run.no_face.policy)
+    return tracks
 
 
 # ---------------------------------------------------------------- the command
@@ -172,18 +155,21 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="affect-predict", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run the trained models of a finished workflow run on new videos: one CSV row per "
-                    "decoded frame\n(AU / EXPR probabilities, valence, arousal) and timeline PNGs. "
+                    "decoded frame\nper face (AU / EXPR probabilities, valence, arousal) and timeline PNGs. "
                     "Videos whose CSV exists are skipped\n(rerun a killed batch to resume it).",
         epilog="examples:\n"
                "  affect-predict talks/ --models results/ --out-dir preds/          # one CSV + PNG per video\n"
                "  affect-predict 'talks/**/*.mp4' --models results/ --out-dir preds/ --combined --device cuda\n"
                "  affect-predict talk.mp4 --models results/ --out talk.csv --timeline talk.png\n"
                "  affect-predict a.mp4 b.avi --models run/results --config my.yaml --tasks AU VA --out ab.csv\n"
-               "  affect-predict talks/ --models results/ --out-dir of/ --openface-columns  # AU01_c ...")
+               "  affect-predict talks/ --models results/ --out-dir of/ --format openface  # OpenFace 2's CSV\n"
+               "  affect-predict talk.mp4 --models results/ --out t.csv --no-face interpolate")
     p.add_argument("videos", nargs="+", metavar="VIDEO",
-                   help="video files, folders (searched recursively) or quoted globs ('dir/**/*.mp4')")
-    p.add_argument("--models", required=True, type=Path, metavar="RESULTS",
-                   help="the results/ folder of a finished run")
+                   help="video or image files, folders (searched recursively; one without videos is a "
+                        "folder of frames) or quoted globs ('dir/**/*.mp4')")
+    p.add_argument("--models", required=True, type=Path, metavar="BUNDLE|RESULTS",
+                   help="a model bundle (python -m affect_pipeline export_models) or a finished run's results/")
+    p.add_argument("--version", action="version", version=version_string("affect-predict"))
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("--out-dir", type=Path, metavar="DIR",
                      help="one CSV (+ timeline PNG) per video, below this folder")
@@ -193,14 +179,17 @@ def parser() -> argparse.ArgumentParser:
                    help="combined: also write a timeline PNG of every video")
     p.add_argument("--no-timeline", action="store_true", help="--out-dir: no per-video timeline PNGs")
     p.add_argument("--overwrite", action="store_true", help="redo videos whose CSV exists (default: skip them)")
-    p.add_argument("--openface-columns", action="store_true",
-                   help="OpenFace-style column names: frame, face_id, timestamp, confidence, success, AU01_c ...")
+    add_output_options(p)
     p.add_argument("--tasks", nargs="+", choices=FRAME_TASKS, default=None,
                    help="tasks to predict (default: every frame task the run trained)")
     p.add_argument("--config", action="append", default=[], type=Path, metavar="YAML",
                    help="a config overlay merged over the run's saved config, {models}/config.yaml (repeatable)")
     p.add_argument("--workdir", type=Path, default=None, metavar="DIR",
                    help="the run's working directory, for relative weight paths (default: parent of --models)")
+    p.add_argument("--fps", type=float, default=DEFAULT_FPS,
+                   help=f"frame rate of image inputs, for their timestamps (default: {DEFAULT_FPS:g}, as OpenFace)")
+    p.add_argument("--stride", type=int, default=1, metavar="N",
+                   help="predict every Nth frame (1, 1+N, ...): rows of those frames only (default: 1, all)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads to use")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
@@ -221,6 +210,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--timeline PNG is the combined timeline: per-video PNGs are written by --out-dir")
     if a.batch_size is not None and a.batch_size < 1:
         p.error("--batch-size must be at least 1")
+    check_output_options(p, a)
+    if a.stride < 1 or not 0 < a.fps < 10_000:
+        p.error("--stride must be at least 1 and --fps a positive frame rate")
     return a
 
 
@@ -241,8 +233,8 @@ def select_tasks(models_dir: Path, cfg: dict, requested) -> dict[str, list[Path]
 
 
 def batch_from_args(a: argparse.Namespace, inputs: list[VideoInput], cfg: dict, task_paths: dict) -> Batch:
-    style = CsvStyle(True, au_threshold(cfg, task_paths["AU"]) if "AU" in task_paths else None) \
-        if a.openface_columns else NATIVE
+    style = CsvStyle(a.format, au_threshold(cfg, task_paths["AU"]) if "AU" in task_paths else None) \
+        if a.format == "openface" else CsvStyle(a.format)
     combined = a.out if a.out else (a.out_dir / "predictions.csv" if a.combined else None)
     return plan_batch(inputs, list(task_paths), style, a.out_dir, combined,
                       a.timeline if combined else not a.no_timeline, a.overwrite)
@@ -268,18 +260,23 @@ def make_predictor(a: argparse.Namespace, cfg: dict, task_paths: dict, tmp_root:
     log.info("tasks %s; folds %s; feature sources %s; faces %s (size %s); device %s; torch threads %d",
              list(tasks), {t: tm.folds for t, tm in tasks.items()}, list(sources), fparams["backend"],
              fparams["size"], device, torch.get_num_threads())
-    run = Run(tasks, sources, ens, fparams, sample_rate, a.threads, device, a.batch_size or 32, tmp_root)
+    run = Run(tasks, sources, ens, fparams, sample_rate, a.threads, device, a.batch_size or 32, tmp_root,
+              FrameOptions(a.fps, a.stride), no_face_settings(a.no_face, a.models, tasks, sources))
     return lambda path, vid: predict_video_file(path, vid, run)
 
 
 def predict(argv: list[str]) -> int:
     a = parse_args(argv)
-    if not a.models.is_dir():
-        raise PipelineError(f"{a.models}: models directory not found (--models must be a finished run's results/)")
-    inputs = expand_inputs(a.videos)            # bad paths fail before any model is read
+    check_device(a.device)                      # usage errors (exit 2) before anything is read
+    inputs = expand_inputs(a.videos)
+    check_inputs(v.path for v in inputs)        # every input readable, before any model loads
+    models = open_models(a.models, a.workdir)   # a bundle or a run's results/: the same layout
+    a.workdir = models.workdir                  # what relative weight paths are relative to
     cfg = load_config(a.models, a.config)
     task_paths = select_tasks(a.models, cfg, a.tasks)
     batch = batch_from_args(a, inputs, cfg, task_paths)
+    batch.provenance = make_provenance(a, models, cfg, task_paths)   # sidecars; what a rerun may keep
+    warn_if_demo(models)
     log.info("%d video(s) from %d argument(s)", len(inputs), len(a.videos))
     with tempfile.TemporaryDirectory(prefix="affect-predict-", dir=a.tmpdir) as tmp_root:
         counts = run_batch(batch, lambda: make_predictor(a, cfg, task_paths, Path(tmp_root)))
@@ -288,7 +285,8 @@ def predict(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console script ``affect-predict``; user errors end with one line, exit code 1."""
+    """Console script ``affect-predict``; user errors end with one line: exit code 2 for a bad
+    argument or input (a UsageError, argparse's code), 1 for the others."""
     if argv is None:              # the console script: file names and text as UTF-8 under any locale
         ensure_utf8_mode()
     return run_stage("affect-predict", predict, list(sys.argv[1:] if argv is None else argv))

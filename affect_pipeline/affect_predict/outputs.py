@@ -1,89 +1,56 @@
-"""What ``affect-predict`` writes: per-frame CSVs (its own columns or OpenFace-style names), read
-back for resumed runs, and timeline PNGs; every file renamed into place only when complete.
-
-Columns (native): ``video, frame`` (1-based), ``timestamp`` (s, media clock), ``face_found``, the
-12 AU probabilities (``AU1`` …), the 8 EXPR probabilities (``Neutral`` …), ``valence, arousal``.
-
-``--openface-columns`` names them the way OpenFace's FeatureExtraction does, so tools written for
-its CSVs read these: ``frame, face_id`` (always 0: one face per video), ``timestamp``,
-``confidence`` (the face detector's score, 0 without a face) and ``success`` (1 = a face was
-found), then ``AU01_c`` … ``AU26_c``: OpenFace's *presence* columns, 0 or 1, here the AU
-probability thresholded with the run's ``ensemble.au_threshold`` exactly as the submission
-decodes it. OpenFace's ``AUxx_r`` columns are *intensities* (0–5); these models do not predict
-intensity, so no ``_r`` column is written (the probabilities are in the native columns). OpenFace
-has no expression or valence-arousal output: EXPR is written as lower-case class probabilities
-(``neutral, anger, disgust, fear, happiness, sadness, surprise, other``, the py-feat convention)
-and VA as ``valence, arousal``. A leading ``video`` column is kept in both styles (combined CSVs
-need it). Ids are quoted by the csv module: an id with a comma or quote stays one field.
+"""What ``affect-predict`` writes: per-frame CSVs in one of three layouts (:mod:`.formats`:
+native, OpenFace 2, py-feat), read back for resumed runs, and timeline PNGs; every file renamed
+into place only when complete. A video's result is one :class:`VideoResult` per face track.
 """
 from __future__ import annotations
 
 import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from affect_pipeline.affect_predict.formats import NATIVE, CsvStyle
 from affect_pipeline.common.errors import PipelineError
 from affect_pipeline.common.files import atomic_path
-from affect_pipeline.common.tasks import AU_NAMES, EXPR_NAMES, FRAME_TASKS, TASK_COLUMNS, VA_NAMES
+from affect_pipeline.common.tasks import AU_NAMES, EXPR_NAMES, FRAME_TASKS, VA_NAMES
+
+__all__ = [
+    "NATIVE",
+    "CsvStyle",
+    "VideoResult",
+    "as_tracks",
+    "csv_header",
+    "csv_rows",
+    "plot_timeline",
+    "read_results",
+    "write_csv",
+]
 
 
 @dataclass
 class VideoResult:
+    """One face track of one input: per frame its outputs (NaN where ``--no-face empty`` left
+    them empty) and the face's detection (``found`` false: no face; box / landmarks ignored)."""
     video_id: str
     timestamps: np.ndarray
     found: np.ndarray
-    preds: dict                     # task -> (n, C) ensembled outputs
-    score: np.ndarray | None = None  # face detector score per frame (OpenFace ``confidence``)
+    preds: dict                       # task -> (n, C) ensembled outputs
+    score: np.ndarray | None = None   # face detector score per frame (OpenFace ``confidence``)
+    frames: np.ndarray | None = None  # 1-based frame numbers in the input (--stride keeps some); None: 1..n
+    face_id: int = 0
+    box: np.ndarray | None = None     # (n, 4) x1, y1, x2, y2 in pixels
+    landmarks: np.ndarray | None = None  # (n, 5, 2) eyes, nose, mouth corners in pixels
+    source: str = ""                  # the input's path (py-feat's ``input``)
+
+    @property
+    def frame_numbers(self) -> np.ndarray:
+        return np.arange(1, len(self.timestamps) + 1) if self.frames is None else np.asarray(self.frames, np.int64)
 
 
-@dataclass(frozen=True)
-class CsvStyle:
-    """Column naming: native, or OpenFace-style (``au_threshold``: per-AU cut for ``AUxx_c``)."""
-    openface: bool = False
-    au_threshold: tuple[float, ...] | None = None
-
-    def lead(self) -> list[str]:
-        return (["video", "frame", "face_id", "timestamp", "confidence", "success"] if self.openface
-                else ["video", "frame", "timestamp", "face_found"])
-
-    def task_columns(self, task: str) -> list[str]:
-        if not self.openface:
-            return list(TASK_COLUMNS[task])
-        return {"AU": [f"AU{int(n[2:]):02d}_c" for n in AU_NAMES],
-                "EXPR": [n.lower() for n in EXPR_NAMES], "VA": list(VA_NAMES)}[task]
-
-    def header(self, tasks) -> list[str]:
-        return self.lead() + [c for t in FRAME_TASKS if t in tasks for c in self.task_columns(t)]
-
-    def values(self, r: VideoResult, task: str) -> np.ndarray:
-        """The strings of one task's columns."""
-        v = r.preds[task]
-        if self.openface and task == "AU":
-            if self.au_threshold is None:
-                raise ValueError("OpenFace AU presence columns need the run's AU threshold")
-            return (v >= np.asarray(self.au_threshold)).astype(int).astype(str)
-        return np.char.mod("%.6f", v)
-
-    def table(self, r: VideoResult, tasks) -> np.ndarray:
-        """(n, columns) strings, formatted with numpy (10^5 frames per video on Aff-Wild2)."""
-        n = len(r.timestamps)
-        ids, frames = np.full(n, r.video_id, dtype=object), np.arange(1, n + 1).astype(str)
-        ts, found = np.char.mod("%.6f", r.timestamps), r.found.astype(int).astype(str)
-        if self.openface:
-            if r.score is None:
-                raise ValueError(f"{r.video_id}: OpenFace columns need the face detector's scores")
-            conf = np.char.mod("%.3f", np.where(r.found, r.score, 0.0))
-            left = [ids, frames, np.zeros(n, int).astype(str), ts, conf, found]
-        else:
-            left = [ids, frames, ts, found]
-        cols = [c[:, None] for c in left] + [self.values(r, t) for t in FRAME_TASKS if t in tasks]
-        return np.concatenate([np.asarray(c, dtype=object) for c in cols], 1)
-
-
-NATIVE = CsvStyle()
+def as_tracks(r) -> list[VideoResult]:
+    """A predictor's answer for one input: a result per face track (a single result: one track)."""
+    return list(r) if isinstance(r, (list, tuple)) else [r]
 
 
 def csv_header(tasks, style: CsvStyle = NATIVE) -> list[str]:
@@ -91,29 +58,32 @@ def csv_header(tasks, style: CsvStyle = NATIVE) -> list[str]:
 
 
 def csv_rows(r: VideoResult, tasks, style: CsvStyle = NATIVE) -> str:
-    """One video's rows as CSV text (ids quoted where they need it)."""
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(style.table(r, tasks).tolist())
-    return buf.getvalue()
+    """One track's rows as CSV text (ids quoted where they need it)."""
+    return style.lines(style.table(r, tasks))
 
 
 def write_csv(path: Path, results: list[VideoResult], tasks, style: CsvStyle = NATIVE) -> None:
-    """Header + every result's rows, renamed into place only when complete."""
+    """Header + every result's rows (frame by frame, the tracks of a frame by face_id, as
+    OpenFace's multi-face output), renamed into place only when complete."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(csv_line(style.header(tasks)))
-        for r in results:
-            fh.write(csv_rows(r, tasks, style))
+        fh.write(style.line(style.header(tasks)))
+        for vid in dict.fromkeys(r.video_id for r in results):
+            mine = [r for r in results if r.video_id == vid]
+            if len(mine) == 1:
+                fh.write(csv_rows(mine[0], tasks, style))
+                continue
+            tables = [style.table(r, tasks) for r in sorted(mine, key=lambda r: r.face_id)]
+            fh.write(style.lines(np.stack(tables, 1).reshape(-1, tables[0].shape[1])))
 
 
 def csv_line(fields: list[str]) -> str:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(fields)
-    return buf.getvalue()
+    return NATIVE.line(fields)
 
 
 def read_header(path: Path) -> list[str]:
+    """The column names (OpenFace's ", " separators: names stripped)."""
     with open(path, newline="", encoding="utf-8") as fh:
-        return next(csv.reader(fh), [])
+        return [c.strip() for c in next(csv.reader(fh), [])]
 
 
 def is_done(path: Path, header: list[str]) -> bool:
@@ -129,7 +99,7 @@ def is_done(path: Path, header: list[str]) -> bool:
 
 
 def csv_videos(path: Path) -> list[str]:
-    """The video ids of a CSV, in file order."""
+    """The video ids of a (native: its first column names the video) CSV, in file order."""
     with open(path, newline="", encoding="utf-8") as fh:
         rows = csv.reader(fh)
         next(rows, None)
@@ -137,30 +107,41 @@ def csv_videos(path: Path) -> list[str]:
 
 
 def read_results(path: Path, tasks, style: CsvStyle = NATIVE, ids=None) -> list[VideoResult]:
-    """The videos of a CSV this module wrote (``ids``: those, in that order), for timelines of
-    videos a resumed run skipped. OpenFace-style AU columns read back as 0 / 1."""
+    """The tracks of a CSV this module wrote (``ids``: those videos, in that order), for timelines
+    of videos a resumed run skipped; a file without a video column is the video named by its
+    stem. OpenFace AU presence columns read back as 0 / 1."""
     header = style.header(tasks)
     if read_header(path) != header:
         raise PipelineError(f"{path}: not an affect-predict CSV with the columns {header}")
-    rows: dict[str, list[list[str]]] = {}
     with open(path, newline="", encoding="utf-8") as fh:
-        for row in list(csv.reader(fh))[1:]:
-            rows.setdefault(row[0], []).append(row)
-    found_col = header.index("success" if style.openface else "face_found")
+        a = np.array(list(csv.reader(fh, skipinitialspace=True))[1:], dtype=object).reshape(-1, len(header))
+    col = {c: i for i, c in enumerate(header)}
+    vids = a[:, col["video"]] if style.id_column else np.full(len(a), Path(path).stem, dtype=object)
+    tracks: dict[tuple[str, int], np.ndarray] = {}
+    for key in dict.fromkeys(zip(vids.tolist(), a[:, col["face_id"]].astype(int).tolist())):
+        tracks[key] = a[(vids == key[0]) & (a[:, col["face_id"]].astype(int) == key[1])]
     out = []
-    for vid in (rows if ids is None else ids):
-        a = np.array([r[1:] for r in rows[vid]], dtype=object)
-        num = lambda c: a[:, header.index(c) - 1].astype(np.float64)  # noqa: E731
-        preds = {t: np.stack([num(c) for c in style.task_columns(t)], 1) for t in FRAME_TASKS if t in tasks}
-        score = num("confidence") if style.openface else None
-        out.append(VideoResult(vid, num("timestamp"), a[:, found_col - 1].astype(int) == 1, preds, score))
+    for vid in (dict.fromkeys(v for v, _ in tracks) if ids is None else ids):
+        for (v, fid), rows in tracks.items():
+            if v != vid:
+                continue
+            preds = {t: np.stack([_numbers(rows, col[c]) for c in style.task_columns(t)], 1)
+                     [:, np.argsort(style.task_order(t))] for t in FRAME_TASKS if t in tasks}
+            found = _numbers(rows, col[style.found_column])
+            found = ~np.isnan(found) if style.format == "pyfeat" else found == 1
+            frames = _numbers(rows, col["frame"]).astype(np.int64) + (style.format == "pyfeat")
+            out.append(VideoResult(vid, _numbers(rows, col["timestamp"]), found, preds, None, frames, fid))
     return out
+
+
+def _numbers(rows: np.ndarray, i: int) -> np.ndarray:
+    return np.array([float(x) if x != "" else np.nan for x in rows[:, i]])
 
 
 # ---------------------------------------------------------------- timeline
 def plot_timeline(results: list[VideoResult], tasks, out) -> None:
-    """Per video: AU probabilities as a heat strip, the EXPR argmax, valence / arousal vs time;
-    frames without a face shaded grey."""
+    """Per face track: AU probabilities as a heat strip, the EXPR argmax, valence / arousal vs
+    time; frames without the face shaded grey, their empty (NaN) rows left blank: gaps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,7 +163,8 @@ def plot_timeline(results: list[VideoResult], tasks, out) -> None:
             ax.set_xlim(t[0], t1)
             ax.set_ylabel(task, fontsize=8)
             if k == 0:
-                ax.set_title(f"{r.video_id}  ({len(t)} frames, face in {int(r.found.sum())})", fontsize=9)
+                ax.set_title(f"{r.video_id}, face {r.face_id}  ({len(t)} frames, face in {int(r.found.sum())}; "
+                             f"grey: no face, {_n_empty(r)} rows left empty)", fontsize=9)
             if k < len(rows) - 1:
                 ax.tick_params(labelbottom=False)
             else:
@@ -201,7 +183,9 @@ def _draw_task(fig, ax, task: str, r: VideoResult, t: np.ndarray, t1: float) -> 
         cb = fig.colorbar(im, cax=ax.inset_axes([1.005, 0.0, 0.008, 1.0]))   # keeps the time axes aligned
         cb.ax.tick_params(labelsize=6)
     elif task == "EXPR":
-        ax.step(t, r.preds["EXPR"].argmax(1), where="post", lw=1.2, color="tab:blue")
+        p = r.preds["EXPR"]
+        top = np.where(np.isnan(p).any(1), np.nan, np.nan_to_num(p, nan=-1.0).argmax(1))   # empty rows: a gap
+        ax.step(t, top, where="post", lw=1.2, color="tab:blue")
         ax.set_yticks(range(len(EXPR_NAMES)), EXPR_NAMES, fontsize=6)
         ax.set_ylim(-0.5, len(EXPR_NAMES) - 0.5)
     else:
@@ -210,6 +194,10 @@ def _draw_task(fig, ax, task: str, r: VideoResult, t: np.ndarray, t1: float) -> 
         ax.axhline(0, color="k", lw=0.5)
         ax.set_ylim(-1.05, 1.05)
         ax.legend(loc="upper right", fontsize=6, ncol=2)
+
+
+def _n_empty(r: VideoResult) -> int:
+    return int(np.any([np.isnan(p).any(1) for p in r.preds.values()], axis=0).sum()) if r.preds else 0
 
 
 def _shade_no_face(ax, t, found, t_end) -> None:

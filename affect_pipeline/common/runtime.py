@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from affect_pipeline.common.errors import PipelineError
+from affect_pipeline.common.errors import PipelineError, UsageError
 from affect_pipeline.common.files import ENCODING, DiskFull, atomic_path, is_disk_full, not_utf8
 
 log = logging.getLogger("affect_pipeline")
@@ -38,7 +38,7 @@ def run_stage(stage: str, fn: Callable[[list[str]], int | None], argv: list[str]
         rc = fn(argv) or 0
     except PipelineError as e:
         print(f"ERROR [{stage}]: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, UsageError) else 1
     except Exception as e:   # ENOSPC / EDQUOT outside atomic_path: the same one line (DiskFull)
         if not is_disk_full(e):
             raise
@@ -198,6 +198,30 @@ def pick_device(requested: str = "auto"):
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     log.info("device: %s — %s (CUDA_VISIBLE_DEVICES=%s)", dev, name, visible)
     return dev
+
+
+def check_device(requested: str) -> None:
+    """Refuse ``--device`` values this machine cannot honour (a :class:`UsageError`): a name torch
+    does not parse, ``cuda``/``cuda:N`` without CUDA or beyond the visible GPUs. For commands
+    where a silent CPU fallback would mislead (affect-predict); :func:`pick_device` then picks it."""
+    if requested in ("auto", "cpu"):
+        return
+    import torch
+
+    try:
+        dev = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {requested}: not a device (auto | cpu | cuda | cuda:N)") from None
+    if dev.type != "cuda":
+        raise UsageError(f"--device {requested}: not supported (auto | cpu | cuda | cuda:N)")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {requested}: CUDA is not available here (torch {torch.__version__}, built "
+                         f"for CUDA {torch.version.cuda}, CUDA_VISIBLE_DEVICES={visible}); use --device cpu")
+    n = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= n:
+        raise UsageError(f"--device {requested}: only {n} CUDA device(s) visible (cuda:0 to cuda:{n - 1}, "
+                         f"CUDA_VISIBLE_DEVICES={visible})")
 
 
 def autocast(device, enabled: bool = True):

@@ -3,11 +3,16 @@
 Policy (the ``ensemble`` section of workflow_config.yaml, every key required):
 - ``weighting``: ``uniform`` averages the folds' activated outputs; ``metric`` weights fold f by
   max(score_f, 0) from its validation metrics JSON (uniform if every score is <= 0 / missing).
-- ``no_face: interpolate``: frames where no fold found a face get, per output channel, the linear
-  interpolation in time between the nearest face frames before and after (edges copy the nearest
-  one); a test video without any face frame gets the prior, the mean ensembled output over every
-  face frame of the task's test videos (a warning names the video). ``model`` keeps the models'
-  own (audio-only) outputs there.
+- ``no_face`` (:data:`NO_FACE`; frames where no fold found a face; the submission needs a valid
+  value on every row, and ``validate_submission`` refuses NaN, so there is no ``empty`` here:
+  ``affect-predict --no-face`` has it, and makes it its default):
+  ``interpolate``: per output channel, the linear interpolation in time between the nearest face
+  frames before and after (edges copy the nearest one); a test video without any face frame gets
+  the mean ensembled output over every face frame of the task's test videos (a warning names it).
+  ``prior``: the training labels' prior (:func:`training_prior`: AU presence rates, EXPR class
+  frequencies, VA means of each ensembled fold's training videos, averaged over the folds).
+  ``audio``: the models' own outputs there, made from the audio stream (and the clip's other
+  frames) with the visual input zeroed, as the temporal models were trained to.
 - ``au_threshold``: a number, or ``tuned`` = the mean over folds of the per-AU thresholds that
   train_dcl tuned on each fold's validation videos (key :data:`TUNED_KEY` of dcl_metrics.json);
   a fold whose metrics lack them is an error, never a silent 0.5.
@@ -35,6 +40,12 @@ from affect_pipeline.common.errors import PipelineError
 from affect_pipeline.common.files import atomic_path
 from affect_pipeline.common.runtime import read_json, stage_parser
 from affect_pipeline.common.tasks import AU_NAMES, TASK_OUTPUTS, TASKS
+from affect_pipeline.submit.no_face import (  # noqa: F401 - NO_FACE, interpolate_no_face: this stage's API
+    NO_FACE,
+    fill_no_face,
+    interpolate_no_face,
+    training_prior,
+)
 from affect_pipeline.submit.submission import (
     MAX_SHOWN,
     format_submission,
@@ -49,8 +60,6 @@ log = logging.getLogger(__name__)
 #: the key under which train_dcl / train_blb write the per-AU thresholds tuned on validation
 TUNED_KEY = "au_thresholds_tuned"
 WEIGHTINGS = ("uniform", "metric")
-#: the ``ensemble.no_face`` policies (the schema's enum is this list; a test holds them equal)
-NO_FACE = ("interpolate", "model")
 #: the root dataset of ensemble.h5 that holds the videos' order (the other root names are video ids)
 ORDER = "videos"
 
@@ -81,6 +90,8 @@ class EnsembleInputs:
     metrics: tuple               # their dcl_metrics.json (any order; matched by fold)
     index: Path                  # index/videos.tsv
     index_report: Path | None = None   # index/index_report.json: test_order = the row order
+    labels: Path | None = None   # index/labels/{task}.h5 and folds/{task}.json: the training prior
+    folds: Path | None = None    # (``no_face: prior`` only)
 
 
 @dataclass
@@ -207,21 +218,6 @@ def average_folds(folds: list[FoldPreds], weights: np.ndarray, vid: str, task: s
     return np.einsum("fn,fnc->nc", w, preds), any_valid
 
 
-def interpolate_no_face(prob: np.ndarray, valid: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
-    """Fill rows without a face by linear interpolation in time between the nearest face rows.
-
-    Rows before the first / after the last face row copy it (np.interp's edge rule); with no face
-    row at all every row becomes ``prior`` (or stays as is when no prior is given).
-    """
-    valid = np.asarray(valid, bool)
-    if valid.all():
-        return prob
-    if not valid.any():
-        return prob.copy() if prior is None else np.broadcast_to(prior, prob.shape).copy()
-    t, tv = np.arange(len(prob)), np.flatnonzero(valid)
-    return np.stack([np.interp(t, tv, prob[tv, c]) for c in range(prob.shape[1])], axis=1)
-
-
 def decode(task: str, prob: np.ndarray, au_threshold: np.ndarray | None = None) -> np.ndarray:
     """Ensembled outputs -> submitted values (AU 0/1, EXPR class index, VA / ERI clipped)."""
     if task == "AU":
@@ -233,21 +229,6 @@ def decode(task: str, prob: np.ndarray, au_threshold: np.ndarray | None = None) 
     if task == "ERI":
         return np.clip(prob, 0.0, 1.0)
     raise ValueError(task)
-
-
-def fill_no_face(task: str, raw: dict, policy: str) -> dict[str, np.ndarray]:
-    """Per video the ensembled outputs with no-face frames filled as ``policy`` says."""
-    if task == "ERI" or policy == "model":
-        return {vid: p for vid, (p, _) in raw.items()}
-    face_rows = [p[v] for p, v in raw.values() if v.any()]
-    prior = np.concatenate(face_rows).mean(0) if face_rows else None
-    out = {}
-    for vid, (p, valid) in raw.items():
-        if not valid.any():
-            log.warning("%s: test video %s has no face frame; predicting the prior %s for all %d frames",
-                        task, vid, np.round(prior, 3) if prior is not None else "(model outputs)", len(p))
-        out[vid] = interpolate_no_face(p, valid, prior)
-    return out
 
 
 # ======================================================================== the stage
@@ -306,7 +287,11 @@ def ensemble(task: str, inputs: EnsembleInputs, settings: EnsembleSettings, out,
     log.info("%s: %d folds %s, weights %s", task, len(folds), [fp.fold for fp in folds], np.round(weights, 4))
 
     raw = {vid: average_folds(folds, weights, vid, task) for vid in videos}
-    prob = fill_no_face(task, raw, settings.no_face)
+    prior = None
+    if settings.no_face == "prior" and task != "ERI":
+        prior = training_prior(task, inputs.labels, inputs.folds, [fp.fold for fp in folds])
+        log.info("%s: no-face frames get the training prior %s", task, np.round(prior, 3))
+    prob = fill_no_face(task, raw, settings.no_face, prior)
     values = {vid: decode(task, p, th) for vid, p in prob.items()}
     attrs = dict(folds=[fp.fold for fp in folds], weights=weights, weighting=settings.weighting,
                  no_face=settings.no_face, **({"au_threshold": th} if th is not None else {}))
@@ -350,7 +335,10 @@ def main(argv: list[str]) -> int:
                    help="results/index/index_report.json: its test_order is the official row order")
     p.add_argument("--out", required=True, help="submission/{task}/predictions.txt")
     p.add_argument("--h5", default=None, help="ensembled outputs (default: ensemble.h5 beside --out)")
+    p.add_argument("--labels", default=None, help="results/index/labels/{task}.h5 (no_face: prior)")
+    p.add_argument("--folds", default=None, help="results/folds/{task}.json (no_face: prior)")
     a = p.parse_args(argv)
-    inputs = EnsembleInputs(tuple(a.preds), tuple(a.metrics), Path(a.index), Path(a.index_report))
+    inputs = EnsembleInputs(tuple(a.preds), tuple(a.metrics), Path(a.index), Path(a.index_report),
+                            a.labels and Path(a.labels), a.folds and Path(a.folds))
     ensemble(a.task, inputs, EnsembleSettings.from_params(a.params), a.out, a.h5)
     return 0

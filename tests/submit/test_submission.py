@@ -283,8 +283,8 @@ def test_ensemble_fills_no_face_frames(tmp_path, caplog):
     assert "vid_c_left has no face frame" in caplog.text
     # the submission still has every frame
     assert {v: len(x) for v, x in sub.read_submission("VA", out).items()} == TEST
-    # no_face: model keeps the models' own outputs
-    run_ensemble("VA", preds, metrics, index, tmp_path / "m" / "VA.txt", no_face="model")
+    # no_face: audio keeps the models' own outputs
+    run_ensemble("VA", preds, metrics, index, tmp_path / "m" / "VA.txt", no_face="audio")
     np.testing.assert_allclose(read_h5(tmp_path / "m" / "ensemble.h5", "vid_a"), mean["vid_a"], atol=1e-6)
 
 
