@@ -45,9 +45,11 @@ def _time(fn, steps, warmup, sync):
     return statistics.median(ts)
 
 
-def run(dims=(96, 64, 64, 128), n_videos=8, frames=600, clip_len=50, stride=25, batch_size=8,
-        d_model=64, nhead=4, layers=4, steps=10, warmup=2, device="cpu", threads=1, seed=0) -> list[dict]:
-    """Benchmark rows (see module docstring); sizes default to the demo configuration."""
+def step_functions(dims=(96, 64, 64, 128), n_videos=8, frames=600, clip_len=50, stride=25, batch_size=8,
+                   d_model=64, nhead=4, layers=4, device="cpu", threads=1, seed=0) -> dict:
+    """The timed callables on feature shards of the given dims (see module docstring): ``read_hdf5``
+    (seconds per video, measured once), ``gather``, ``blb_step``, ``blb_model_only``, ``dcl_step``,
+    ``dcl_model_only`` (the frozen BLB forward + CLB step on random batches), ``sync``, ``shape``."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     dev = torch.device(device)
@@ -89,27 +91,42 @@ def run(dims=(96, 64, 64, 128), n_videos=8, frames=600, clip_len=50, stride=25, 
         b = batch()
         train(opt, task_loss("AU", model(b["x"], b["pad"]), b["y"], b["ymask"]))
 
-    fixed = batch()
-    xr = torch.randn_like(fixed["x"])
+    fixed, fixed_j = batch(), batch()
+    random_i = {**fixed, "x": torch.randn_like(fixed["x"])}
+    random_j = {**fixed_j, "x": torch.randn_like(fixed_j["x"])}
 
     def model_only():
-        train(opt, task_loss("AU", model(xr, fixed["pad"]), fixed["y"], fixed["ymask"]))
+        train(opt, task_loss("AU", model(random_i["x"], fixed["pad"]), fixed["y"], fixed["ymask"]))
 
     def dcl():
         bi, bj = batch(), batch()
         alpha = torch.from_numpy(rng.beta(2.0, 2.0, size=batch_size)).float().to(dev)
         train(opt_c, dcl_step("AU", blb, clb, bi, bj, alpha, None, dev))
 
+    def dcl_model_only():
+        alpha = torch.from_numpy(rng.beta(2.0, 2.0, size=batch_size)).float().to(dev)
+        train(opt_c, dcl_step("AU", blb, clb, random_i, random_j, alpha, None, dev))
+
     model.train(); clb.train()
-    t_gather = _time(batch, steps, warmup, sync)
-    t_blb = _time(blb_step, steps, warmup, sync)
-    t_model = _time(model_only, steps, warmup, sync)
-    t_dcl = _time(dcl, steps, warmup, sync)
-    shape = f"B={batch_size} K={clip_len} D={fs.dim} d_model={d_model} L={layers}"
-    row = lambda name, t, load=None: {"name": name, "shape": shape, "device": str(dev), "threads": threads,
+    return {"read_hdf5": t_read, "gather": batch, "blb_step": blb_step, "blb_model_only": model_only,
+            "dcl_step": dcl, "dcl_model_only": dcl_model_only, "sync": sync,
+            "shape": f"B={batch_size} K={clip_len} D={fs.dim} d_model={d_model} L={layers}", "device": str(dev)}
+
+
+def run(dims=(96, 64, 64, 128), n_videos=8, frames=600, clip_len=50, stride=25, batch_size=8,
+        d_model=64, nhead=4, layers=4, steps=10, warmup=2, device="cpu", threads=1, seed=0) -> list[dict]:
+    """Benchmark rows (see module docstring); sizes default to the demo configuration."""
+    f = step_functions(dims, n_videos, frames, clip_len, stride, batch_size, d_model, nhead, layers, device,
+                       threads, seed)
+    sync = f["sync"]
+    t_gather = _time(f["gather"], steps, warmup, sync)
+    t_blb = _time(f["blb_step"], steps, warmup, sync)
+    t_model = _time(f["blb_model_only"], steps, warmup, sync)
+    t_dcl = _time(f["dcl_step"], steps, warmup, sync)
+    row = lambda name, t, load=None: {"name": name, "shape": f["shape"], "device": f["device"], "threads": threads,
                                       "ms": 1e3 * t, "steps_per_s": 1 / t if t else float("inf"),
                                       "load_pct": None if load is None else 100 * load / t}
-    return [row("read_hdf5 (per video)", t_read), row("gather (1 batch)", t_gather),
+    return [row("read_hdf5 (per video)", f["read_hdf5"]), row("gather (1 batch)", t_gather),
             row("blb_step", t_blb, t_gather), row("blb_model_only", t_model),
             row("dcl_step", t_dcl, 2 * t_gather)]
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU path, measured: the demo's model stages on CUDA and ViT-B/16 bf16 feature extraction
-# end to end vs. model-only, printed as a markdown table.
+# The GPU path, measured: the demo's model stages on CUDA, ViT-B/16 bf16 feature extraction end to
+# end vs. model-only, and batched face detection on 640x360 and 1920x1080 frames vs. facenet-pytorch's
+# MTCNN a frame a call, printed as a markdown table.
 #
 #   benchmarks/gpu_check.sh [--out FILE]      on a CUDA machine (<= 8 minutes on an H200)
 #   benchmarks/gpu_check.sh --page benchmarks/RESULTS.md    the same, and replace the results page's gpu section

@@ -1,6 +1,7 @@
 """One benchmark entry point: stages against their model-only references, the DAG, the demo.
 
     python -m benchmarks.run [--quick] [--demo [--demo-cold]] [--threads N] [--out benchmarks/RESULTS.md]
+    python -m benchmarks.run --paper [--threads 2] [--repeats 3] [--out benchmarks/RESULTS.md]
 
 Each stage benchmark runs in a fresh process (so its peak RSS is its own) and reports the
 stage's throughput next to a model-only reference measured on the same inputs in the same
@@ -9,6 +10,11 @@ run; the ratio is what the targets are about (>= 0.9 of the model-only limit, da
 Aff-Wild2-shaped tree of 600 videos (job count, dry-run and no-op times against a one-rule
 workflow's), and (with --demo) the whole demo from empty results (wall time, jobs, CPU use;
 --demo-cold: again without the warm launcher, as the reference).
+
+``--paper`` instead measures every model stage at the paper's sizes against its model alone,
+paired and repeated (benchmarks/paper_stages.py, one fresh process per group); with ``--out`` it
+writes the page's ``paper-stages`` section and the rates the cost model reads
+(``benchmarks/paper_throughputs.json``, next to the page).
 
 ``--out PAGE`` replaces this command's sections of the results page (``stages``, ``dag``, and
 ``demo`` with --demo) and keeps every other section as it is (benchmarks/results_page.py).
@@ -89,6 +95,32 @@ def bench_stages(quick: bool, threads: int) -> list[dict]:
     return out
 
 
+PAPER_GROUPS = ("vit", "audio", "temporal", "faces")
+
+
+def bench_paper(threads: int, repeats: int) -> list[dict]:
+    """The paper-size rows of benchmarks/paper_stages.py, each group in a fresh process."""
+    out = []
+    for group in PAPER_GROUPS:
+        t = time.perf_counter()
+        r = child("benchmarks.paper_stages", group=group, threads=threads, repeats=repeats)
+        print(f"[paper] {group}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+        out += [{**x, "peak_rss_mb": r["peak_rss_mb"], "note": f"{x['note']}; paired ratios {x['spread']}"}
+                for x in r["rows"]]
+    return out
+
+
+def throughputs_json(rows: list[dict], where: str, command: str) -> dict:
+    """What benchmarks/cost.py reads: each stage's measured rate on this machine (GPU: none yet)."""
+    from benchmarks.results_page import commit
+
+    return {"machine": where, "command": command, "date": time.strftime("%Y-%m-%d"), "commit": commit(),
+            "stages": {r["key"]: {"unit": r["unit"], "cpu": r["value"], "cpu_model_only": r["reference"],
+                                  "ratio": r["ratio"], "batch": r["batch"], "gpu": None, "what": r["stage"],
+                                  "note": r["note"]}
+                       for r in rows}}
+
+
 def _job_counts(text: str) -> dict[str, int]:
     rows = [ln.split() for ln in text.splitlines()]
     return {r[0]: int(r[1]) for r in rows if len(r) == 2 and r[1].isdigit()}
@@ -146,6 +178,13 @@ def bench_dag(n_videos: int = 600) -> list[dict]:
     return rows
 
 
+def load_line() -> str:
+    """The machine's load when the figures were written (other jobs running shift absolute rates,
+    not the paired ratios)."""
+    one, five, _ = os.getloadavg()
+    return f"\n- Load average (1 / 5 min) at the end: {one:.1f} / {five:.1f} on {os.cpu_count()} cores"
+
+
 def _cpu_busy() -> tuple[float, float]:
     """(busy, total) jiffies of the whole machine: what every process used, the forked jobs of
     the warm server included (they are not Snakemake's children, so rusage would miss them)."""
@@ -176,7 +215,8 @@ def bench_demo(cold: bool = False) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    fmt = lambda v, d=1: "" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))  # noqa: E731
+    fmt = lambda v, d=1: "" if v is None else (  # noqa: E731 - rates under 1 (paper sizes on a CPU) keep 3 digits
+        (f"{v:.3g}" if d == 1 and abs(v) < 1 else f"{v:.{d}f}") if isinstance(v, float) else str(v))
     lines = ["| stage | value | unit | model-only reference | ratio | peak RSS (MB) | note |",
              "|---|---:|---|---|---:|---:|---|"]
     for r in rows:
@@ -203,6 +243,17 @@ CV, tasks AU, EXPR, VA; tests/aff_tree.py): job count, `snakemake -n submission`
 every output in place. Reference: `snakemake -n` of a one-rule workflow on the same machine in the
 same run (Snakemake's own start-up, the floor). Targets: <= 1,500 jobs, dry run and no-op rerun
 <= 5 s. The real sizes (Aff-Wild2 + Hume-Reaction) are `python -m benchmarks.bench_dag`'s section.""",
+    "paper-stages": """## Every model stage at the paper's sizes against its model alone
+
+ViT-B/16 at 224 px (visual_features, a pretraining and a fine-tune epoch), HuBERT-Large- and
+wav2vec2-Base-shaped models with random weights and the full VGGish, BLB d512 x 4 and DCL at
+clip 100, batch 32, the paper's feature dims, and face detection on 640x360 and 1920x1080
+frames: each through the stage's own code (benchmarks/paper_stages.py says which) with its model
+loaded once as a job does (its start, amortised over a real job, is in the note), against the
+model alone on the same inputs; stage and reference alternate, `repeats` times after a warm-up,
+and the ratio is the median of the paired ratios (1 = the stage costs nothing beyond its model).
+Target: >= 0.9. The rates feed the cost model (`python -m benchmarks.cost`, via
+benchmarks/paper_throughputs.json).""",
     "demo": """## The demo from empty
 
 `snakemake --cores 2 submission` in a fresh directory (the embedded demo, seed 0), wall clock;
@@ -219,6 +270,9 @@ def verdict(name: str, rows: list[dict]) -> str:
         low = [f"{r['stage']} {r['ratio']:.2f}" for r in rows
                if r["ratio"] is not None and r["ratio"] < 0.9 and r["ref_name"] != "one BLB step"]
         return f"Under the 0.9 target: {', '.join(low)}." if low else "Every stage is at >= 0.9 of its reference."
+    if name == "paper-stages":
+        low = [f"{r['stage'].split(' (')[0]} {r['ratio']:.2f}" for r in rows if r["ratio"] < 0.9]
+        return f"Under the 0.9 target: {', '.join(low)}." if low else "Every stage is at >= 0.9 of its model alone."
     if name == "dag-600":
         jobs, times = rows[0], rows[1:]
         missed = ([f"{jobs['value']:.0f} jobs > 1,500"] if jobs["value"] > 1500 else []) + \
@@ -230,6 +284,8 @@ def verdict(name: str, rows: list[dict]) -> str:
 
 def command_line(a) -> str:
     """The command that reproduces the figures (without --out)."""
+    if a.paper:
+        return f"python -m benchmarks.run --paper --threads {a.threads} --repeats {a.repeats}"
     flags = [" --quick" if a.quick else "", " --demo" if a.demo else "", " --demo-cold" if a.demo_cold else ""]
     return f"python -m benchmarks.run{''.join(flags)} --threads {a.threads}"
 
@@ -241,20 +297,31 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller inputs (a smoke run)")
     ap.add_argument("--demo", action="store_true", help="also time the whole demo from empty results")
     ap.add_argument("--demo-cold", action="store_true", help="and once more with the warm launcher off")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--paper", action="store_true", help="only the model stages at the paper's sizes")
+    ap.add_argument("--repeats", type=int, default=3, help="--paper: paired repeats per stage")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default 1; --paper: 2)")
     ap.add_argument("--out", type=Path, default=None, metavar="PAGE",
                     help="replace this command's sections (stages, dag-600, demo) of this results page, "
                          "e.g. benchmarks/RESULTS.md, keeping its other sections")
     a = ap.parse_args(argv)
     a.demo = a.demo or a.demo_cold
-    parts = {"stages": bench_stages(a.quick, a.threads), "dag-600": bench_dag(100 if a.quick else 600)}
-    if a.demo:
+    a.threads = a.threads or (2 if a.paper else 1)
+    if a.paper:
+        parts = {"paper-stages": bench_paper(a.threads, a.repeats)}
+    else:
+        parts = {"stages": bench_stages(a.quick, a.threads), "dag-600": bench_dag(100 if a.quick else 600)}
+    if a.demo and not a.paper:
         parts["demo"] = bench_demo(a.demo_cold)
     where = machine()
     print(where)
     print(table([r for rows in parts.values() for r in rows]))
     if a.out:
-        head = stamp(where, command_line(a))
+        head = stamp(where, command_line(a)) + load_line()
+        if a.paper:
+            from affect_pipeline.common.runtime import write_json
+
+            write_json(a.out.parent / "paper_throughputs.json",
+                       throughputs_json(parts["paper-stages"], where, command_line(a)))
         update_page(a.out, {name: f"{INTROS[name]}\n\n{head}\n\n{table(rows)}\n\n{verdict(name, rows)}"
                             for name, rows in parts.items()})
         print(f"updated sections {', '.join(parts)} of {a.out}")

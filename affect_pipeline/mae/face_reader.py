@@ -124,14 +124,21 @@ class Loader:
 
 
 def make_loader(ds: Crops, cache_gb: float, threads: int) -> tuple[Loader, int]:
-    """In-memory when the decoded crops fit ``cache_gb``; else streamed. Returns (loader, torch threads)."""
+    """In-memory when the decoded crops fit ``cache_gb``; else streamed. Returns (loader, torch threads).
+
+    Streamed, the model keeps all ``threads``: a decode worker only runs while its prefetch queue
+    has room, so it uses the CPU in proportion to what the model consumes (a 224-px JPEG decodes in
+    about a millisecond, a ViT-B training step spends hundreds per crop on the CPU), while a thread
+    taken from the model costs it that thread's share of every step (ViT-B pretraining on 2 CPU
+    threads, streamed: 0.61 of the model alone with 1 torch thread; benchmarks/RESULTS.md,
+    paper-stages)."""
     if ds.nbytes() <= cache_gb * 2**30:
         log.info("holding %d crops of %d px in memory (%.1f MB)", len(ds), ds.img_size, ds.nbytes() / 2**20)
         return Loader(ds, ds.load_all()), threads
     workers = min(8, max(1, threads - 1))
     log.info("streaming %d crops (%.1f GB > cache_gb %.1f) with %d decode workers",
              len(ds), ds.nbytes() / 2**30, cache_gb, workers)
-    return Loader(ds, None, workers), max(1, threads - workers)
+    return Loader(ds, None, workers), threads
 
 
 # ---------------------------------------------------------------- which frames

@@ -18,7 +18,7 @@ def test_cpu_smoke_runs_every_check_into_a_table(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     table = out.read_text()
     assert table in p.stdout and "| stage | value | unit | model-only reference | ratio | note |" in table
-    for stage in ("crop_faces", "visual_features tiny ViT", "MAE pretrain step", "MAE finetune step",
+    for stage in ("crop_faces", "crop_faces batched 160x90", "visual_features tiny ViT", "MAE pretrain step", "MAE finetune step",
                   "audio_features hubert", "audio_features wav2vec2", "audio_features vggish", "BLB step", "DCL step"):
         line = next(ln for ln in table.splitlines() if ln.startswith(f"| {stage}"))
         assert float(line.split("|")[2]) > 0, line                       # every check measured something
