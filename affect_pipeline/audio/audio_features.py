@@ -252,7 +252,9 @@ def media_inputs(videos: dict[str, str], wavs, frames) -> dict[str, Media]:
         by_stem[kind] = stems
     out = {}
     for vid, media in videos.items():
-        if media in by_stem["--frames"] and (error := _decode_error(by_stem["--frames"][media])) is not None:
+        # extract_frames writes no wav for a file it could not decode: only then is its JSON read here
+        if (media not in by_stem["--audio"] and media in by_stem["--frames"]
+                and (error := _decode_error(by_stem["--frames"][media])) is not None):
             log.error("video %s: left out, its media file did not decode (%s): %s", vid, by_stem["--frames"][media],
                       error)
             continue
