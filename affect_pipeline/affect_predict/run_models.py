@@ -276,9 +276,9 @@ def check_digest(shard_path: Path, src: AudioSource) -> None:
     """The run's own audio shard (if kept) records which weights made it: ours must match."""
     from affect_pipeline.common.feature_shards import FeatureShard
 
-    if not shard_path.is_file():
-        log.info("%s: the run's %s shard is gone; comparing the weights with the checkpoints' record only",
-                 shard_path, src.name)
+    if not shard_path.is_file():            # a bundle holds none; a run may have deleted its features
+        log.debug("%s: no %s shard; the weights are checked against the checkpoints' record only",
+                  shard_path, src.name)
         return
     with FeatureShard(shard_path) as s:
         digest, layer = s.attrs.get("checkpoint_digest"), s.attrs.get("layer")

@@ -162,8 +162,9 @@ def check_clip_len(ck: dict, hp: TemporalHP, path: Path) -> None:
 
 def continue_from_blb(inp: FoldInputs, hp: TemporalHP, blb_path: Path, device):
     """What a stage building on a trained BLB starts from: (checkpoint, the fold's data read as
-    the BLB was trained — same stores, standardisation and clip length —, the BLB in eval mode)."""
+    the BLB was trained — same stores, standardisation and clip length —, the BLB in eval mode);
+    the caller closes the data (``FoldData.close``)."""
     ck = read_temporal_checkpoint(blb_path, inp.features)
     check_clip_len(ck, hp, blb_path)
-    data = load_fold(inp, hp, norm=norm_of(ck), expect_dims=ck["feature_dims"])
-    return ck, data, model_from_checkpoint(ck, blb_path, device)
+    model = model_from_checkpoint(ck, blb_path, device)
+    return ck, load_fold(inp, hp, norm=norm_of(ck), expect_dims=ck["feature_dims"]), model

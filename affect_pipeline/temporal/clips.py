@@ -9,7 +9,7 @@ axis.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -17,9 +17,10 @@ import torch
 
 @dataclass
 class FeatureSet:
-    """Standardised per-frame features of a set of videos (one tensor per video);
-    ``fold_data.load_features`` reads them from the feature shards."""
-    x: dict[str, torch.Tensor]                 # video -> (n, D) standardised
+    """Standardised per-frame features of a set of videos; ``fold_data.load_features`` reads
+    them from the feature shards. Held in memory (``x``: one tensor per video) or, when too large
+    for that, read a clip at a time (``stream(video, start, length)``): :meth:`rows` either way."""
+    x: dict[str, torch.Tensor]                 # video -> (n, D) standardised float32 (empty when streamed)
     valid: dict[str, np.ndarray]               # video -> (n,) face / primary-store valid
     names: list[str]                           # store names (shard extractors)
     dims: list[int]                            # dimension of each store
@@ -27,13 +28,25 @@ class FeatureSet:
     std: np.ndarray                            # (D,) float32
     logits: dict[str, np.ndarray] = field(default_factory=dict)  # mae head logits, if stored
     sources: list[dict] = field(default_factory=list)  # per store: ``fold_data.shard_source`` (checkpoints record it)
+    stream: Callable[[str, int, int], torch.Tensor] | None = None  # ``fold_data.ShardRows``; has close()
 
     @property
     def dim(self) -> int:
         return int(sum(self.dims))
 
     def n_frames(self, video: str) -> int:
-        return int(self.x[video].shape[0])
+        return len(self.valid[video])
+
+    def rows(self, video: str, start: int, length: int) -> torch.Tensor:
+        """Standardised rows [start, start + length) of ``video``, float32 (L, D)."""
+        if self.stream is not None:
+            return self.stream(video, start, length)
+        return self.x[video][start:start + length].float()
+
+    def close(self) -> None:
+        """Close the shards a streamed set reads from (nothing to do for one in memory)."""
+        if self.stream is not None:
+            self.stream.close()
 
 
 @dataclass(frozen=True)
@@ -93,7 +106,7 @@ def gather(fs: FeatureSet, clips: list[Clip], K: int, labels=None, per_video: bo
         if L > K:
             off = int(torch.randint(0, L - K + 1, (1,), generator=generator)) if generator is not None else 0
             s, L = s + off, K
-        x[b, :L] = fs.x[c.video][s:s + L].float()
+        x[b, :L] = fs.rows(c.video, s, L)
         pad[b, :L] = True
         starts.append((s, L))
     out = {"x": x, "pad": pad}

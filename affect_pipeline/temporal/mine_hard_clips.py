@@ -13,6 +13,7 @@ replacement would just give back D_init, so hard clips are deliberately over-rep
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +75,9 @@ def mine_hard_clips(inp: FoldInputs, blb: Path, out: Path, hp: TemporalHP, job: 
     """Score D_init with the BLB, select D_CLB, write it (``clips`` + loss summary); returns it."""
     device = job.start()
     _, data, model = continue_from_blb(inp, hp, blb, device)
-    d_init = data.d_init()
-    losses = clip_losses(model, data, d_init, int(hp.branch.batch_size), device)
+    with contextlib.closing(data):
+        d_init = data.d_init()
+        losses = clip_losses(model, data, d_init, int(hp.branch.batch_size), device)
     try:
         sel = select_hard_clips(losses, hp.mining.hard_fraction, job.seed)
     except ValueError as e:

@@ -11,6 +11,7 @@ by the validation metric over whole validation videos (clips stitched back into 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -60,13 +61,13 @@ def fit_blb(model, data: FoldData, hp: TemporalHP, device, seed: int, desc: str)
 def train_blb(inp: FoldInputs, out: TrainOutputs, hp: TemporalHP, job: Job = Job()) -> dict:
     """Train, then write the checkpoint, the metrics and the curve; returns the metrics."""
     device = job.start()
-    data = load_fold(inp, hp, with_logits=True)
-    cfg = model_config(inp.task, data.fs.dim, hp.branch, data.K, hp.pooling)
-    model = build_model(cfg).to(device)
-    res, best, n_clips = fit_blb(model, data, hp, device, job.seed, desc=f"blb {inp.task}/{inp.fold}")
-    doc = metrics_doc("blb", data, best, res.best_epoch,
-                      {"framewise_score": framewise_score(data), "n_clips": n_clips})
-    save_trained(out, data, hp, res, doc, stage="blb", config=cfg, blb_state=res.best_state)
+    with contextlib.closing(load_fold(inp, hp, with_logits=True)) as data:
+        cfg = model_config(inp.task, data.fs.dim, hp.branch, data.K, hp.pooling)
+        model = build_model(cfg).to(device)
+        res, best, n_clips = fit_blb(model, data, hp, device, job.seed, desc=f"blb {inp.task}/{inp.fold}")
+        doc = metrics_doc("blb", data, best, res.best_epoch,
+                          {"framewise_score": framewise_score(data), "n_clips": n_clips})
+        save_trained(out, data, hp, res, doc, stage="blb", config=cfg, blb_state=res.best_state)
     log.info("blb %s/%s: %s %.4f (baseline %.4f, frame-wise MAE %s) at epoch %d", inp.task, inp.fold,
              doc["metric"], doc["score"], doc["baseline"], doc["framewise_score"], res.best_epoch)
     return doc

@@ -18,6 +18,7 @@ with both branches on the same validation clips, combined as ``dcl.inference`` s
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -114,17 +115,18 @@ def train_dcl(inp: FoldInputs, blb_path: Path, clb_clips: Path, out: TrainOutput
     """Train the CLB, then write dcl.pt (both branches), the metrics and the curve; returns the metrics."""
     device = job.start()
     ck, data, blb = continue_from_blb(inp, hp, blb_path, device)
-    blb.requires_grad_(False)
-    clb = build_model(ck["config"]).to(device)
-    if hp.dcl.clb_init == "blb":
-        clb.load_state_dict(blb.state_dict())
-    d_clb = read_clb_clips(clb_clips, data)
-    res, best, n = fit_dcl(blb, clb, data, d_clb, hp, device, job.seed)
-    doc = metrics_doc("dcl", data, best, res.best_epoch, {"blb_score": ck.get("score"), "inference": hp.dcl.inference,
-                                                          "n_clips": n, "n_clb_clips": len(d_clb),
-                                                          "inference_scores": inference_scores(blb, clb, res, data, hp, device)})
-    save_trained(out, data, hp, res, doc, stage="dcl", config=ck["config"], inference=hp.dcl.inference,
-                 blb_state={k: v.cpu() for k, v in blb.state_dict().items()}, clb_state=res.best_state)
+    with contextlib.closing(data):
+        blb.requires_grad_(False)
+        clb = build_model(ck["config"]).to(device)
+        if hp.dcl.clb_init == "blb":
+            clb.load_state_dict(blb.state_dict())
+        d_clb = read_clb_clips(clb_clips, data)
+        res, best, n = fit_dcl(blb, clb, data, d_clb, hp, device, job.seed)
+        doc = metrics_doc("dcl", data, best, res.best_epoch, {
+            "blb_score": ck.get("score"), "inference": hp.dcl.inference, "n_clips": n, "n_clb_clips": len(d_clb),
+            "inference_scores": inference_scores(blb, clb, res, data, hp, device)})
+        save_trained(out, data, hp, res, doc, stage="dcl", config=ck["config"], inference=hp.dcl.inference,
+                     blb_state={k: v.cpu() for k, v in blb.state_dict().items()}, clb_state=res.best_state)
     log.info("dcl %s/%s: %s %.4f (BLB %.4f, baseline %.4f) at epoch %d", inp.task, inp.fold, doc["metric"],
              doc["score"], ck.get("score") or float("nan"), doc["baseline"], res.best_epoch)
     return doc

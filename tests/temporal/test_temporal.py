@@ -129,6 +129,18 @@ def train_blb(d, task, out: Path, params=SMALL, seed=0):
     return json.loads((out / "blb_metrics.json").read_text())
 
 
+def run_chain(d, o: Path, params, seed: int) -> dict:
+    """train_blb -> mine_hard_clips -> train_dcl -> predict of task AU, fold "official", into ``o``
+    (blb.pt, clb.json, dcl.pt, dcl_metrics.json, pred.h5...); returns the BLB's metrics."""
+    blb = train_blb(d, "AU", o, params, seed=seed)
+    assert run("mine_hard_clips", fold_args(d, "AU") + ["--blb", o / "blb.pt", "--out", o / "clb.json"], params, seed) == 0
+    assert run("train_dcl", fold_args(d, "AU") + ["--blb", o / "blb.pt", "--clb-clips", o / "clb.json", "--out",
+               o / "dcl.pt", "--metrics", o / "dcl_metrics.json", "--curve", o / "dcl_curve.csv"], params, seed) == 0
+    assert run("predict", fold_args(d, "AU") + ["--model", o / "dcl.pt", "--index", d["index"],
+                                                "--out", o / "pred.h5"], None, seed) == 0
+    return blb
+
+
 # ---------------------------------------------------------------- clips
 def test_clip_windows_padding_and_stitching(tmp_path):
     n = {"a": 37, "b": 10}
@@ -164,19 +176,6 @@ def test_features_standardised_on_training_frames_and_invalid_rows_zero(tmp_path
     np.testing.assert_allclose(x[vis_valid, :8].std(0), 1, atol=1e-3)
     assert (x[~vis_valid, :8] == 0).all() and (~vis_valid).any()
     assert np.array_equal(fs.valid["tr0"], raw["tr0"][0].valid)
-
-
-def test_large_jobs_keep_features_in_float16(tmp_path, monkeypatch):
-    import affect_pipeline.temporal.fold_data as fold_data
-    d = make_synthetic(tmp_path, "AU", n_train=3, n_val=1, n_test=0)
-    full = load_features(d["features"], ["tr0", "va0"], train_videos=["tr0"])
-    monkeypatch.setattr(fold_data, "HALF_ABOVE_BYTES", 0)
-    half = load_features(d["features"], ["tr0", "va0"], train_videos=["tr0"])
-    assert half.x["tr0"].dtype == torch.float16 and full.x["tr0"].dtype == torch.float32
-    np.testing.assert_allclose(half.mean, full.mean, rtol=1e-6)
-    b = gather(half, [Clip("va0", 0, 16)], 16)
-    assert b["x"].dtype == torch.float32
-    torch.testing.assert_close(b["x"][0], full.x["va0"][:16], atol=1e-2, rtol=1e-2)
 
 
 # ---------------------------------------------------------------- DCL maths
@@ -269,12 +268,7 @@ def test_chain_is_deterministic_and_predict_covers_every_test_frame(tmp_path):
     outs = []
     for rep in ("a", "b"):
         o = tmp_path / rep
-        blb = train_blb(d, "AU", o, params, seed=3)
-        assert run("mine_hard_clips", fold_args(d, "AU") + ["--blb", o / "blb.pt", "--out", o / "clb.json"], params, 3) == 0
-        assert run("train_dcl", fold_args(d, "AU") + ["--blb", o / "blb.pt", "--clb-clips", o / "clb.json", "--out",
-                   o / "dcl.pt", "--metrics", o / "dcl_metrics.json", "--curve", o / "dcl_curve.csv"], params, 3) == 0
-        assert run("predict", fold_args(d, "AU") + ["--model", o / "dcl.pt", "--index", d["index"],
-                                                    "--out", o / "pred.h5"], None, 3) == 0
+        blb = run_chain(d, o, params, seed=3)
         outs.append((blb, json.loads((o / "dcl_metrics.json").read_text()), (o / "clb.json").read_text(),
                      _pred(o / "pred.h5")[0]))
     (b1, d1, c1, p1), (b2, d2, c2, p2) = outs

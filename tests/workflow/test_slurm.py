@@ -155,7 +155,7 @@ def test_profile_parses_and_names_real_rules(tmp_path):
                         str(cfg)], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     blocks = {m.group(1): m.group(2) for m in re.finditer(r"^rule (\w+):\n(.*?)\n\n", p.stdout, re.M | re.S)}
-    assert re.search(r"mem_mb=48000\b.*runtime=480\b.*gpu=1\b", blocks["train_blb"]), blocks["train_blb"]
+    assert re.search(r"mem_mb=8000\b.*runtime=480\b.*gpu=1\b", blocks["train_blb"]), blocks["train_blb"]
     # the demo tree comes from a checkpoint, so per-video jobs appear only once it ran
     assert re.search(r"gpu=1\b", blocks["finetune_mae"]) and "mem_mb=4000," in blocks["make_folds"]
     assert "make_demo" in p.stdout
@@ -207,7 +207,7 @@ def test_toy_workflow_goes_through_sbatch(tmp_path):
     mem = subprocess.run(["scontrol", "show", "job", b_fields["job"]], capture_output=True, text=True).stdout
     if mem:  # still known to slurmctld (MinJobAge): the profile's requests reached Slurm
         assert "gres/gpu=1" in mem or "gpu:1" in mem or "gres:gpu" in mem, mem
-        assert re.search(r"mem=48000M|MinMemoryNode=48000M", mem), mem
+        assert re.search(r"mem=8000M|MinMemoryNode=8000M", mem), mem
     print(f"\ntoy workflow through Slurm: 3 jobs in {wall:.0f} s ({wall / 3:.0f} s per job)")
 
 
