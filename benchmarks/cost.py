@@ -162,7 +162,7 @@ def work(cfg: dict, lay, lengths: Lengths, jobs: dict[str, int], rates: dict) ->
                 note="at the 640x360 rate (1920x1080: the crop_faces_1080p rate)")]
     rows += [Row(f"audio_features {m}", 1 if jobs.get("audio_features") else 0, sum(lengths.seconds.values()),
                  "audio s", f"audio_{m}") for m in cfg["audio"]["models"]]
-    pre, ep = mae["pretrain"], int(mae["pretrain"]["epochs"])
+    ep = int(mae["pretrain"]["epochs"])
     pre_frames = sum(lengths.frames[v] for v in {v for t in tasks for v in lay.ids(t, ("train",))})
     rows.append(Row("pretrain_mae", jobs.get("pretrain_mae", 0), 0 if mae["checkpoint"] else ep * pre_frames,
                     "crops", "pretrain_mae", batch("pretrain_mae"),

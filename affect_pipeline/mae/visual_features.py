@@ -6,8 +6,10 @@ weight loading; a job per fold, on decoding the same JPEGs again). Per video gro
 the encoder's pooled frame feature, pooled as it was fine-tuned (the checkpoint's ``pool``,
 ``mae.features.pool``: MAE's global pool by default; the head's input, so ``logits = head(features)``),
 ``valid`` = a face was found, extra ``logits``; frames without a face are not run through the
-model: their rows are zeros. A thread decodes the next batch's JPEGs (cv2 releases the GIL), also
-across videos, while the models run on the current one. Each shard is resumable: a killed or failed
+model: their rows are zeros. A batch holds ``batch_size`` found frames of consecutive videos (a
+long video spans batches, a batch holds many short clips: Hume-Reaction's 25,067 clips are not
+25,067 forwards), and a video is written once its last frame is. A thread decodes the next batch's
+JPEGs (cv2 releases the GIL) while the models run on the current one. Each shard is resumable: a killed or failed
 job's finished videos are kept in ``{out}.partial`` and not recomputed by the next attempt.
 """
 from __future__ import annotations
@@ -122,9 +124,12 @@ class Video:
 
 @dataclass
 class Chunk:
-    video: str
+    """Found frames ``rows`` of ``video`` and their crops; ``last``: the video's final chunk (a
+    video without a face has one, empty)."""
+    video: Video
     rows: np.ndarray
     crops: np.ndarray           # already resized to the model's img_size
+    last: bool
 
 
 @dataclass
@@ -134,10 +139,27 @@ class Failed:
     error: Exception
 
 
+def video_chunks(video: str, path: str, size: int, first: int, batch_size: int) -> Iterator[Chunk]:
+    """``video``'s found frames in :class:`Chunk` s: ``first`` of them (what the batch being filled
+    has room for), then ``batch_size`` at a time."""
+    with FaceStore(path) as fs:
+        v = Video(video, path, fs.found.astype(bool), float(fs.attrs.get("fps", 0.0)), file_digest(path))
+        idx = np.flatnonzero(v.found)
+        s, n = 0, first
+        while True:
+            rows = idx[s:s + n]
+            s, n = s + len(rows), batch_size
+            yield Chunk(v, rows, resize_crops(fs.read_crops(rows), size), last=s == len(idx))
+            if s == len(idx):
+                return
+
+
 def decode_ahead(videos: list[tuple[str, str]], batch_size: int, size: int, depth: int = 2) -> Iterator:
-    """Yield, per video, a :class:`Video`, its :class:`Chunk` s of found frames and the Video again
-    (end); a store that cannot be read yields :class:`Failed` and ends the stream. A thread
-    decodes up to ``depth`` items ahead, so memory stays at a few batches."""
+    """Yield batches: lists of :class:`Chunk` s, of consecutive videos, ``batch_size`` found frames
+    in all (the last fewer); a long video spans batches, many short ones share one. A store that
+    cannot be read yields the batch so far, then :class:`Failed`, and ends the stream. A thread
+    decodes up to ``depth`` batches ahead, so memory stays at a few batches; one queue handoff a
+    batch, not a video, so a job of 25,000 one-second clips does not wait on the queue."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -151,21 +173,25 @@ def decode_ahead(videos: list[tuple[str, str]], batch_size: int, size: int, dept
         return False
 
     def work():
+        batch, filled = [], 0
         for video, path in videos:
             try:
-                with FaceStore(path) as fs:
-                    v = Video(video, path, fs.found.astype(bool), float(fs.attrs.get("fps", 0.0)), file_digest(path))
-                    if not put(v):
-                        return
-                    idx = np.flatnonzero(v.found)
-                    for s in range(0, len(idx), batch_size):
-                        rows = idx[s:s + batch_size]
-                        if not put(Chunk(video, rows, resize_crops(fs.read_crops(rows), size))):
+                for chunk in video_chunks(video, path, size, batch_size - filled, batch_size):
+                    batch.append(chunk)
+                    filled += len(chunk.rows)
+                    # handed over at batch_size frames, or batch_size videos (a faceless one adds no frame)
+                    if filled == batch_size or len(batch) == batch_size:
+                        if not put(batch):
                             return
-                put(v)
+                        batch, filled = [], 0
             except Exception as e:  # handed to the consumer, which names the video
+                done = [c for c in batch if c.video.video != video]
+                if done and not put(done):
+                    return
                 put(Failed(video, path, e))
                 return
+        if batch and not put(batch):
+            return
         put(None)
 
     t = threading.Thread(target=work, name="decode", daemon=True)
@@ -250,34 +276,85 @@ def _reusable(writer: FeatureShardWriter, video: str, path: str) -> bool:
     return writer.done(video) and writer.f[video].attrs.get("faces_digest") == file_digest(path)
 
 
+@dataclass
+class Pending:
+    """A video being embedded: its encoders' (features, logits) rows, filled batch by batch, and
+    the share of it done so far (the progress bar counts videos, a long one in fractions)."""
+    out: dict
+    done: float = 0.0
+
+
 def _run(videos: list[tuple[str, str]], todo: dict, size: int, bs: int, dev) -> None:
-    """Decode each video's found frames once; every encoder that lacks the video embeds them."""
-    out = bar = None
-    for item in decode_ahead(videos, bs, size):
-        if isinstance(item, Failed):
-            e = item.error
-            cause = str(e) if isinstance(e, PipelineError) else \
-                f"{item.path}: unreadable face store, truncated or corrupt? ({type(e).__name__}: {e})"
-            raise PipelineError(f"video {item.video!r}: {cause}") from e
-        if isinstance(item, Chunk):
-            for enc, (feats, logits) in out.items():
-                feats[item.rows], logits[item.rows] = embed_crops(enc.model, item.crops, bs, dev)
-            bar.update(1)
-        elif out is None:  # a video starts
-            n = len(item.found)
-            out = {enc: (np.zeros((n, enc.model.config["embed_dim"]), np.float32),
-                         np.zeros((n, enc.model.outputs), np.float32)) for enc in todo[item.video]}
-            tasks = "+".join(dict.fromkeys(f"mae_{enc.model.task}" for enc in out))
-            folds = ", ".join(enc.model.fold for enc in out)
-            bar = progress(total=-(-int(item.found.sum()) // bs), desc=f"{tasks} {item.video} ({folds})", unit="batch")
-        else:  # the video is complete
-            bar.close()
-            for enc, (feats, logits) in out.items():
-                enc.writer.write(item.video, feats, item.found, fps=item.fps, extra={"logits": logits},
-                                 faces_digest=item.digest)
-            log.info("video %s: %d frames, %d with a face (%d encoders)", item.video, len(item.found),
-                     int(item.found.sum()), len(out))
-            out = bar = None
+    """Decode each video's found frames once, ``bs`` frames a batch across consecutive videos;
+    every encoder that lacks a video embeds its frames; a video is written once its last frame is."""
+    encoders = list(dict.fromkeys(e for v, _ in videos for e in todo[v]))
+    tasks = "+".join(dict.fromkeys(f"mae_{e.model.task}" for e in encoders))
+    bar = progress(total=len(videos), desc=f"{tasks} ({', '.join(e.model.fold for e in encoders)})", unit="video",
+                   unit_scale=True)
+    pending: dict[str, Pending] = {}
+    try:
+        for batch in decode_ahead(videos, bs, size):
+            if isinstance(batch, Failed):
+                raise _failed(batch) from batch.error
+            for c in batch:
+                if c.video.video not in pending:
+                    pending[c.video.video] = _pending(c.video, todo[c.video.video])
+            _embed_batch(batch, pending, encoders, bs, dev)
+            bar.update(sum(_share(c, pending[c.video.video]) for c in batch))
+            for c in batch:
+                if c.last:
+                    _write(c.video, pending.pop(c.video.video).out)
+            bar.set_postfix_str(batch[-1].video.video, refresh=False)
+    finally:
+        bar.close()
+
+
+def _failed(item: Failed) -> PipelineError:
+    """The one-line error naming the video and store that could not be read."""
+    e = item.error
+    cause = str(e) if isinstance(e, PipelineError) else \
+        f"{item.path}: unreadable face store, truncated or corrupt? ({type(e).__name__}: {e})"
+    return PipelineError(f"video {item.video!r}: {cause}")
+
+
+def _pending(v: Video, encoders: list[Encoder]) -> Pending:
+    """Zero rows (a frame without a face stays zero) for each encoder that lacks ``v``."""
+    n = len(v.found)
+    return Pending({enc: (np.zeros((n, enc.model.config["embed_dim"]), np.float32),
+                          np.zeros((n, enc.model.outputs), np.float32)) for enc in encoders})
+
+
+def _embed_batch(batch: list[Chunk], pending: dict, encoders: list[Encoder], bs: int, dev) -> None:
+    """One forward of each encoder over the batch's crops of the videos that lack it, into their rows."""
+    for enc in encoders:
+        parts = [c for c in batch if len(c.rows) and enc in pending[c.video.video].out]
+        if not parts:
+            continue
+        crops = parts[0].crops if len(parts) == 1 else np.concatenate([c.crops for c in parts])
+        feats, logits = embed_crops(enc.model, crops, bs, dev)
+        ends = np.cumsum([len(c.rows) for c in parts])
+        for c, f, z in zip(parts, np.split(feats, ends[:-1]), np.split(logits, ends[:-1])):
+            rows_f, rows_z = pending[c.video.video].out[enc]
+            rows_f[c.rows], rows_z[c.rows] = f, z
+
+
+#: a long video's progress in 1/1024ths: sums of them are exact in float, so the bar ends at its total
+SHARE_STEP = 1024
+
+
+def _share(chunk: Chunk, video: Pending) -> float:
+    """The part of its video ``chunk`` completes, in videos (the last chunk rounds it up to one)."""
+    found = max(int(chunk.video.found.sum()), 1)
+    part = 1.0 - video.done if chunk.last else (len(chunk.rows) * SHARE_STEP // found) / SHARE_STEP
+    video.done += part
+    return part
+
+
+def _write(v: Video, out: dict) -> None:
+    """A finished video's group into each encoder's shard."""
+    for enc, (feats, logits) in out.items():
+        enc.writer.write(v.video, feats, v.found, fps=v.fps, extra={"logits": logits}, faces_digest=v.digest)
+    log.info("video %s: %d frames, %d with a face (%d encoders)", v.video, len(v.found), int(v.found.sum()), len(out))
 
 
 def main(argv: list[str]) -> int:

@@ -20,6 +20,9 @@ from kill_jobs import kill_when, rerun, start
 from stage_errors import assert_clean_error, stage
 from stage_inputs import face_store, finetuned_checkpoint, h5_arrays, sha, stage_cmd
 
+from affect_pipeline.common.stores import write_face_store
+from affect_pipeline.mae import visual_features as VF
+
 torch.set_num_threads(1)
 
 
@@ -43,6 +46,46 @@ def test_visual_features_twice_are_byte_identical(tmp_path):
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert a["features"][a["valid"]].std() > 0          # real, varying features, not zeros
     assert sha(outs[0]) == sha(outs[1])                  # HDF5 bytes too (no timestamps inside)
+
+
+# ---------------------------------------------------------------- batches across videos
+def faceless_store(path: Path, n: int) -> Path:
+    """A store of ``n`` frames, none with a face (its group is all zeros, never run through the model)."""
+    with write_face_store(path, video_id=path.stem, size=64, backend="test", fps=25.0) as w:
+        w.append([None] * n, np.zeros(n, bool), np.zeros(n), np.zeros((n, 4)), np.zeros((n, 5, 2)), np.arange(n) / 25)
+    return path
+
+
+def test_many_short_videos_share_batches_and_match_one_video_a_job(tmp_path, monkeypatch):
+    """A job over many 1-3 frame clips (Hume-Reaction's shape), a faceless one and two that span
+    batches runs one forward per ``batch_size`` found frames across videos and one progress bar,
+    and writes each video's group as a job of that video alone does: same valid rows and attrs,
+    features equal up to float16 rounding (the shard's dtype) and logits to float32 tolerance (a
+    matmul's sums depend on the batch's row count)."""
+    ck = finetuned_checkpoint(tmp_path / "ft.pt")
+    sizes = [1, 2, 3, 2, 1, 3, 0, 3, 21, 2, 1, 3, 2, 30, 1]
+    faces = [faceless_store(tmp_path / "faces" / f"c{i:02d}.h5", 4) if n == 0 else
+             face_store(tmp_path / "faces" / f"c{i:02d}.h5", n, seed=i) for i, n in enumerate(sizes)]
+    params = {"batch_size": 8}
+    forwards, bars = [], []
+    embed, progress = VF.embed_crops, VF.progress
+    monkeypatch.setattr(VF, "embed_crops", lambda model, crops, *a: forwards.append(len(crops)) or embed(model, crops, *a))
+    monkeypatch.setattr(VF, "progress", lambda **kw: bars.append(progress(**kw)) or bars[-1])
+    VF.visual_features(ck, faces, tmp_path / "job.h5", params, 1, "cpu")
+    found = sum(int((np.arange(n) % 10 != 3).sum()) for n in sizes)   # face_store: frame 3 of 10 has no face
+    assert forwards == [8] * (found // 8) + [found % 8][:found % 8]
+    assert len(bars) == 1 and bars[0].n == bars[0].total == len(faces)
+
+    job = _shard(tmp_path / "job.h5")
+    for f in faces:
+        alone = _shard(VF.visual_features(ck, [f], tmp_path / "alone" / f.name, params, 1, "cpu")[0])[f.stem]
+        got = job[f.stem]
+        assert {k: v for k, v in got.items() if k.startswith("attr:")} == {k: v for k, v in alone.items()
+                                                                           if k.startswith("attr:")}
+        assert np.array_equal(got["valid"], alone["valid"]) and got["features"].dtype == np.float16
+        np.testing.assert_allclose(got["features"], alone["features"], rtol=2**-10, atol=2**-24)
+        np.testing.assert_allclose(got["logits"], alone["logits"], rtol=1e-5, atol=1e-6)
+    assert not job["c06"]["features"].any() and job["c13"]["features"][job["c13"]["valid"]].std() > 0
 
 
 # ---------------------------------------------------------------- killed while streaming
@@ -78,7 +121,7 @@ def test_visual_features_killed_while_streaming_the_shard_then_resumed(tmp_path)
     out.write_bytes(b"an older shard, to be replaced only by a complete one\n")
     old = out.read_bytes()
     proc = start(log, "visual_features", *inputs, "--out", out)
-    kill_when(proc, lambda: "video v0: " in log.read_text() and "mae_AU v1" in log.read_text())
+    kill_when(proc, lambda: "video v0: " in log.read_text())     # v0's group flushed; v1 (810 faces) under way
     text = log.read_text()
     assert "video v1: " not in text and " finished in " not in text, "killed too late: v1 was written"
     assert out.read_bytes() == old                                   # the old output, untouched
