@@ -129,9 +129,8 @@ def make_loader(ds: Crops, cache_gb: float, threads: int) -> tuple[Loader, int]:
     Streamed, the model keeps all ``threads``: a decode worker only runs while its prefetch queue
     has room, so it uses the CPU in proportion to what the model consumes (a 224-px JPEG decodes in
     about a millisecond, a ViT-B training step spends hundreds per crop on the CPU), while a thread
-    taken from the model costs it that thread's share of every step (ViT-B pretraining on 2 CPU
-    threads, streamed: 0.61 of the model alone with 1 torch thread; benchmarks/RESULTS.md,
-    paper-stages)."""
+    taken from the model costs it that thread's share of every step. Not yet timed on an idle
+    machine (on a loaded 2-core VM, 2 OpenMP threads ran slower than 1 even with no worker)."""
     if ds.nbytes() <= cache_gb * 2**30:
         log.info("holding %d crops of %d px in memory (%.1f MB)", len(ds), ds.img_size, ds.nbytes() / 2**20)
         return Loader(ds, ds.load_all()), threads
